@@ -1,0 +1,101 @@
+//! Bodies of the gateway's send-back API, shared by the gateway (which serves them) and the
+//! SDK's client.
+//!
+//! Routes (all under the send-back listener, `Authorization: Bearer <token>`):
+//! - `POST /@connections/{id}`: the body is the message, as is; `Content-Type:
+//!   application/octet-stream` sends a binary frame, anything else a text frame (UTF-8).
+//! - `GET /@connections/{id}`: [`ConnectionInfo`].
+//! - `DELETE /@connections/{id}`: closes it; optional query `code` and `reason`.
+//! - `POST /@connections`: [`BatchSend`] in, [`BatchResult`] out.
+//!
+//! Errors are [`ApiError`] bodies with the status that names them (410 for a gone
+//! connection, 413 too large, 429 the client's outbound queue is full, 401 no or wrong token).
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::DataType;
+
+/// What the gateway knows about one live connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionInfo {
+    /// The connection id.
+    pub connection_id: String,
+    /// When it connected (RFC 3339, UTC).
+    pub connected_at: String,
+    /// When the client last sent a message (RFC 3339, UTC).
+    pub last_active_at: String,
+    /// The client's address.
+    pub source_ip: String,
+    /// The client's `User-Agent`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// The context register returned.
+    #[serde(default)]
+    pub context: serde_json::Value,
+    /// The gateway node holding it.
+    pub node: String,
+}
+
+/// One payload for many connections.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchSend {
+    /// Who to send to.
+    pub connection_ids: Vec<String>,
+    /// The message: text as is, binary as base64.
+    pub data: String,
+    /// `text` (default) or `binary`.
+    #[serde(default = "text")]
+    pub data_type: DataType,
+}
+
+fn text() -> DataType {
+    DataType::Text
+}
+
+/// The outcome of a batch send, one entry per id in request order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchResult {
+    /// How many were queued for delivery.
+    pub delivered: usize,
+    /// How many ids named no live connection.
+    pub gone: usize,
+    /// How many connections' outbound queues were full.
+    pub throttled: usize,
+    /// Per id outcome, in request order.
+    pub results: Vec<BatchItem>,
+}
+
+/// The outcome for one id of a batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchItem {
+    /// The id as given.
+    pub connection_id: String,
+    /// What happened.
+    pub status: DeliveryStatus,
+}
+
+/// What happened to one send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Queued on the connection; it is written to the socket in order.
+    Delivered,
+    /// No such live connection.
+    Gone,
+    /// The connection's outbound queue is full (slow client); not queued.
+    Throttled,
+}
+
+/// The JSON body of every error reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// A stable machine-readable code: `gone`, `unauthorized`, `payload_too_large`,
+    /// `throttled`, `bad_request`, `not_found`, `method_not_allowed`, `unavailable`.
+    pub error: String,
+    /// A sentence for people.
+    pub message: String,
+}

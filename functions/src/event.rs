@@ -1,0 +1,215 @@
+//! The native event contract: what the gateway POSTs to a function, and what a function
+//! may reply. Both sides use these types, so this module depends on serde alone.
+//!
+//! Every event is one JSON object with `type` (`register`, `transport` or `cleanup`),
+//! `connectionId`, `seq` (0 for register, then +1 per event of that connection, so cleanup
+//! has the highest), `node`, `timestamp` (ms since the Unix epoch) and `context` (what the
+//! register reply returned; absent on register). The rest depends on the type; see
+//! [`EventKind`].
+
+use serde::{Deserialize, Serialize};
+
+/// One event about one connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// The connection's id (a UUID).
+    pub connection_id: String,
+    /// Per-connection sequence number: 0 for register, +1 for each later event.
+    /// A function can use it to drop a retried duplicate.
+    pub seq: u64,
+    /// The gateway node that holds the connection.
+    pub node: String,
+    /// When the gateway emitted the event, in milliseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// What the register function returned as context; absent on register.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub context: serde_json::Value,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// What happened to the connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum EventKind {
+    /// A client asks to connect. A 2xx reply accepts (see [`RegisterReply`]); any other
+    /// status refuses the upgrade with that status.
+    Register {
+        /// The handshake request.
+        request: HandshakeRequest,
+    },
+    /// The client sent a message. A 2xx reply with a body sends that body back to the client.
+    #[serde(rename_all = "camelCase")]
+    Transport {
+        /// `text` or `binary`.
+        data_type: DataType,
+        /// The message: as is for text, base64 (standard alphabet, padded) for binary.
+        data: String,
+    },
+    /// The connection ended. Sent exactly once for every accepted connection.
+    #[serde(rename_all = "camelCase")]
+    Cleanup {
+        /// Why it ended.
+        reason: DisconnectReason,
+        /// The close code sent or received, if a close frame was exchanged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        close_code: Option<u16>,
+        /// The close reason text (may be empty).
+        #[serde(default)]
+        close_reason: String,
+    },
+}
+
+impl EventKind {
+    /// `register`, `transport` or `cleanup`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Register { .. } => "register",
+            EventKind::Transport { .. } => "transport",
+            EventKind::Cleanup { .. } => "cleanup",
+        }
+    }
+}
+
+/// The WebSocket handshake request, as the register function sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HandshakeRequest {
+    /// The request path, e.g. `/chat`.
+    pub path: String,
+    /// The raw query string without `?` (empty if none).
+    #[serde(default)]
+    pub query: String,
+    /// Request headers, names lower-cased, in the order received; a repeated header appears
+    /// once per value.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// The client's IP address.
+    pub source_ip: String,
+    /// Subprotocols the client offered (`Sec-WebSocket-Protocol`), in its order.
+    #[serde(default)]
+    pub subprotocols: Vec<String>,
+}
+
+impl HandshakeRequest {
+    /// The first value of a header (name matched case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of a query parameter, percent-decoded (`+` as space).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        query_pairs(&self.query)
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
+}
+
+/// Decodes `a=1&b=two+words` into pairs, percent-decoding names and values.
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode_component(k), decode_component(v))
+    })
+}
+
+fn decode_component(s: &str) -> String {
+    let spaced = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The kind of a WebSocket data message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataType {
+    /// A text frame (UTF-8).
+    Text,
+    /// A binary frame; carried as base64 in JSON.
+    Binary,
+}
+
+/// Why a connection ended, as reported in a cleanup event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectReason {
+    /// The client sent a close frame.
+    ClientClose,
+    /// The connection broke without a close frame (reset, EOF, protocol error).
+    ConnectionLost,
+    /// The client broke the protocol (bad frame, invalid UTF-8, oversize message).
+    ProtocolError,
+    /// Nothing arrived from the client for the idle timeout.
+    IdleTimeout,
+    /// The client stopped answering pings.
+    PingTimeout,
+    /// The connection reached its maximum duration.
+    MaxDuration,
+    /// Closed through the send-back API.
+    ServerDisconnect,
+    /// A transport function failed after its retries.
+    FunctionFailed,
+    /// The gateway is shutting down.
+    Shutdown,
+    /// The WebSocket upgrade did not complete after register accepted.
+    UpgradeFailed,
+}
+
+/// What a register function may reply with a 2xx status. An empty body accepts with no
+/// subprotocol and no context.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterReply {
+    /// The subprotocol to answer with; must be one the client offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subprotocol: Option<String>,
+    /// A small JSON value the gateway keeps and sends as `context` on every later event.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub context: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_event_json_shape() {
+        let ev = Event {
+            connection_id: "c1".into(),
+            seq: 3,
+            node: "n".into(),
+            timestamp: 5,
+            context: serde_json::json!({"room": "lobby"}),
+            kind: EventKind::Transport {
+                data_type: DataType::Binary,
+                data: "AAE=".into(),
+            },
+        };
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "transport", "connectionId": "c1", "seq": 3, "node": "n",
+                "timestamp": 5, "context": {"room": "lobby"}, "dataType": "binary", "data": "AAE="})
+        );
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn query_params_decode() {
+        let req = HandshakeRequest {
+            query: "room=a%20b&name=x+y&flag".into(),
+            ..Default::default()
+        };
+        assert_eq!(req.query_param("room").as_deref(), Some("a b"));
+        assert_eq!(req.query_param("name").as_deref(), Some("x y"));
+        assert_eq!(req.query_param("flag").as_deref(), Some(""));
+        assert_eq!(req.query_param("none"), None);
+    }
+}

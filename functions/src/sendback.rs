@@ -1,0 +1,481 @@
+//! [`SendBack`]: the client of the gateway's send-back API, with which a function pushes
+//! messages to connections, reads what the gateway knows about one, or closes it.
+//!
+//! One [`SendBack`] holds a pooled keep-alive HTTP client; clone it freely (clones share
+//! the pool). Error statuses map to [`FunctionsError`]: 410 [`Gone`](FunctionsError::Gone),
+//! 429 [`Throttled`](FunctionsError::Throttled), 413
+//! [`PayloadTooLarge`](FunctionsError::PayloadTooLarge), 401
+//! [`Unauthorized`](FunctionsError::Unauthorized), others [`Http`](FunctionsError::Http).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::header::{self, HeaderValue};
+
+use crate::api::{ApiError, BatchResult, BatchSend, ConnectionInfo};
+use crate::error::FunctionsError;
+use crate::message::Message;
+
+/// Bytes kept as they are in a path segment or query value: RFC 3986 unreserved.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The longest error body text kept in [`FunctionsError::Http`].
+const MAX_ERROR_TEXT: usize = 200;
+
+/// Whole-request timeout of every call.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout of opening a new connection to the gateway.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A client of the gateway's send-back API.
+#[derive(Clone)]
+pub struct SendBack {
+    client: reqwest::Client,
+    /// The base URL without a trailing `/`, e.g. `http://127.0.0.1:9001`.
+    base: Arc<str>,
+    /// `Bearer <token>`, if a token was given.
+    authorization: Option<HeaderValue>,
+}
+
+impl fmt::Debug for SendBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendBack")
+            .field("base", &self.base)
+            .field("token", &self.authorization.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl SendBack {
+    /// A client for the send-back API at `base_url` (`http://host:port`, optionally with a
+    /// path prefix), sending `Authorization: Bearer <token>` when `token` is set and not
+    /// empty. Only `http` works: this build of the client has no TLS.
+    pub fn new(base_url: &str, token: Option<String>) -> Result<Self, FunctionsError> {
+        let base = parse_base(base_url)?;
+        let authorization = match token.filter(|t| !t.is_empty()) {
+            Some(token) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| FunctionsError::InvalidToken)?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(SendBack {
+            client,
+            base: base.into(),
+            authorization,
+        })
+    }
+
+    /// The base URL calls go to (no trailing `/`).
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends `message` to one connection. [`FunctionsError::Gone`] if it is not live
+    /// (including while its register is still running).
+    pub async fn send(&self, id: &str, message: &Message) -> Result<(), FunctionsError> {
+        let body = message.clone().into_bytes();
+        let request = self
+            .client
+            .post(self.connection_url(id)?)
+            .header(header::CONTENT_TYPE, message.content_type())
+            .body(body);
+        self.execute(request).await.map(drop)
+    }
+
+    /// Sends one `message` to many connections in one request. Ids that are not live are
+    /// reported in the result (`gone`), not as an error. No request is made for no ids.
+    pub async fn send_many(
+        &self,
+        ids: &[String],
+        message: &Message,
+    ) -> Result<BatchResult, FunctionsError> {
+        if ids.is_empty() {
+            return Ok(BatchResult::default());
+        }
+        let (data_type, data) = message.to_data();
+        let batch = BatchSend {
+            connection_ids: ids.to_vec(),
+            data,
+            data_type,
+        };
+        let request = self
+            .client
+            .post(format!("{}/@connections", self.base))
+            .json(&batch);
+        Ok(self.execute(request).await?.json().await?)
+    }
+
+    /// What the gateway knows about a live connection.
+    pub async fn get(&self, id: &str) -> Result<ConnectionInfo, FunctionsError> {
+        let request = self.client.get(self.connection_url(id)?);
+        Ok(self.execute(request).await?.json().await?)
+    }
+
+    /// Closes a connection, with a close `code` and `reason` if given.
+    pub async fn disconnect(
+        &self,
+        id: &str,
+        code: Option<u16>,
+        reason: Option<&str>,
+    ) -> Result<(), FunctionsError> {
+        let mut url = self.connection_url(id)?;
+        let mut params = Vec::new();
+        if let Some(code) = code {
+            params.push(format!("code={code}"));
+        }
+        if let Some(reason) = reason {
+            params.push(format!(
+                "reason={}",
+                utf8_percent_encode(reason, UNRESERVED)
+            ));
+        }
+        if !params.is_empty() {
+            url.push('?');
+            url.push_str(&params.join("&"));
+        }
+        self.execute(self.client.delete(url)).await.map(drop)
+    }
+
+    /// `{base}/@connections/{id}`, the id percent-encoded as one path segment.
+    fn connection_url(&self, id: &str) -> Result<String, FunctionsError> {
+        // Dot segments would be resolved away by URL parsing, even percent-encoded.
+        if id.is_empty() || id == "." || id == ".." {
+            return Err(FunctionsError::InvalidConnectionId(id.to_owned()));
+        }
+        Ok(format!(
+            "{}/@connections/{}",
+            self.base,
+            utf8_percent_encode(id, UNRESERVED)
+        ))
+    }
+
+    /// Sends the request with the token, and turns an error status into an error.
+    async fn execute(
+        &self,
+        mut request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, FunctionsError> {
+        if let Some(authorization) = &self.authorization {
+            request = request.header(header::AUTHORIZATION, authorization.clone());
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(status_error(status.as_u16(), &body))
+    }
+}
+
+/// Checks a base URL and returns it without a trailing `/`.
+fn parse_base(base_url: &str) -> Result<String, FunctionsError> {
+    let invalid = |reason: &str| FunctionsError::InvalidBaseUrl {
+        url: base_url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let url = reqwest::Url::parse(base_url).map_err(|err| invalid(&err.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("the scheme must be http or https"));
+    }
+    if url.cannot_be_a_base() || url.host().is_none() {
+        return Err(invalid("it must name a host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("it must not have a query or fragment"));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// The error for a non-2xx reply with this body.
+fn status_error(status: u16, body: &str) -> FunctionsError {
+    match status {
+        401 => FunctionsError::Unauthorized,
+        410 => FunctionsError::Gone,
+        413 => FunctionsError::PayloadTooLarge,
+        429 => FunctionsError::Throttled,
+        _ => match serde_json::from_str::<ApiError>(body) {
+            Ok(api) => FunctionsError::Http {
+                status,
+                code: api.error,
+                message: api.message,
+            },
+            Err(_) => FunctionsError::Http {
+                status,
+                code: "unknown".to_owned(),
+                message: body.chars().take(MAX_ERROR_TEXT).collect(),
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Method, StatusCode};
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::{BatchItem, DeliveryStatus};
+    use crate::event::DataType;
+    use crate::test_api::{self, TestApi};
+
+    const TOKEN: &str = "s3cret";
+
+    /// A send-back API that checks the token and answers by path: `/@connections/gone…`
+    /// → 410, `/@connections/slow…` → 429, `/@connections/bad…` → 400, else 2xx.
+    async fn start_api() -> TestApi {
+        test_api::start(|req| {
+            if req.header("authorization") != Some("Bearer s3cret") {
+                return test_api::json(
+                    StatusCode::UNAUTHORIZED,
+                    &json!({"error": "unauthorized", "message": "no"}),
+                );
+            }
+            let path = req.uri.path();
+            if path.starts_with("/@connections/gone") {
+                test_api::json(
+                    StatusCode::GONE,
+                    &json!({"error": "gone", "message": "no such connection"}),
+                )
+            } else if path.starts_with("/@connections/slow") {
+                test_api::json(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &json!({"error": "throttled", "message": "queue full"}),
+                )
+            } else if path.starts_with("/@connections/bad") {
+                test_api::json(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": "bad_request", "message": "bad close code"}),
+                )
+            } else if req.method == Method::GET {
+                test_api::json(
+                    StatusCode::OK,
+                    &json!({"connectionId": "c1", "connectedAt": "2024-01-01T00:00:00Z",
+                        "lastActiveAt": "2024-01-01T00:00:01Z", "sourceIp": "10.0.0.1",
+                        "context": {"room": "lobby"}, "node": "n1"}),
+                )
+            } else if path == "/@connections" {
+                let batch: BatchSend = serde_json::from_slice(&req.body).unwrap();
+                let results = batch
+                    .connection_ids
+                    .iter()
+                    .map(|id| BatchItem {
+                        connection_id: id.clone(),
+                        status: if id.starts_with("gone") {
+                            DeliveryStatus::Gone
+                        } else {
+                            DeliveryStatus::Delivered
+                        },
+                    })
+                    .collect::<Vec<_>>();
+                let gone = results
+                    .iter()
+                    .filter(|r| r.status == DeliveryStatus::Gone)
+                    .count();
+                test_api::json(
+                    StatusCode::OK,
+                    &BatchResult {
+                        delivered: results.len() - gone,
+                        gone,
+                        throttled: 0,
+                        results,
+                    },
+                )
+            } else if req.method == Method::DELETE {
+                test_api::empty(StatusCode::NO_CONTENT)
+            } else {
+                test_api::empty(StatusCode::OK)
+            }
+        })
+        .await
+    }
+
+    fn client(api: &TestApi) -> SendBack {
+        SendBack::new(&api.base, Some(TOKEN.to_owned())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn send_text_and_binary_with_content_types() {
+        let api = start_api().await;
+        let sendback = client(&api);
+
+        sendback
+            .send("c 1/x", &Message::text("héllo"))
+            .await
+            .unwrap();
+        sendback
+            .send("c2", &Message::binary(vec![0u8, 1, 255]))
+            .await
+            .unwrap();
+
+        let requests = api.requests();
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[0].method, Method::POST);
+        assert_eq!(requests[0].uri.path(), "/@connections/c%201%2Fx");
+        assert_eq!(
+            requests[0].header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(requests[0].body.as_ref(), "héllo".as_bytes());
+        assert_eq!(requests[1].uri.path(), "/@connections/c2");
+        assert_eq!(
+            requests[1].header("content-type"),
+            Some("application/octet-stream")
+        );
+        assert_eq!(requests[1].body.as_ref(), &[0u8, 1, 255]);
+    }
+
+    #[tokio::test]
+    async fn send_maps_error_statuses() {
+        let api = start_api().await;
+        let sendback = client(&api);
+
+        let err = sendback.send("gone-1", &Message::text("x")).await;
+        assert!(matches!(err, Err(FunctionsError::Gone)), "{err:?}");
+        let err = sendback.send("slow-1", &Message::text("x")).await;
+        assert!(matches!(err, Err(FunctionsError::Throttled)), "{err:?}");
+
+        let no_token = SendBack::new(&api.base, None).unwrap();
+        let err = no_token.send("c1", &Message::text("x")).await;
+        assert!(matches!(err, Err(FunctionsError::Unauthorized)), "{err:?}");
+        assert_eq!(api.requests()[2].header("authorization"), None);
+
+        let err = sendback
+            .disconnect("bad-1", Some(1), None)
+            .await
+            .unwrap_err();
+        match err {
+            FunctionsError::Http {
+                status,
+                code,
+                message,
+            } => {
+                assert_eq!((status, code.as_str()), (400, "bad_request"));
+                assert_eq!(message, "bad close code");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn send_many_posts_one_batch() {
+        let api = start_api().await;
+        let sendback = client(&api);
+        let ids = vec!["a".to_owned(), "gone-b".to_owned()];
+
+        let result = sendback
+            .send_many(&ids, &Message::binary(vec![0u8, 1]))
+            .await
+            .unwrap();
+        assert_eq!((result.delivered, result.gone), (1, 1));
+        assert_eq!(result.results[1].status, DeliveryStatus::Gone);
+
+        let result = sendback
+            .send_many(&ids, &Message::text("hi"))
+            .await
+            .unwrap();
+        assert_eq!(result.delivered, 1);
+
+        let empty = sendback.send_many(&[], &Message::text("hi")).await.unwrap();
+        assert_eq!(empty, BatchResult::default());
+
+        let requests = api.requests();
+        assert_eq!(requests.len(), 2, "no request for an empty batch");
+        assert_eq!(requests[0].uri.path(), "/@connections");
+        assert_eq!(requests[0].header("authorization"), Some("Bearer s3cret"));
+        assert!(
+            requests[0]
+                .header("content-type")
+                .is_some_and(|v| v.starts_with("application/json"))
+        );
+        let binary: BatchSend = serde_json::from_slice(&requests[0].body).unwrap();
+        assert_eq!(binary.connection_ids, ids);
+        assert_eq!(
+            (binary.data_type, binary.data.as_str()),
+            (DataType::Binary, "AAE=")
+        );
+        let text: BatchSend = serde_json::from_slice(&requests[1].body).unwrap();
+        assert_eq!((text.data_type, text.data.as_str()), (DataType::Text, "hi"));
+    }
+
+    #[tokio::test]
+    async fn get_and_disconnect() {
+        let api = start_api().await;
+        let sendback = client(&api);
+
+        let info = sendback.get("c1").await.unwrap();
+        assert_eq!(info.connection_id, "c1");
+        assert_eq!(info.context, json!({"room": "lobby"}));
+
+        sendback
+            .disconnect("c1", Some(4000), Some("bye now & then"))
+            .await
+            .unwrap();
+        sendback.disconnect("c2", None, None).await.unwrap();
+
+        let requests = api.requests();
+        assert_eq!(requests[0].method, Method::GET);
+        assert_eq!(requests[1].method, Method::DELETE);
+        assert_eq!(requests[1].uri.path(), "/@connections/c1");
+        assert_eq!(
+            requests[1].uri.query(),
+            Some("code=4000&reason=bye%20now%20%26%20then")
+        );
+        assert_eq!(requests[2].uri.query(), None);
+    }
+
+    #[test]
+    fn base_urls_are_checked_and_normalised() {
+        let with_prefix = SendBack::new("http://127.0.0.1:9/api/", None).unwrap();
+        assert_eq!(with_prefix.base_url(), "http://127.0.0.1:9/api");
+        assert_eq!(
+            SendBack::new("http://h:1", None).unwrap().base_url(),
+            "http://h:1"
+        );
+        for bad in ["", "localhost:9", "ftp://h/", "http://h/?q=1"] {
+            assert!(
+                matches!(
+                    SendBack::new(bad, None),
+                    Err(FunctionsError::InvalidBaseUrl { .. })
+                ),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            SendBack::new("http://h", Some("bad\ntoken".into())),
+            Err(FunctionsError::InvalidToken)
+        ));
+        let debug = format!(
+            "{:?}",
+            SendBack::new("http://h", Some("tok".into())).unwrap()
+        );
+        assert!(
+            debug.contains("<redacted>") && !debug.contains("Bearer"),
+            "{debug}"
+        );
+    }
+
+    #[tokio::test]
+    async fn dot_ids_are_refused_without_a_request() {
+        let api = start_api().await;
+        let err = client(&api).send("..", &Message::text("x")).await;
+        assert!(matches!(err, Err(FunctionsError::InvalidConnectionId(_))));
+        assert!(api.requests().is_empty());
+    }
+}

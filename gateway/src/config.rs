@@ -1,0 +1,515 @@
+//! The gateway's typed configuration: a TOML file, then `SWITCHBOARD_*` environment
+//! variables, then command-line flags, validated before any port is bound.
+//!
+//! Every field has a default, so an empty file is a valid (local, development) config once
+//! a send-back token or `insecure_no_auth` is given. Durations are written the human way:
+//! `"10s"`, `"500ms"`, `"2h"`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+
+/// The whole gateway configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's name, recorded with every connection it holds. Default: `node-` and a
+    /// random suffix, new at each start.
+    pub node_id: String,
+    /// Where connection records and groups live: `memory` (embedded, the default).
+    pub store: String,
+    /// The listener clients connect to.
+    pub public: PublicConfig,
+    /// The send-back API listener.
+    pub sendback: SendbackConfig,
+    /// The functions the gateway calls.
+    pub functions: FunctionsConfig,
+    /// Limits on connections and messages.
+    pub limits: LimitsConfig,
+    /// The application-level heartbeat answered by the gateway itself.
+    pub heartbeat: HeartbeatConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+/// The public (WebSocket) listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublicConfig {
+    /// Address to accept WebSocket clients on.
+    pub listen: SocketAddr,
+    /// An HTML file served at `GET /` to plain (non-upgrade) requests, e.g. a chat page.
+    pub page: Option<PathBuf>,
+}
+
+/// The send-back API listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SendbackConfig {
+    /// Address of the send-back API: internal (loopback) by default.
+    pub listen: SocketAddr,
+    /// The bearer token every send-back request must carry.
+    pub token: Option<String>,
+    /// Accept send-back requests without a token. For local development only: refused
+    /// unless `listen` is a loopback address.
+    pub insecure_no_auth: bool,
+    /// The largest send-back request body (a single message is further limited by
+    /// `limits.max_message_bytes`).
+    pub max_body_bytes: usize,
+}
+
+/// The functions the gateway calls, and how.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FunctionsConfig {
+    /// Called on connect; decides whether to accept. Absent: every connection is accepted.
+    pub register: Option<String>,
+    /// Called for each message. Absent: a client message closes the connection with 1003.
+    pub transport: Option<String>,
+    /// Called once when a connection ends. Absent: nothing is called.
+    pub cleanup: Option<String>,
+    /// How long one function call may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries of a transport or cleanup call that could not connect, timed out, or got
+    /// 502/503/504 (register is never retried: the client is waiting).
+    pub retries: u32,
+    /// Pause before the first retry; doubled for each further one.
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// The largest reply body read from a function.
+    pub max_reply_bytes: usize,
+    /// The largest `context` a register reply may return (serialized JSON bytes).
+    pub max_context_bytes: usize,
+    /// Keep-alive connections kept open per function host.
+    pub pool_max_idle_per_host: usize,
+}
+
+/// Limits on connections and messages.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// The largest message a client may send or be sent; a larger one from a client closes
+    /// its connection with 1009.
+    pub max_message_bytes: usize,
+    /// The most connections this node holds; one more is refused with 503 at upgrade.
+    pub max_connections: usize,
+    /// How long a client has to send its complete handshake request.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A connection from which no message arrives for this long is closed (1001).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// When nothing has arrived for this long, the gateway sends a ping; when nothing
+    /// arrives for another interval, the connection is closed as dead.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// The longest a connection may last (closed with 1001 after it).
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+    /// The most messages queued for one client; a send beyond it gets 429.
+    pub outbound_queue_messages: usize,
+    /// The most bytes queued for one client; a send beyond it gets 429.
+    pub outbound_queue_bytes: usize,
+    /// Client messages read ahead while a transport call is in flight; when full, the
+    /// gateway stops reading that socket (TCP backpressure).
+    pub inbound_queue_messages: usize,
+    /// tungstenite's read buffer per connection (bytes).
+    pub read_buffer_bytes: usize,
+    /// tungstenite's write buffer per connection (bytes).
+    pub write_buffer_bytes: usize,
+}
+
+/// The application-level heartbeat: a text message the gateway answers itself.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// The text a client sends (exact match); empty disables the heartbeat.
+    pub request: String,
+    /// The text the gateway answers with.
+    pub reply: String,
+}
+
+/// Graceful shutdown.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long to wait for connections to close and cleanup calls to finish.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            store: "memory".to_owned(),
+            public: PublicConfig::default(),
+            sendback: SendbackConfig::default(),
+            functions: FunctionsConfig::default(),
+            limits: LimitsConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for PublicConfig {
+    fn default() -> Self {
+        PublicConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            page: None,
+        }
+    }
+}
+
+impl Default for SendbackConfig {
+    fn default() -> Self {
+        SendbackConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token: None,
+            insecure_no_auth: false,
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+impl Default for FunctionsConfig {
+    fn default() -> Self {
+        FunctionsConfig {
+            register: None,
+            transport: None,
+            cleanup: None,
+            timeout: Duration::from_secs(10),
+            retries: 2,
+            retry_backoff: Duration::from_millis(100),
+            max_reply_bytes: 1 << 20,
+            max_context_bytes: 4096,
+            pool_max_idle_per_host: 64,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 128 * 1024,
+            max_connections: 100_000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10 * 60),
+            ping_interval: Duration::from_secs(30),
+            max_duration: Duration::from_secs(2 * 60 * 60),
+            outbound_queue_messages: 1024,
+            outbound_queue_bytes: 1 << 20,
+            inbound_queue_messages: 16,
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 4096,
+        }
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            request: "ping".to_owned(),
+            reply: "pong".to_owned(),
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The prefix of environment variables that override the file. Nested fields are joined
+/// with `__`: `SWITCHBOARD_SENDBACK__TOKEN`, `SWITCHBOARD_LIMITS__IDLE_TIMEOUT=5m`.
+pub const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// `SWITCHBOARD_*` variables that are not config fields.
+const NOT_CONFIG: &[&str] = &[
+    "SWITCHBOARD_CONFIG",
+    "SWITCHBOARD_LOG",
+    "SWITCHBOARD_REQUIRE_ALL",
+];
+
+impl Config {
+    /// Loads a config: the TOML file (if any), then the `SWITCHBOARD_*` variables of `env`,
+    /// then `overrides` (dotted paths, as command-line flags give them), then validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: &BTreeMap<String, String>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let (text, origin) = match file {
+            Some(path) => (
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?,
+                path.display().to_string(),
+            ),
+            None => (String::new(), "defaults".to_owned()),
+        };
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    origin: origin.clone(),
+                    message: e.to_string(),
+                })?;
+        for (key, value) in env {
+            if NOT_CONFIG.contains(&key.as_str()) {
+                continue;
+            }
+            if let Some(path) = key.strip_prefix(ENV_PREFIX) {
+                let path = path.to_ascii_lowercase().replace("__", ".");
+                set_path(&mut table, &path, value).map_err(|message| ConfigError::Invalid {
+                    origin: format!("environment variable {key}"),
+                    message,
+                })?;
+            }
+        }
+        for (path, value) in overrides {
+            set_path(&mut table, path, value).map_err(|message| ConfigError::Invalid {
+                origin: format!("command-line flag for `{path}`"),
+                message,
+            })?;
+        }
+        let config: Config =
+            Config::deserialize(table).map_err(|e: toml::de::Error| ConfigError::Invalid {
+                origin,
+                message: e.to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot; the message names the offending field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field: &str, message: String| {
+            Err(ConfigError::Field {
+                field: field.to_owned(),
+                message,
+            })
+        };
+        if self.node_id.is_empty()
+            || self.node_id.len() > 64
+            || !self
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return bad(
+                "node_id",
+                "must be 1-64 characters of letters, digits, `-`, `_`, `.`".into(),
+            );
+        }
+        for (field, url) in [
+            ("functions.register", &self.functions.register),
+            ("functions.transport", &self.functions.transport),
+            ("functions.cleanup", &self.functions.cleanup),
+        ] {
+            if let Some(url) = url {
+                match url::Url::parse(url) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                    Ok(u) => {
+                        return bad(
+                            field,
+                            format!("`{url}`: scheme `{}` is not http or https", u.scheme()),
+                        );
+                    }
+                    Err(e) => return bad(field, format!("`{url}` is not a URL: {e}")),
+                }
+            }
+        }
+        match (&self.sendback.token, self.sendback.insecure_no_auth) {
+            (Some(token), _) if token.len() < 16 => {
+                return bad("sendback.token", "must be at least 16 characters".into());
+            }
+            (None, false) => {
+                return bad(
+                    "sendback.token",
+                    "is required (or set sendback.insecure_no_auth = true for local development)"
+                        .into(),
+                );
+            }
+            (None, true) if !self.sendback.listen.ip().is_loopback() => {
+                return bad(
+                    "sendback.insecure_no_auth",
+                    format!(
+                        "is allowed only on a loopback address, not {}",
+                        self.sendback.listen
+                    ),
+                );
+            }
+            _ => {}
+        }
+        if self.public.listen == self.sendback.listen && self.public.listen.port() != 0 {
+            return bad("sendback.listen", "must differ from public.listen".into());
+        }
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_message_bytes", l.max_message_bytes),
+            ("limits.max_connections", l.max_connections),
+            ("limits.outbound_queue_messages", l.outbound_queue_messages),
+            ("limits.outbound_queue_bytes", l.outbound_queue_bytes),
+            ("limits.inbound_queue_messages", l.inbound_queue_messages),
+            ("limits.read_buffer_bytes", l.read_buffer_bytes),
+            ("limits.write_buffer_bytes", l.write_buffer_bytes),
+            ("functions.max_reply_bytes", self.functions.max_reply_bytes),
+            ("sendback.max_body_bytes", self.sendback.max_body_bytes),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return bad(field, "must be greater than 0".into());
+            }
+        }
+        if l.max_message_bytes > 64 << 20 {
+            return bad("limits.max_message_bytes", "must be at most 64 MiB".into());
+        }
+        if l.outbound_queue_bytes < l.max_message_bytes {
+            return bad(
+                "limits.outbound_queue_bytes",
+                "must be at least limits.max_message_bytes".into(),
+            );
+        }
+        let durations = [
+            ("limits.handshake_timeout", l.handshake_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
+            ("limits.ping_interval", l.ping_interval),
+            ("limits.max_duration", l.max_duration),
+            ("functions.timeout", self.functions.timeout),
+            ("shutdown.grace", self.shutdown.grace),
+        ];
+        for (field, value) in durations {
+            if value.is_zero() {
+                return bad(field, "must be greater than 0".into());
+            }
+        }
+        if self.functions.retries > 10 {
+            return bad("functions.retries", "must be at most 10".into());
+        }
+        if !self.heartbeat.request.is_empty() && self.heartbeat.reply.is_empty() {
+            return bad(
+                "heartbeat.reply",
+                "must not be empty when heartbeat.request is set".into(),
+            );
+        }
+        if let Some(page) = &self.public.page {
+            if !page.is_file() {
+                return bad(
+                    "public.page",
+                    format!("`{}` is not a readable file", page.display()),
+                );
+            }
+        }
+        if store_scheme(&self.store).is_none() {
+            return bad("store", format!("`{}`: expected `memory`", self.store));
+        }
+        Ok(())
+    }
+}
+
+fn store_scheme(url: &str) -> Option<&'static str> {
+    match url {
+        "" | "memory" | "memory://" => Some("memory"),
+        _ => None,
+    }
+}
+
+/// Sets `a.b.c = value` in a TOML table. The value is read as a TOML value when it parses
+/// as one (`5`, `true`, `"x"`), otherwise as a string (`10s`, `http://..`).
+fn set_path(table: &mut toml::Table, path: &str, value: &str) -> Result<(), String> {
+    let parsed: toml::Value = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let Some(last) = parts.pop() else {
+        return Err("empty key".into());
+    };
+    let mut cur = table;
+    for part in parts {
+        let entry = cur
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{part}` is not a table"))?;
+    }
+    cur.insert(last.to_owned(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_str(text: &str, env_pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("sb-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let result = Config::load(Some(&path), &env(env_pairs), &[]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        result
+    }
+
+    #[test]
+    fn file_env_and_flags_layer_in_order() {
+        let c = load_str(
+            "[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nidle_timeout = \"5m\"\n",
+            &[
+                ("SWITCHBOARD_LIMITS__IDLE_TIMEOUT", "7s"),
+                ("SWITCHBOARD_LIMITS__MAX_CONNECTIONS", "12"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(7));
+        assert_eq!(c.limits.max_connections, 12);
+        let c = Config::load(
+            None,
+            &env(&[("SWITCHBOARD_SENDBACK__INSECURE_NO_AUTH", "true")]),
+            &[("functions.transport".into(), "http://127.0.0.1:1/t".into())],
+        )
+        .unwrap();
+        assert!(c.sendback.insecure_no_auth);
+        assert_eq!(
+            c.functions.transport.as_deref(),
+            Some("http://127.0.0.1:1/t")
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let msg = |text: &str| load_str(text, &[]).unwrap_err().to_string();
+        assert!(msg("").contains("sendback.token"), "{}", msg(""));
+        assert!(msg("[limits]\nidle_timeout = \"soon\"\n").contains("idle_timeout"));
+        assert!(msg("[limits]\nmax_conections = 5\n").contains("max_conections"));
+        let m =
+            msg("[sendback]\ntoken = \"0123456789abcdef\"\n[functions]\nregister = \"ftp://x/\"\n");
+        assert!(m.contains("functions.register"), "{m}");
+        let m = msg("[sendback]\ninsecure_no_auth = true\nlisten = \"0.0.0.0:9\"\n");
+        assert!(m.contains("insecure_no_auth"), "{m}");
+        let m = msg("[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nmax_message_bytes = 0\n");
+        assert!(m.contains("limits.max_message_bytes"), "{m}");
+        assert!(msg("this is not toml").contains("gateway.toml"));
+    }
+}

@@ -1,0 +1,61 @@
+//! The gateway's error types: [`GatewayError`] at the crate boundary (start-up and run),
+//! [`ConfigError`] for configuration, each naming what went wrong and where.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Why the gateway could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    /// The HTTP client for functions could not be built.
+    #[error("function client: {0}")]
+    Client(String),
+    /// Any other I/O failure.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// A configuration that cannot be used. The message names the field or the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file, a variable or a flag does not parse or has an unknown or mistyped field.
+    #[error("invalid config ({origin}): {message}")]
+    Invalid {
+        /// The file, variable or flag.
+        origin: String,
+        /// What is wrong, naming the field.
+        message: String,
+    },
+    /// A field has a value that is not allowed.
+    #[error("invalid config: `{field}` {message}")]
+    Field {
+        /// The dotted field name, e.g. `limits.idle_timeout`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}

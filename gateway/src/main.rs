@@ -1,0 +1,149 @@
+//! The `switchboard` binary: reads config, starts tracing, runs the gateway (or the
+//! one-command demo) until SIGINT or SIGTERM.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use gateway::{Config, Gateway, Options};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "A self-hosted WebSocket gateway for stateless HTTP functions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve(ServeArgs),
+    /// Check a config and exit: 0 if valid, 2 with the reason if not.
+    Check(ServeArgs),
+    /// Run the gateway with the example chat functions and page, on the embedded store.
+    Demo(gateway::demo::DemoArgs),
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+struct ServeArgs {
+    /// A TOML config file.
+    #[arg(short, long, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Public (WebSocket) listen address, overrides `public.listen`.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Send-back API listen address, overrides `sendback.listen`.
+    #[arg(long)]
+    sendback_listen: Option<String>,
+    /// Register function URL, overrides `functions.register`.
+    #[arg(long)]
+    register_url: Option<String>,
+    /// Transport function URL, overrides `functions.transport`.
+    #[arg(long)]
+    transport_url: Option<String>,
+    /// Cleanup function URL, overrides `functions.cleanup`.
+    #[arg(long)]
+    cleanup_url: Option<String>,
+    /// Store URL, overrides `store`.
+    #[arg(long)]
+    store: Option<String>,
+}
+
+impl ServeArgs {
+    fn load(&self) -> Result<Config, gateway::ConfigError> {
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(gateway::config::ENV_PREFIX))
+            .collect();
+        let mut overrides = Vec::new();
+        let flags = [
+            ("public.listen", &self.listen),
+            ("sendback.listen", &self.sendback_listen),
+            ("functions.register", &self.register_url),
+            ("functions.transport", &self.transport_url),
+            ("functions.cleanup", &self.cleanup_url),
+            ("store", &self.store),
+        ];
+        for (path, value) in flags {
+            if let Some(value) = value {
+                overrides.push((path.to_owned(), format!("{value:?}")));
+            }
+        }
+        Config::load(self.config.as_deref(), &env, &overrides)
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchboard: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Demo(args)) => gateway::demo::run(args, shutdown_signal()).await,
+            Some(Command::Check(args)) => {
+                args.load()?;
+                println!("config ok");
+                Ok(())
+            }
+            Some(Command::Serve(args)) => serve(args).await,
+            None => serve(cli.serve).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), gateway::GatewayError> {
+    let config = args.load()?;
+    let gateway = Gateway::bind(config, Options::default()).await?;
+    gateway.run(shutdown_signal()).await
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,349 @@
+//! The send-back API: how functions and backends reach connections. Served on its own
+//! listener (loopback by default), every request authenticated by the bearer token.
+//! Routes and bodies are documented in `functions::api`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use functions::api::{BatchItem, BatchResult, BatchSend, ConnectionInfo, DeliveryStatus};
+use functions::event::{DataType, query_pairs};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::outbox::{CloseRequest, PushError, QueueLimits};
+use crate::registry::Connection;
+use crate::respond::{self, Body, Failure};
+use crate::{Shared, clock};
+
+/// Serves the send-back API until shutdown.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(cause = %e, "send-back listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let task_shared = shared.clone();
+        shared.tracker.spawn(async move {
+            let service_shared = task_shared.clone();
+            let service = service_fn(move |req| {
+                let shared = service_shared.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = task_shared.shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                debug!(%remote, cause = %e, "send-back connection ended with an error");
+            }
+        });
+    }
+}
+
+/// One send-back request.
+async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == "/healthz" {
+        return respond::text(StatusCode::OK, "ok\n");
+    }
+    if let Err(failure) = authorize(shared, &req) {
+        let mut response = failure.into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    }
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::POST, ["@connections"]) => batch_send(shared, req).await,
+        (Method::POST, ["@connections", id]) => {
+            let id = decode_id(id);
+            send_one(shared, &id, req).await
+        }
+        (Method::GET, ["@connections", id]) => info(shared, &decode_id(id)),
+        (Method::DELETE, ["@connections", id]) => {
+            let id = decode_id(id);
+            disconnect(shared, &id, req.uri().query().unwrap_or_default())
+        }
+        (_, ["@connections"] | ["@connections", _]) => respond::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} is not allowed on {path}", req.method()),
+        ),
+        _ => respond::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route for {path}"),
+        ),
+    }
+}
+
+fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Failure> {
+    let Some(token) = shared.config.sendback.token.as_deref() else {
+        return Ok(()); // insecure_no_auth, validated to be loopback-only
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        return Ok(());
+    }
+    Err(Failure::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or wrong bearer token",
+    ))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn decode_id(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn lookup(shared: &Shared, id: &str) -> Option<Arc<Connection>> {
+    let id = Uuid::parse_str(id).ok()?;
+    shared.registry.get(&id).filter(|c| !c.outbox.is_closed())
+}
+
+fn gone(id: &str) -> Response<Body> {
+    respond::error(StatusCode::GONE, "gone", format!("connection {id} is gone"))
+}
+
+fn limits(shared: &Shared) -> QueueLimits {
+    QueueLimits {
+        messages: shared.config.limits.outbound_queue_messages,
+        bytes: shared.config.limits.outbound_queue_bytes,
+    }
+}
+
+/// Reads a body up to `max` bytes; a larger one is a 413.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Failure> {
+    let too_large = || {
+        Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body exceeds {max} bytes"),
+        )
+    };
+    if req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > max as u64)
+    {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("could not read the body: {e}"),
+        )),
+    }
+}
+
+async fn send_one(shared: &Shared, id: &str, req: Request<Incoming>) -> Response<Body> {
+    let binary = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/octet-stream"));
+    let Some(conn) = lookup(shared, id) else {
+        return gone(id);
+    };
+    let body = match read_body(req, shared.config.limits.max_message_bytes).await {
+        Ok(body) => body,
+        Err(failure) => return failure.into_response(),
+    };
+    let message = if binary {
+        Message::Binary(body)
+    } else {
+        match String::from_utf8(body.to_vec()) {
+            Ok(text) => Message::text(text),
+            Err(_) => {
+                return respond::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "a text message must be UTF-8 (send binary with Content-Type: application/octet-stream)",
+                );
+            }
+        }
+    };
+    match conn.outbox.push(message, limits(shared)) {
+        Ok(()) => respond::empty(StatusCode::OK),
+        Err(PushError::Closed) => gone(id),
+        Err(PushError::Full) => throttled(id),
+    }
+}
+
+fn throttled(id: &str) -> Response<Body> {
+    debug!(connection = id, "send-back throttled: outbound queue full");
+    respond::error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "throttled",
+        format!("connection {id} is not reading fast enough: its outbound queue is full"),
+    )
+}
+
+async fn batch_send(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let body = match read_body(req, shared.config.sendback.max_body_bytes).await {
+        Ok(body) => body,
+        Err(failure) => return failure.into_response(),
+    };
+    let batch: BatchSend = match serde_json::from_slice(&body) {
+        Ok(batch) => batch,
+        Err(e) => {
+            return respond::error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("body is not a batch send: {e}"),
+            );
+        }
+    };
+    let message = match batch.data_type {
+        DataType::Text => Message::text(batch.data),
+        DataType::Binary => match BASE64.decode(batch.data.as_bytes()) {
+            Ok(bytes) => Message::Binary(Bytes::from(bytes)),
+            Err(e) => {
+                return respond::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("binary data is not valid base64: {e}"),
+                );
+            }
+        },
+    };
+    if message.len() > shared.config.limits.max_message_bytes {
+        return respond::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the message exceeds {} bytes",
+                shared.config.limits.max_message_bytes
+            ),
+        );
+    }
+    let limits = limits(shared);
+    let mut result = BatchResult::default();
+    for id in batch.connection_ids {
+        let status = match lookup(shared, &id) {
+            None => DeliveryStatus::Gone,
+            Some(conn) => match conn.outbox.push(message.clone(), limits) {
+                Ok(()) => DeliveryStatus::Delivered,
+                Err(PushError::Closed) => DeliveryStatus::Gone,
+                Err(PushError::Full) => DeliveryStatus::Throttled,
+            },
+        };
+        match status {
+            DeliveryStatus::Delivered => result.delivered += 1,
+            DeliveryStatus::Gone => result.gone += 1,
+            DeliveryStatus::Throttled => result.throttled += 1,
+        }
+        result.results.push(BatchItem {
+            connection_id: id,
+            status,
+        });
+    }
+    respond::json(StatusCode::OK, &result)
+}
+
+fn info(shared: &Shared, id: &str) -> Response<Body> {
+    let Some(conn) = lookup(shared, id) else {
+        return gone(id);
+    };
+    respond::json(
+        StatusCode::OK,
+        &ConnectionInfo {
+            connection_id: conn.id.to_string(),
+            connected_at: clock::rfc3339_ms(conn.connected_at_ms),
+            last_active_at: clock::rfc3339_ms(conn.last_active_ms()),
+            source_ip: conn.source_ip.to_string(),
+            user_agent: conn.user_agent.as_deref().map(str::to_owned),
+            context: conn.context.clone(),
+            node: shared.node.to_string(),
+        },
+    )
+}
+
+fn disconnect(shared: &Shared, id: &str, query: &str) -> Response<Body> {
+    let mut code = 1000u16;
+    let mut reason = String::new();
+    for (key, value) in query_pairs(query) {
+        match key.as_str() {
+            "code" => match value.parse::<u16>() {
+                Ok(c) if c == 1000 || (3000..=4999).contains(&c) => code = c,
+                _ => {
+                    return respond::error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "code must be 1000 or 3000-4999",
+                    );
+                }
+            },
+            "reason" if value.len() <= 123 => reason = value,
+            "reason" => {
+                return respond::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "reason must be at most 123 bytes",
+                );
+            }
+            _ => {}
+        }
+    }
+    let Some(conn) = lookup(shared, id) else {
+        return gone(id);
+    };
+    if conn.outbox.request_close(CloseRequest { code, reason }) {
+        info!(
+            connection = id,
+            code, "disconnect requested through send-back"
+        );
+        respond::empty(StatusCode::NO_CONTENT)
+    } else {
+        gone(id)
+    }
+}

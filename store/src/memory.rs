@@ -1,0 +1,173 @@
+//! The embedded in-memory backend: one process, no setup, the default.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::{ConnectionRecord, MembersPage, Store, StoreError};
+
+/// A store held in this process's memory. Cloning is not supported: share it in an `Arc`.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    connections: HashMap<String, Entry>,
+    /// Ordered so that a cursor (the last id returned) can resume a walk.
+    groups: HashMap<String, BTreeSet<String>>,
+    nodes: HashMap<String, Instant>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    record: ConnectionRecord,
+    groups: HashSet<String>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the maps consistent (every change is a
+        // single insert or remove), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many connections are registered (for tests and metrics).
+    pub fn connection_count(&self) -> usize {
+        self.lock().connections.len()
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn register(&self, record: &ConnectionRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        match inner.connections.get_mut(&record.id) {
+            Some(entry) => entry.record = record.clone(),
+            None => {
+                inner.connections.insert(
+                    record.id.clone(),
+                    Entry {
+                        record: record.clone(),
+                        groups: HashSet::new(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<ConnectionRecord>, StoreError> {
+        Ok(self.lock().connections.get(id).map(|e| e.record.clone()))
+    }
+
+    async fn unregister(&self, id: &str) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(entry) = inner.connections.remove(id) else {
+            return Ok(false);
+        };
+        for group in entry.groups {
+            if let Some(members) = inner.groups.get_mut(&group) {
+                members.remove(id);
+                if members.is_empty() {
+                    inner.groups.remove(&group);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn join(&self, group: &str, id: &str) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(entry) = inner.connections.get_mut(id) else {
+            return Err(StoreError::NotRegistered(id.to_owned()));
+        };
+        entry.groups.insert(group.to_owned());
+        Ok(inner
+            .groups
+            .entry(group.to_owned())
+            .or_default()
+            .insert(id.to_owned()))
+    }
+
+    async fn leave(&self, group: &str, id: &str) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.connections.get_mut(id) {
+            entry.groups.remove(group);
+        }
+        let Some(members) = inner.groups.get_mut(group) else {
+            return Ok(false);
+        };
+        let removed = members.remove(id);
+        if members.is_empty() {
+            inner.groups.remove(group);
+        }
+        Ok(removed)
+    }
+
+    async fn members(
+        &self,
+        group: &str,
+        cursor: Option<&str>,
+        count: usize,
+    ) -> Result<MembersPage, StoreError> {
+        let inner = self.lock();
+        let Some(members) = inner.groups.get(group) else {
+            return Ok(MembersPage::default());
+        };
+        let count = count.max(1);
+        let page: Vec<String> = match cursor {
+            None => members.iter().take(count).cloned().collect(),
+            Some(after) => members
+                .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                .take(count)
+                .cloned()
+                .collect(),
+        };
+        let cursor = if page.len() == count {
+            page.last().cloned()
+        } else {
+            None
+        };
+        Ok(MembersPage {
+            members: page,
+            cursor,
+        })
+    }
+
+    async fn count(&self, group: &str) -> Result<u64, StoreError> {
+        Ok(self.lock().groups.get(group).map_or(0, |m| m.len() as u64))
+    }
+
+    async fn groups_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let inner = self.lock();
+        let mut groups: Vec<String> = inner
+            .connections
+            .get(id)
+            .map(|e| e.groups.iter().cloned().collect())
+            .unwrap_or_default();
+        groups.sort_unstable();
+        Ok(groups)
+    }
+
+    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.lock()
+            .nodes
+            .insert(node.to_owned(), Instant::now() + ttl);
+        Ok(())
+    }
+
+    async fn node_alive(&self, node: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .nodes
+            .get(node)
+            .is_some_and(|until| *until > Instant::now()))
+    }
+}

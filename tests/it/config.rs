@@ -1,0 +1,76 @@
+//! The real binary's config handling: a bad file is named with its field and a non-zero
+//! exit, before any port is bound.
+
+use std::process::Command;
+
+fn check(toml: &str) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("sb-cfg-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = Command::new(crate::switchboard_bin())
+        .args(["check", "--config", path.to_str().unwrap()])
+        .env_remove("SWITCHBOARD_REQUIRE_ALL")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn valid_config_passes() {
+    let (ok, out) = check("[sendback]\ntoken = \"0123456789abcdef\"\n");
+    assert!(ok, "{out}");
+    assert!(out.contains("config ok"));
+}
+
+#[test]
+fn bad_configs_name_the_field_and_fail() {
+    for (toml, needle) in [
+        ("[sendback]\ntoken = \"short\"\n", "sendback.token"),
+        (
+            "[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nidle_timeout = \"forever\"\n",
+            "idle_timeout",
+        ),
+        (
+            "[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nmax_conections = 1\n",
+            "max_conections",
+        ),
+        (
+            "[sendback]\ntoken = \"0123456789abcdef\"\n[functions]\ntransport = \"nope\"\n",
+            "functions.transport",
+        ),
+        ("[[[", "invalid config"),
+    ] {
+        let (ok, out) = check(toml);
+        assert!(!ok, "accepted: {toml}");
+        assert!(
+            out.contains(needle),
+            "message for {toml:?} lacks {needle:?}: {out}"
+        );
+    }
+}
+
+#[test]
+fn busy_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = Command::new(crate::switchboard_bin())
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--sendback-listen",
+            "127.0.0.1:0",
+        ])
+        .env("SWITCHBOARD_SENDBACK__TOKEN", "0123456789abcdef")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&addr.to_string()) && err.contains("public"),
+        "{err}"
+    );
+}

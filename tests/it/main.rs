@@ -1,0 +1,19 @@
+//! End-to-end tests: the real gateway, real function servers and real WebSocket clients
+//! on ephemeral ports (one test binary; one module per surface).
+
+mod bad_input;
+mod browser;
+mod chat;
+mod cleanup;
+mod config;
+mod limits;
+mod ordering;
+mod register;
+mod sendback;
+mod store_suite;
+
+/// The `switchboard` binary: the gateway's own `main.rs`, built by this package as
+/// `switchboard-under-test`, so the tests always run the current code.
+pub fn switchboard_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_switchboard-under-test"))
+}

@@ -1,0 +1,274 @@
+//! The send-back API: every route, authentication, and its error statuses.
+
+use std::time::Duration;
+
+use functions::api::{BatchResult, ConnectionInfo, DeliveryStatus};
+use tests::gateway::{TOKEN, TestGateway, next_message};
+use tests::scripted::ScriptedFunction;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn setup(configure: impl FnOnce(&mut gateway::Config)) -> (ScriptedFunction, TestGateway) {
+    let function = ScriptedFunction::accepting().await;
+    let url = function.url();
+    let gw = TestGateway::start(move |c| {
+        c.functions.register = Some(url.clone());
+        c.functions.cleanup = Some(url);
+        configure(c);
+    })
+    .await;
+    (function, gw)
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+#[tokio::test]
+async fn post_get_and_batch() {
+    let (function, gw) = setup(|_| {}).await;
+    let mut client = gw.connect("/").await;
+    let id = function.wait_register().await;
+    let base = gw.sendback_url();
+
+    // Text, then binary (by content type), arrive in order.
+    let r = http()
+        .post(format!("{base}/@connections/{id}"))
+        .bearer_auth(TOKEN)
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http()
+        .post(format!("{base}/@connections/{id}"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/octet-stream")
+        .body(vec![0u8, 159, 255])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        next_message(&mut client).await,
+        Some(Message::text("hello"))
+    );
+    assert_eq!(
+        next_message(&mut client).await,
+        Some(Message::binary(vec![0u8, 159, 255]))
+    );
+
+    // GET: what the gateway knows.
+    let info: ConnectionInfo = http()
+        .get(format!("{base}/@connections/{id}"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info.connection_id, id);
+    assert_eq!(info.source_ip, "127.0.0.1");
+    assert!(info.connected_at.ends_with('Z'), "{}", info.connected_at);
+    assert!(info.last_active_at >= info.connected_at);
+
+    // Batch: a live id, a gone (well-formed) id and a garbage id.
+    let gone = uuid::Uuid::new_v4().to_string();
+    let result: BatchResult = http()
+        .post(format!("{base}/@connections"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"connectionIds": [id, gone, "nope"], "data": "to many"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((result.delivered, result.gone, result.throttled), (1, 2, 0));
+    assert_eq!(result.results[0].status, DeliveryStatus::Delivered);
+    assert_eq!(result.results[1].status, DeliveryStatus::Gone);
+    assert_eq!(
+        next_message(&mut client).await,
+        Some(Message::text("to many"))
+    );
+
+    // Binary batch, base64.
+    let result: BatchResult = http()
+        .post(format!("{base}/@connections"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"connectionIds": [id], "data": "AAEC", "dataType": "binary"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(result.delivered, 1);
+    assert_eq!(
+        next_message(&mut client).await,
+        Some(Message::binary(vec![0u8, 1, 2]))
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn errors_have_statuses_and_json_bodies() {
+    let (function, gw) = setup(|c| c.limits.max_message_bytes = 1024).await;
+    let _client = gw.connect("/").await;
+    let id = function.wait_register().await;
+    let base = gw.sendback_url();
+    let url = format!("{base}/@connections/{id}");
+
+    let no_token = http().post(&url).body("x").send().await.unwrap();
+    assert_eq!(no_token.status(), 401);
+    let wrong = http()
+        .post(&url)
+        .bearer_auth("wrong-token-0123456789")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let body: serde_json::Value = wrong.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+
+    for gone in [uuid::Uuid::new_v4().to_string(), "not-an-id".to_owned()] {
+        let r = http()
+            .post(format!("{base}/@connections/{gone}"))
+            .bearer_auth(TOKEN)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 410);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "gone");
+        let r = http()
+            .get(format!("{base}/@connections/{gone}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 410);
+        let r = http()
+            .delete(format!("{base}/@connections/{gone}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 410);
+    }
+
+    let r = http()
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .body(vec![b'x'; 1025])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = http()
+        .post(format!("{base}/@connections"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"connectionIds": [id], "data": "x".repeat(1025)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let r = http()
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .body(vec![0xffu8, 0xfe])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "invalid UTF-8 as text");
+    let r = http()
+        .post(format!("{base}/@connections"))
+        .bearer_auth(TOKEN)
+        .body("{\"connectionIds\": 5}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http()
+        .delete(format!("{url}?code=1006"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "1006 may not be sent");
+    let r = http().put(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let r = http()
+        .get(format!("{base}/elsewhere"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_client_gets_429_not_unbounded_memory() {
+    let (function, gw) = setup(|c| {
+        c.limits.outbound_queue_messages = 4;
+        c.limits.outbound_queue_bytes = 256 * 1024;
+    })
+    .await;
+    // A client that never reads: the kernel buffers fill, then the outbound queue.
+    let client = gw.connect("/").await;
+    let id = function.wait_register().await;
+    let url = format!("{}/@connections/{id}", gw.sendback_url());
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut throttled = None;
+    for i in 0..2000 {
+        let r = http()
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .body(chunk.clone())
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => continue,
+            429 => {
+                let body: serde_json::Value = r.json().await.unwrap();
+                assert_eq!(body["error"], "throttled");
+                throttled = Some(i);
+                break;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let sent = throttled.expect("a send was throttled");
+    // The connection is still there (throttling does not drop it).
+    let r = http().get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200, "after {sent} sends");
+    drop(client);
+    function.wait_cleanup(&id).await;
+    tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn token_can_be_disabled_on_loopback_only() {
+    let (function, gw) = setup(|c| {
+        c.sendback.token = None;
+        c.sendback.insecure_no_auth = true;
+    })
+    .await;
+    let mut client = gw.connect("/").await;
+    let id = function.wait_register().await;
+    let r = http()
+        .post(format!("{}/@connections/{id}", gw.sendback_url()))
+        .body("open")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(next_message(&mut client).await, Some(Message::text("open")));
+    gw.shutdown().await;
+}

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# tests/run.sh — the one command that runs every Switchboard test.
+#
+# Works on a fresh Debian machine that has only the Rust toolchain: installs
+# whatever is missing (redis-server, chromium, node/npm via apt; the browser
+# test's npm packages; rustfmt/clippy via rustup), then runs, in order:
+#   fmt    cargo fmt --all -- --check
+#   clippy cargo clippy --workspace --all-targets -- -D warnings
+#   build  cargo build --workspace --bins
+#   test   cargo test --workspace
+# and stops at the first failure.
+#
+# Tests start their own redis-server on a free port; the machine's redis
+# service is never started or touched. With CI set, SWITCHBOARD_REQUIRE_ALL=1
+# is exported so tests needing redis/chromium/node fail instead of skipping.
+#
+# Environment: REDIS_SERVER, CHROMIUM (paths of the binaries, optional),
+# CI (any value but "", "0" or "false" means CI).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+die() {
+    printf '\ntests/run.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------- environment
+if [ -n "${CI:-}" ] && [ "${CI}" != "0" ] && [ "${CI}" != "false" ]; then
+    export SWITCHBOARD_REQUIRE_ALL=1
+fi
+
+# ------------------------------------------------------------------ tools
+# Runs a command as root: directly, or through sudo.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif have sudo; then
+        sudo "$@" || die "'sudo $*' failed: install the missing packages yourself (apt-get install ${APT_MISSING[*]}) and re-run"
+    else
+        die "not root and no sudo: cannot run '$*'. Install the missing packages yourself (apt-get install ${APT_MISSING[*]}) and re-run."
+    fi
+}
+
+APT_MISSING=()
+if [ -n "${REDIS_SERVER:-}" ]; then
+    [ -x "$REDIS_SERVER" ] || die "REDIS_SERVER=$REDIS_SERVER is not an executable"
+elif ! have redis-server && [ ! -x /usr/bin/redis-server ]; then
+    APT_MISSING+=(redis-server)
+fi
+if [ -n "${CHROMIUM:-}" ]; then
+    [ -x "$CHROMIUM" ] || die "CHROMIUM=$CHROMIUM is not an executable"
+elif ! have chromium && [ ! -x /usr/bin/chromium ]; then
+    APT_MISSING+=(chromium)
+fi
+have node || APT_MISSING+=(nodejs)
+have npm || APT_MISSING+=(npm)
+
+if [ "${#APT_MISSING[@]}" -gt 0 ]; then
+    step "install ${APT_MISSING[*]} (apt)"
+    have apt-get || die "missing ${APT_MISSING[*]} and no apt-get: install them yourself and re-run"
+    # Waits for the dpkg lock instead of failing if another apt is running.
+    APT=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600)
+    as_root "${APT[@]}" update
+    as_root "${APT[@]}" install -y "${APT_MISSING[@]}"
+    # apt may have started the system redis service: it is not ours, leave it alone.
+fi
+
+if [ -z "${CHROMIUM:-}" ]; then
+    CHROMIUM="$(command -v chromium || echo /usr/bin/chromium)"
+fi
+export CHROMIUM
+
+# rustfmt and clippy are rustup components, absent from a minimal toolchain.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+    step "install rustfmt clippy (rustup)"
+    have rustup || die "cargo fmt / cargo clippy missing and no rustup to install them"
+    rustup component add rustfmt clippy
+fi
+
+# npm packages of the browser test, only when missing or stale: npm writes
+# node_modules/.package-lock.json on every install, so anything newer than it
+# (package.json, package-lock.json) means the install is out of date.
+BROWSER=tests/browser
+STAMP="$BROWSER/node_modules/.package-lock.json"
+if [ ! -f "$STAMP" ] || [ ! -d "$BROWSER/node_modules/playwright-core" ] ||
+    [ "$BROWSER/package.json" -nt "$STAMP" ] ||
+    { [ -f "$BROWSER/package-lock.json" ] && [ "$BROWSER/package-lock.json" -nt "$STAMP" ]; }; then
+    step "npm install (tests/browser)"
+    # playwright-core never downloads a browser; the system chromium is used.
+    export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+    if [ -f "$BROWSER/package-lock.json" ]; then
+        (cd "$BROWSER" && npm ci --no-audit --no-fund)
+    else
+        (cd "$BROWSER" && npm install --no-audit --no-fund)
+    fi
+    if [ -d "$BROWSER/node_modules" ]; then touch "$STAMP"; fi
+fi
+
+# ------------------------------------------------------------------ checks
+step "fmt"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build"
+cargo build --workspace --bins
+
+# ------------------------------------------------------------------ tests
+step "test${SWITCHBOARD_REQUIRE_ALL:+ (SWITCHBOARD_REQUIRE_ALL=1: missing tools fail)}"
+cargo test --workspace
+
+# ------------------------------------------------------------------ benchmarks
+# ==> bench (smoke size) — PLACEHOLDER: a later change runs the benchmarks here
+# at smoke size, so CI proves they still work without spending time on them.
+
+step "all tests passed"
