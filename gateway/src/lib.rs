@@ -22,6 +22,7 @@ pub mod demo;
 mod error;
 mod handshake;
 mod invoke;
+mod listener;
 mod outbox;
 mod public;
 mod registry;

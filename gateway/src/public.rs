@@ -5,58 +5,44 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::respond::{self, Body};
-use crate::{Shared, admit, handshake};
+use crate::{Shared, admit, handshake, listener};
 
 /// Accepts clients until shutdown.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    warn!(cause = %e, "public listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let task_shared = shared.clone();
-        shared.tracker.spawn(async move {
-            let service_shared = task_shared.clone();
-            let service = service_fn(move |req| handle(service_shared.clone(), req, remote));
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(task_shared.config.limits.handshake_timeout)
-                .max_buf_size(64 * 1024)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = task_shared.shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                // Garbage, a slow or abandoned handshake, a client gone: normal traffic.
-                debug!(%remote, cause = %e, "public connection ended with an error");
-            }
-        });
+    listener::accept_loop(shared, listener, "public", serve_connection).await;
+}
+
+/// Serves one client's HTTP/1.1 connection, through its upgrade if it asks for one.
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
+    let service_shared = shared.clone();
+    let service = service_fn(move |req| handle(service_shared.clone(), req, remote));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.limits.handshake_timeout)
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        // Garbage, a slow or abandoned handshake, a client gone: normal traffic.
+        debug!(%remote, cause = %e, "public connection ended with an error");
     }
 }
 

@@ -17,54 +17,44 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 use uuid::Uuid;
 
 use crate::outbox::{CloseRequest, PushError, QueueLimits};
 use crate::registry::Connection;
 use crate::respond::{self, Body, Failure};
-use crate::{Shared, clock};
+use crate::{Shared, clock, listener};
 
 /// Serves the send-back API until shutdown.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    loop {
-        let (stream, remote) = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    warn!(cause = %e, "send-back listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let task_shared = shared.clone();
-        shared.tracker.spawn(async move {
-            let service_shared = task_shared.clone();
-            let service = service_fn(move |req| {
-                let shared = service_shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, req).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = task_shared.shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                debug!(%remote, cause = %e, "send-back connection ended with an error");
-            }
-        });
+    listener::accept_loop(shared, listener, "send-back", serve_connection).await;
+}
+
+/// Serves one HTTP/1.1 connection of the send-back API (keep-alive).
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
+    let service_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let shared = service_shared.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%remote, cause = %e, "send-back connection ended with an error");
     }
 }
 

@@ -25,9 +25,7 @@ async fn setup(configure: impl FnOnce(&mut gateway::Config)) -> (ScriptedFunctio
     .await;
     let url = function.url();
     let gw = TestGateway::start(move |c| {
-        c.functions.register = Some(url.clone());
-        c.functions.transport = Some(url.clone());
-        c.functions.cleanup = Some(url);
+        tests::gateway::route_all(c, &url);
         c.limits.max_message_bytes = 64 * 1024;
         configure(c);
     })

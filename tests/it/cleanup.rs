@@ -25,9 +25,7 @@ async fn setup(configure: impl FnOnce(&mut gateway::Config)) -> Setup {
     .await;
     let url = function.url();
     let gw = TestGateway::start(move |c| {
-        c.functions.register = Some(url.clone());
-        c.functions.transport = Some(url.clone());
-        c.functions.cleanup = Some(url);
+        tests::gateway::route_all(c, &url);
         configure(c);
     })
     .await;
@@ -242,9 +240,7 @@ async fn transport_failure_closes_with_1011_after_retries() {
     .await;
     let url = function.url();
     let gw = TestGateway::start(move |c| {
-        c.functions.register = Some(url.clone());
-        c.functions.transport = Some(url.clone());
-        c.functions.cleanup = Some(url);
+        tests::gateway::route_all(c, &url);
         c.functions.retries = 2;
     })
     .await;

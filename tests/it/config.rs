@@ -74,3 +74,10 @@ fn busy_port_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn example_config_in_deploy_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway.toml");
+    let (ok, out) = check(&std::fs::read_to_string(path).unwrap());
+    assert!(ok, "deploy/gateway.toml: {out}");
+}

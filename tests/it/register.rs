@@ -119,9 +119,7 @@ async fn accepted_context_and_subprotocol_reach_later_events() {
     .await;
     let url = function.url();
     let gw = TestGateway::start(move |c| {
-        c.functions.register = Some(url.clone());
-        c.functions.transport = Some(url.clone());
-        c.functions.cleanup = Some(url);
+        tests::gateway::route_all(c, &url);
     })
     .await;
     let mut request = gw.ws_url("/app?user=ann").into_client_request().unwrap();

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use functions::api::{BatchResult, ConnectionInfo, DeliveryStatus};
-use tests::gateway::{TOKEN, TestGateway, next_message};
+use reqwest::Method;
+use tests::gateway::{TestGateway, next_message, sendback_request};
 use tests::scripted::ScriptedFunction;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -31,17 +32,13 @@ async fn post_get_and_batch() {
     let base = gw.sendback_url();
 
     // Text, then binary (by content type), arrive in order.
-    let r = http()
-        .post(format!("{base}/@connections/{id}"))
-        .bearer_auth(TOKEN)
+    let r = sendback_request(Method::POST, format!("{base}/@connections/{id}"))
         .body("hello")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = http()
-        .post(format!("{base}/@connections/{id}"))
-        .bearer_auth(TOKEN)
+    let r = sendback_request(Method::POST, format!("{base}/@connections/{id}"))
         .header("content-type", "application/octet-stream")
         .body(vec![0u8, 159, 255])
         .send()
@@ -58,9 +55,7 @@ async fn post_get_and_batch() {
     );
 
     // GET: what the gateway knows.
-    let info: ConnectionInfo = http()
-        .get(format!("{base}/@connections/{id}"))
-        .bearer_auth(TOKEN)
+    let info: ConnectionInfo = sendback_request(Method::GET, format!("{base}/@connections/{id}"))
         .send()
         .await
         .unwrap()
@@ -74,9 +69,7 @@ async fn post_get_and_batch() {
 
     // Batch: a live id, a gone (well-formed) id and a garbage id.
     let gone = uuid::Uuid::new_v4().to_string();
-    let result: BatchResult = http()
-        .post(format!("{base}/@connections"))
-        .bearer_auth(TOKEN)
+    let result: BatchResult = sendback_request(Method::POST, format!("{base}/@connections"))
         .json(&serde_json::json!({"connectionIds": [id, gone, "nope"], "data": "to many"}))
         .send()
         .await
@@ -93,9 +86,7 @@ async fn post_get_and_batch() {
     );
 
     // Binary batch, base64.
-    let result: BatchResult = http()
-        .post(format!("{base}/@connections"))
-        .bearer_auth(TOKEN)
+    let result: BatchResult = sendback_request(Method::POST, format!("{base}/@connections"))
         .json(&serde_json::json!({"connectionIds": [id], "data": "AAEC", "dataType": "binary"}))
         .send()
         .await
@@ -133,9 +124,7 @@ async fn errors_have_statuses_and_json_bodies() {
     assert_eq!(body["error"], "unauthorized");
 
     for gone in [uuid::Uuid::new_v4().to_string(), "not-an-id".to_owned()] {
-        let r = http()
-            .post(format!("{base}/@connections/{gone}"))
-            .bearer_auth(TOKEN)
+        let r = sendback_request(Method::POST, format!("{base}/@connections/{gone}"))
             .body("x")
             .send()
             .await
@@ -143,66 +132,50 @@ async fn errors_have_statuses_and_json_bodies() {
         assert_eq!(r.status(), 410);
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["error"], "gone");
-        let r = http()
-            .get(format!("{base}/@connections/{gone}"))
-            .bearer_auth(TOKEN)
+        let r = sendback_request(Method::GET, format!("{base}/@connections/{gone}"))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 410);
-        let r = http()
-            .delete(format!("{base}/@connections/{gone}"))
-            .bearer_auth(TOKEN)
+        let r = sendback_request(Method::DELETE, format!("{base}/@connections/{gone}"))
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 410);
     }
 
-    let r = http()
-        .post(&url)
-        .bearer_auth(TOKEN)
+    let r = sendback_request(Method::POST, &url)
         .body(vec![b'x'; 1025])
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    let r = http()
-        .post(format!("{base}/@connections"))
-        .bearer_auth(TOKEN)
+    let r = sendback_request(Method::POST, format!("{base}/@connections"))
         .json(&serde_json::json!({"connectionIds": [id], "data": "x".repeat(1025)}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    let r = http()
-        .post(&url)
-        .bearer_auth(TOKEN)
+    let r = sendback_request(Method::POST, &url)
         .body(vec![0xffu8, 0xfe])
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400, "invalid UTF-8 as text");
-    let r = http()
-        .post(format!("{base}/@connections"))
-        .bearer_auth(TOKEN)
+    let r = sendback_request(Method::POST, format!("{base}/@connections"))
         .body("{\"connectionIds\": 5}")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    let r = http()
-        .delete(format!("{url}?code=1006"))
-        .bearer_auth(TOKEN)
+    let r = sendback_request(Method::DELETE, format!("{url}?code=1006"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400, "1006 may not be sent");
-    let r = http().put(&url).bearer_auth(TOKEN).send().await.unwrap();
+    let r = sendback_request(Method::PUT, &url).send().await.unwrap();
     assert_eq!(r.status(), 405);
-    let r = http()
-        .get(format!("{base}/elsewhere"))
-        .bearer_auth(TOKEN)
+    let r = sendback_request(Method::GET, format!("{base}/elsewhere"))
         .send()
         .await
         .unwrap();
@@ -224,9 +197,7 @@ async fn slow_client_gets_429_not_unbounded_memory() {
     let chunk = vec![b'x'; 64 * 1024];
     let mut throttled = None;
     for i in 0..2000 {
-        let r = http()
-            .post(&url)
-            .bearer_auth(TOKEN)
+        let r = sendback_request(Method::POST, &url)
             .body(chunk.clone())
             .send()
             .await
@@ -244,7 +215,7 @@ async fn slow_client_gets_429_not_unbounded_memory() {
     }
     let sent = throttled.expect("a send was throttled");
     // The connection is still there (throttling does not drop it).
-    let r = http().get(&url).bearer_auth(TOKEN).send().await.unwrap();
+    let r = sendback_request(Method::GET, &url).send().await.unwrap();
     assert_eq!(r.status(), 200, "after {sent} sends");
     drop(client);
     function.wait_cleanup(&id).await;

@@ -45,6 +45,20 @@ pub fn test_config() -> Config {
     config
 }
 
+/// Points register, transport and cleanup at one function URL.
+pub fn route_all(config: &mut Config, url: &str) {
+    config.functions.register = Some(url.to_owned());
+    config.functions.transport = Some(url.to_owned());
+    config.functions.cleanup = Some(url.to_owned());
+}
+
+/// A send-back request with the test token.
+pub fn sendback_request(method: reqwest::Method, url: impl AsRef<str>) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .request(method, url.as_ref())
+        .bearer_auth(TOKEN)
+}
+
 impl TestGateway {
     /// Starts a gateway with [`test_config`] changed by `configure`, on a new embedded store.
     pub async fn start(configure: impl FnOnce(&mut Config)) -> Self {
