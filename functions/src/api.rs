@@ -8,6 +8,13 @@
 //! - `DELETE /@connections/{id}`: closes it; optional query `code` and `reason`.
 //! - `POST /@connections`: [`BatchSend`] in, [`BatchResult`] out.
 //!
+//! - `POST /@groups/{group}`: the body is the message (as for one connection), sent to every
+//!   member of the group held by this gateway; `?exclude={id}` (repeatable) skips ids.
+//!   [`GroupSendResult`] out.
+//! - `PUT /@groups/{group}/connections/{id}`: joins (204; 410 if the connection is not
+//!   registered). `DELETE` leaves (204, also when it was not a member).
+//! - `GET /@groups/{group}?cursor=&limit=`: [`GroupInfo`], one page of members.
+//!
 //! Errors are [`ApiError`] bodies with the status that names them (410 for a gone
 //! connection, 413 too large, 429 the client's outbound queue is full, 401 no or wrong token).
 
@@ -90,11 +97,39 @@ pub enum DeliveryStatus {
     Throttled,
 }
 
+/// The outcome of a group send.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupSendResult {
+    /// Members the message was queued for.
+    pub delivered: usize,
+    /// Members listed in the group that are not live (anymore).
+    pub gone: usize,
+    /// Members whose outbound queue was full.
+    pub throttled: usize,
+    /// Members skipped because the request excluded them.
+    pub excluded: usize,
+}
+
+/// A group's size and one page of its members.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupInfo {
+    /// The group's name.
+    pub group: String,
+    /// How many members it has.
+    pub count: u64,
+    /// One page of member ids.
+    pub members: Vec<String>,
+    /// Pass as `?cursor=` for the next page; `null` after the last.
+    pub cursor: Option<String>,
+}
+
 /// The JSON body of every error reply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
     /// A stable machine-readable code: `gone`, `unauthorized`, `payload_too_large`,
-    /// `throttled`, `bad_request`, `not_found`, `method_not_allowed`, `unavailable`.
+    /// `throttled`, `bad_request`, `not_found`, `method_not_allowed`, `store_unavailable`.
     pub error: String,
     /// A sentence for people.
     pub message: String,

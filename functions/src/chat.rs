@@ -1,9 +1,10 @@
 //! The example chat functions: rooms of named people, with presence.
 //!
 //! Clients connect to `/chat?room=<room>&name=<name>` (see [`CHAT_PAGE`]). Register joins
-//! the store group named after the room and tells the others; every text message is
-//! broadcast to the rest of the room with one batch send; `/who` answers the sender with
-//! the room's members; `ping` answers `pong`; cleanup leaves the room and tells the others.
+//! the store group named after the room and tells the others; every text message goes to
+//! the rest of the room with one group send (`POST /@groups/{room}?exclude={sender}`: the
+//! gateway reads the members, not the function); `/who` answers the sender with the room's
+//! members; `ping` answers `pong`; cleanup leaves the room and tells the others.
 //!
 //! Messages the clients get are JSON text:
 //! - `{"type":"message","from":name,"text":text,"online":N}`
@@ -11,8 +12,13 @@
 //! - `{"type":"presence","event":"who","online":N,"members":[...]}`
 //! - `{"type":"error","message":...}`
 //!
-//! `online` is the room's size; `members` lists the names of at most
-//! [`MAX_LISTED_MEMBERS`] of them.
+//! `online` is the room's size (the store's count); `members` lists the names of at most
+//! [`MAX_LISTED_MEMBERS`] of them, read from their records.
+//!
+//! When the store is down (or the gateway answers a group send with 503 because its store
+//! is down), a message is not delivered, but the transport event does not fail (that would
+//! close the sender's connection with 1011): the sender gets [`STORE_DOWN_MESSAGE`] as an
+//! error message instead, and may try again. Register refuses with 503 then.
 
 use serde_json::{Value, json};
 use store::{SharedStore, StoreError};
@@ -38,6 +44,14 @@ pub const MAX_NAME_CHARS: usize = 32;
 /// The most member names a presence message lists.
 pub const MAX_LISTED_MEMBERS: usize = 50;
 
+/// The `message` of the error a sender gets when its chat message could not be delivered
+/// because the store is unavailable.
+pub const STORE_DOWN_MESSAGE: &str =
+    "message not delivered: the chat store is unavailable, try again";
+/// The `message` of the error a `/who` gets when the store is unavailable.
+pub const STORE_DOWN_WHO_MESSAGE: &str =
+    "cannot list the room: the chat store is unavailable, try again";
+
 /// The chat functions, over a store (rooms are its groups) and the send-back API.
 #[derive(Clone, Debug)]
 pub struct Chat {
@@ -46,7 +60,9 @@ pub struct Chat {
 }
 
 impl Chat {
-    /// Chat functions that keep rooms in `store` and send through `sendback`.
+    /// Chat functions that keep rooms in `store` and send through `sendback`. The store
+    /// must be the one the gateway uses (same URL and key prefix), since the gateway reads
+    /// the room's members for every group send.
     pub fn new(store: SharedStore, sendback: SendBack) -> Self {
         Chat { store, sendback }
     }
@@ -67,9 +83,7 @@ impl Handler for Chat {
             .await
             .map_err(|err| store_refusal(&err))?;
         // The joiner's record has no context yet: its name comes from here.
-        let result = self
-            .announce("join", &room, &name, id, Some((id, &name)))
-            .await;
+        let result = self.announce("join", &room, &name, id, Some(&name)).await;
         if let Err(err) = result {
             warn!(%room, error = %Chain(&err), "could not announce a join");
         }
@@ -90,23 +104,29 @@ impl Handler for Chat {
             )));
         };
         let seat = Seat::of(event);
-        match text.as_str() {
+        let (result, store_down) = match text.as_str() {
             "ping" => return Ok(Some(Message::text("pong"))),
-            "/who" => {
-                let members = self.store.all_members(&seat.room).await?;
-                let who = self
-                    .presence("who", None, &seat.room, &members, None)
-                    .await?;
-                return Ok(Some(Message::text(who)));
+            "/who" => (self.who(&seat.room).await.map(Some), STORE_DOWN_WHO_MESSAGE),
+            _ => (
+                self.say(&seat, &event.connection_id, &text)
+                    .await
+                    .map(|()| None),
+                STORE_DOWN_MESSAGE,
+            ),
+        };
+        match result {
+            Ok(reply) => Ok(reply),
+            // Failing the event would close the sender with 1011; it may just try again.
+            Err(err) if err.is_unavailable() => {
+                warn!(
+                    room = %seat.room,
+                    error = %Chain(&err),
+                    "store unavailable: told the sender to try again"
+                );
+                Ok(Some(error_message(store_down)))
             }
-            _ => {}
+            Err(err) => Err(err.into()),
         }
-        let members = self.store.all_members(&seat.room).await?;
-        let online = self.store.count(&seat.room).await?;
-        let chat = json!({"type": "message", "from": seat.name, "text": text, "online": online});
-        self.broadcast(&members, &event.connection_id, chat.to_string())
-            .await?;
-        Ok(None)
     }
 
     async fn cleanup(&self, event: &Event, _reason: DisconnectReason) -> Result<(), HandlerError> {
@@ -124,37 +144,62 @@ impl Handler for Chat {
 }
 
 impl Chat {
-    /// Tells every member of `room` but `except` that `name` joined or left.
-    /// `joiner` is the (id, name) of a member whose record has no context yet.
+    /// Sends a chat message from `sender` to the rest of its room, in one group send.
+    async fn say(&self, seat: &Seat, sender: &str, text: &str) -> Result<(), FunctionsError> {
+        let online = self.store.count(&seat.room).await?;
+        // The sender is a member from register to cleanup: a room of one is the sender.
+        if online <= 1 {
+            return Ok(());
+        }
+        let chat = json!({"type": "message", "from": seat.name, "text": text, "online": online});
+        self.send_to_room(&seat.room, chat.to_string(), sender)
+            .await
+    }
+
+    /// The answer to `/who`: the room's size and names.
+    async fn who(&self, room: &str) -> Result<Message, FunctionsError> {
+        let online = self.store.count(room).await?;
+        let who = self.presence("who", None, room, online, None).await?;
+        Ok(Message::text(who))
+    }
+
+    /// Tells every member of `room` but `subject` (the connection that joined or left)
+    /// that `name` joined or left. `joiner_name` is set for a join: the joiner is then a
+    /// member already, and its record has no context (so no name) yet.
     async fn announce(
         &self,
         event: &str,
         room: &str,
         name: &str,
-        except: &str,
-        joiner: Option<(&str, &str)>,
+        subject: &str,
+        joiner_name: Option<&str>,
     ) -> Result<(), FunctionsError> {
-        let members = self.store.all_members(room).await?;
-        if members.iter().all(|m| m == except) {
+        let online = self.store.count(room).await?;
+        let others = if joiner_name.is_some() {
+            online.saturating_sub(1)
+        } else {
+            online
+        };
+        if others == 0 {
             return Ok(());
         }
+        let joiner = joiner_name.map(|joiner_name| (subject, joiner_name));
         let presence = self
-            .presence(event, Some(name), room, &members, joiner)
+            .presence(event, Some(name), room, online, joiner)
             .await?;
-        self.broadcast(&members, except, presence).await
+        self.send_to_room(room, presence, subject).await
     }
 
-    /// A presence message about `room`, whose members are `members`.
+    /// A presence message about `room`, which has `online` members.
     async fn presence(
         &self,
         event: &str,
         name: Option<&str>,
         room: &str,
-        members: &[String],
+        online: u64,
         joiner: Option<(&str, &str)>,
     ) -> Result<String, StoreError> {
-        let online = self.store.count(room).await?;
-        let names = self.member_names(members, joiner).await?;
+        let names = self.member_names(room, joiner).await?;
         let mut presence = json!({"type": "presence", "event": event});
         if let Some(name) = name {
             presence["name"] = json!(name);
@@ -164,23 +209,24 @@ impl Chat {
         Ok(presence.to_string())
     }
 
-    /// The names of the first [`MAX_LISTED_MEMBERS`] members, read from their records'
-    /// contexts concurrently. Members without a record or a name yet are left out.
+    /// The names of at most [`MAX_LISTED_MEMBERS`] members of `room`, read from their
+    /// records' contexts concurrently. Members without a record or a name yet are left out;
+    /// `joiner` is the (id, name) of a member whose record has no context yet.
     async fn member_names(
         &self,
-        members: &[String],
+        room: &str,
         joiner: Option<(&str, &str)>,
     ) -> Result<Vec<String>, StoreError> {
-        let listed = &members[..members.len().min(MAX_LISTED_MEMBERS)];
+        let listed = self.listed_members(room).await?;
         let mut names: Vec<Option<String>> = vec![None; listed.len()];
         let mut lookups = JoinSet::new();
-        for (index, id) in listed.iter().enumerate() {
+        for (index, id) in listed.into_iter().enumerate() {
             match joiner {
                 Some((joiner_id, joiner_name)) if joiner_id == id => {
                     names[index] = Some(joiner_name.to_owned());
                 }
                 _ => {
-                    let (store, id) = (SharedStore::clone(&self.store), id.clone());
+                    let store = SharedStore::clone(&self.store);
                     lookups.spawn(async move { (index, store.get(&id).await) });
                 }
             }
@@ -196,26 +242,46 @@ impl Chat {
         Ok(names.into_iter().flatten().collect())
     }
 
-    /// Sends `text` to every member but `except`, in one batch (none if nobody else).
-    async fn broadcast(
-        &self,
-        members: &[String],
-        except: &str,
-        text: String,
-    ) -> Result<(), FunctionsError> {
-        let others: Vec<String> = members.iter().filter(|m| *m != except).cloned().collect();
-        if others.is_empty() {
-            return Ok(());
+    /// At most [`MAX_LISTED_MEMBERS`] member ids of `room`, sorted: pages are read only
+    /// until that many are found, so a large room costs no more than a small one.
+    async fn listed_members(&self, room: &str) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .members(room, cursor.as_deref(), MAX_LISTED_MEMBERS)
+                .await?;
+            ids.extend(page.members);
+            // A walk may list a member twice.
+            ids.sort_unstable();
+            ids.dedup();
+            match page.cursor {
+                Some(next) if ids.len() < MAX_LISTED_MEMBERS => cursor = Some(next),
+                _ => break,
+            }
         }
+        ids.truncate(MAX_LISTED_MEMBERS);
+        Ok(ids)
+    }
+
+    /// Sends `text` to every member of `room` but `except`, in one group send.
+    async fn send_to_room(
+        &self,
+        room: &str,
+        text: String,
+        except: &str,
+    ) -> Result<(), FunctionsError> {
         let result = self
             .sendback
-            .send_many(&others, &Message::text(text))
+            .send_to_group(room, &Message::text(text), &[except])
             .await?;
         if result.gone > 0 {
-            debug!(gone = result.gone, "some members had already disconnected");
+            debug!(%room, gone = result.gone, "some members had already disconnected");
         }
         if result.throttled > 0 {
             warn!(
+                %room,
                 throttled = result.throttled,
                 "some members read too slowly and missed a message"
             );
@@ -306,30 +372,128 @@ fn error_message(message: &str) -> Message {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
 
-    use http::StatusCode;
-    use store::{ConnectionRecord, MemoryStore, Store};
+    use http::{Method, StatusCode};
+    use store::{ConnectionRecord, MembersPage, MemoryStore, Store};
 
     use super::*;
-    use crate::api::{BatchResult, BatchSend};
+    use crate::api::GroupSendResult;
     use crate::event::{DataType, EventKind};
     use crate::test_api::{self, TestApi};
 
-    /// A chat over a memory store and a send-back API that accepts every batch, or fails
-    /// every one with 500 when `failing`.
-    async fn setup(failing: bool) -> (Chat, Arc<MemoryStore>, TestApi) {
-        let api = test_api::start(move |_req| {
-            if failing {
-                test_api::json(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &json!({"error": "unavailable", "message": "down"}),
-                )
-            } else {
-                test_api::json(StatusCode::OK, &BatchResult::default())
+    /// How the test send-back API answers.
+    #[derive(Clone, Copy)]
+    enum Api {
+        /// 200 with a [`GroupSendResult`].
+        Ok,
+        /// 500 to everything.
+        Failing,
+        /// 503 `store_unavailable` to everything, as the gateway does with its store down.
+        StoreDown,
+    }
+
+    /// A memory store that can be taken down (every call then fails with
+    /// [`StoreError::Unavailable`]) and counts the member pages read.
+    #[derive(Debug, Default)]
+    struct TestStore {
+        inner: MemoryStore,
+        down: AtomicBool,
+        member_pages: AtomicUsize,
+    }
+
+    impl TestStore {
+        fn set_down(&self, down: bool) {
+            self.down.store(down, Ordering::SeqCst);
+        }
+
+        fn up(&self) -> Result<(), StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable {
+                    address: "127.0.0.1:6379".into(),
+                    reason: "connection refused".into(),
+                });
             }
+            Ok(())
+        }
+
+        fn member_pages(&self) -> usize {
+            self.member_pages.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Store for TestStore {
+        async fn register(&self, record: &ConnectionRecord) -> Result<(), StoreError> {
+            self.up()?;
+            self.inner.register(record).await
+        }
+        async fn get(&self, id: &str) -> Result<Option<ConnectionRecord>, StoreError> {
+            self.up()?;
+            self.inner.get(id).await
+        }
+        async fn unregister(&self, id: &str) -> Result<bool, StoreError> {
+            self.up()?;
+            self.inner.unregister(id).await
+        }
+        async fn join(&self, group: &str, id: &str) -> Result<bool, StoreError> {
+            self.up()?;
+            self.inner.join(group, id).await
+        }
+        async fn leave(&self, group: &str, id: &str) -> Result<bool, StoreError> {
+            self.up()?;
+            self.inner.leave(group, id).await
+        }
+        async fn members(
+            &self,
+            group: &str,
+            cursor: Option<&str>,
+            count: usize,
+        ) -> Result<MembersPage, StoreError> {
+            self.up()?;
+            self.member_pages.fetch_add(1, Ordering::SeqCst);
+            self.inner.members(group, cursor, count).await
+        }
+        async fn count(&self, group: &str) -> Result<u64, StoreError> {
+            self.up()?;
+            self.inner.count(group).await
+        }
+        async fn groups_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
+            self.up()?;
+            self.inner.groups_of(id).await
+        }
+        async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+            self.up()?;
+            self.inner.heartbeat(node, ttl).await
+        }
+        async fn node_alive(&self, node: &str) -> Result<bool, StoreError> {
+            self.up()?;
+            self.inner.node_alive(node).await
+        }
+    }
+
+    /// A chat over a test store and a send-back API that answers as `mode` says.
+    async fn setup(mode: Api) -> (Chat, Arc<TestStore>, TestApi) {
+        let api = test_api::start(move |_req| match mode {
+            Api::Ok => test_api::json(
+                StatusCode::OK,
+                &GroupSendResult {
+                    delivered: 1,
+                    ..GroupSendResult::default()
+                },
+            ),
+            Api::Failing => test_api::json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({"error": "internal", "message": "boom"}),
+            ),
+            Api::StoreDown => test_api::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": "store_unavailable", "message": "the store is down"}),
+            ),
         })
         .await;
-        let store = Arc::new(MemoryStore::new());
+        let store = Arc::new(TestStore::default());
         let sendback = SendBack::new(&api.base, None).unwrap();
         (Chat::new(store.clone(), sendback), store, api)
     }
@@ -353,22 +517,26 @@ mod tests {
         }
     }
 
-    /// Registers like the gateway: record first, register, then the record's context.
-    async fn connect(
-        chat: &Chat,
-        store: &MemoryStore,
-        id: &str,
-        query: &str,
-    ) -> Result<Value, Refusal> {
-        let mut record = ConnectionRecord {
+    fn record(id: &str, context: Value) -> ConnectionRecord {
+        ConnectionRecord {
             id: id.into(),
             node: "n1".into(),
             connected_at_ms: 0,
             source_ip: "127.0.0.1".into(),
             user_agent: None,
-            context: Value::Null,
-        };
-        store.register(&record).await.unwrap();
+            context,
+        }
+    }
+
+    /// Registers like the gateway: record first, register, then the record's context.
+    async fn connect(
+        chat: &Chat,
+        store: &TestStore,
+        id: &str,
+        query: &str,
+    ) -> Result<Value, Refusal> {
+        let mut record = record(id, Value::Null);
+        store.inner.register(&record).await.unwrap();
         let request = handshake(query);
         let ev = event(
             id,
@@ -379,27 +547,53 @@ mod tests {
         );
         let reply = chat.register(&ev, &request).await?;
         record.context = reply.context.clone();
-        store.register(&record).await.unwrap();
+        store.inner.register(&record).await.unwrap();
         Ok(reply.context)
     }
 
-    async fn say(chat: &Chat, id: &str, context: &Value, text: &str) -> Option<Message> {
-        let ev = event(
+    fn transport_event(id: &str, context: &Value, text: &str) -> Event {
+        event(
             id,
             context.clone(),
             EventKind::Transport {
                 data_type: DataType::Text,
                 data: text.into(),
             },
-        );
+        )
+    }
+
+    async fn say(chat: &Chat, id: &str, context: &Value, text: &str) -> Option<Message> {
+        let ev = transport_event(id, context, text);
         chat.transport(&ev, Message::text(text)).await.unwrap()
     }
 
-    fn batch(request: &test_api::Recorded) -> (Vec<String>, Value) {
-        assert_eq!(request.uri.path(), "/@connections");
-        let batch: BatchSend = serde_json::from_slice(&request.body).unwrap();
-        let payload = serde_json::from_str(&batch.data).unwrap();
-        (batch.connection_ids, payload)
+    /// A group send: the group, the excluded ids and the JSON payload.
+    fn group_send(request: &test_api::Recorded) -> (String, Vec<String>, Value) {
+        assert_eq!(request.method, Method::POST);
+        let group = request
+            .uri
+            .path()
+            .strip_prefix("/@groups/")
+            .expect("a group send")
+            .to_owned();
+        let excluded = request
+            .uri
+            .query()
+            .map(|q| {
+                crate::event::query_pairs(q)
+                    .map(|(k, v)| {
+                        assert_eq!(k, "exclude");
+                        v
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            request.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        let payload = serde_json::from_slice(&request.body).unwrap();
+        (group, excluded, payload)
     }
 
     fn json_of(message: Option<Message>) -> Value {
@@ -409,7 +603,7 @@ mod tests {
 
     #[tokio::test]
     async fn register_checks_room_and_name() {
-        let (chat, store, api) = setup(false).await;
+        let (chat, store, api) = setup(Api::Ok).await;
 
         let context = connect(&chat, &store, "abcdef", "").await.unwrap();
         assert_eq!(context, json!({"room": "lobby", "name": "guest-abcd"}));
@@ -441,7 +635,7 @@ mod tests {
 
     #[tokio::test]
     async fn join_is_announced_to_the_others() {
-        let (chat, store, api) = setup(false).await;
+        let (chat, store, api) = setup(Api::Ok).await;
         connect(&chat, &store, "a", "room=r&name=Ann")
             .await
             .unwrap();
@@ -451,8 +645,8 @@ mod tests {
 
         let requests = api.requests();
         assert_eq!(requests.len(), 1);
-        let (ids, presence) = batch(&requests[0]);
-        assert_eq!(ids, vec!["a"]);
+        let (group, excluded, presence) = group_send(&requests[0]);
+        assert_eq!((group.as_str(), excluded), ("r", vec!["b".to_owned()]));
         assert_eq!(
             presence,
             json!({"type": "presence", "event": "join", "name": "Bob", "online": 2,
@@ -461,8 +655,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn messages_go_to_the_others_in_one_batch() {
-        let (chat, store, api) = setup(false).await;
+    async fn messages_go_to_the_others_in_one_group_send() {
+        let (chat, store, api) = setup(Api::Ok).await;
         let ann = connect(&chat, &store, "a", "room=r&name=Ann")
             .await
             .unwrap();
@@ -475,21 +669,48 @@ mod tests {
         connect(&chat, &store, "c", "room=r&name=Cy").await.unwrap();
         connect(&chat, &store, "d", "room=elsewhere").await.unwrap();
         let before = api.requests().len();
+        let pages_before = store.member_pages();
 
         assert_eq!(say(&chat, "a", &ann, "hi <b>all</b>").await, None);
         let requests = api.requests();
-        assert_eq!(requests.len(), before + 1);
-        let (ids, message) = batch(&requests[before]);
-        assert_eq!(ids, vec!["b", "c"]);
+        assert_eq!(requests.len(), before + 1, "one request per message");
+        let (group, excluded, message) = group_send(&requests[before]);
+        assert_eq!((group.as_str(), excluded), ("r", vec!["a".to_owned()]));
         assert_eq!(
             message,
             json!({"type": "message", "from": "Ann", "text": "hi <b>all</b>", "online": 3})
         );
+        assert_eq!(
+            store.member_pages(),
+            pages_before,
+            "a message does not read the room's members"
+        );
+    }
+
+    #[tokio::test]
+    async fn room_names_are_percent_encoded_in_the_group_path() {
+        let (chat, store, api) = setup(Api::Ok).await;
+        // Register accepts only [A-Za-z0-9_-]; a context set elsewhere may hold anything.
+        let context = json!({"room": "a b/c", "name": "Ann"});
+        for id in ["s", "x"] {
+            store
+                .inner
+                .register(&record(id, context.clone()))
+                .await
+                .unwrap();
+            store.inner.join("a b/c", id).await.unwrap();
+        }
+
+        assert_eq!(say(&chat, "s", &context, "hi").await, None);
+        let requests = api.requests();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].uri.path(), "/@groups/a%20b%2Fc");
+        assert_eq!(requests[0].uri.query(), Some("exclude=s"));
     }
 
     #[tokio::test]
     async fn who_ping_and_binary_answer_the_sender_only() {
-        let (chat, store, api) = setup(false).await;
+        let (chat, store, api) = setup(Api::Ok).await;
         let ann = connect(&chat, &store, "a", "room=r&name=Ann")
             .await
             .unwrap();
@@ -522,8 +743,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn presence_lists_at_most_fifty_names_but_counts_everyone() {
+        let (chat, store, api) = setup(Api::Ok).await;
+        let total = MAX_LISTED_MEMBERS + 10;
+        for i in 0..total {
+            connect(
+                &chat,
+                &store,
+                &format!("c{i:03}"),
+                &format!("room=big&name=n{i}"),
+            )
+            .await
+            .unwrap();
+        }
+        let requests = api.requests();
+        assert_eq!(requests.len(), total - 1, "every join but the first told");
+        let (_, excluded, presence) = group_send(&requests[total - 2]);
+        assert_eq!(excluded, vec![format!("c{:03}", total - 1)]);
+        assert_eq!(presence["online"], json!(total));
+        let names = presence["members"].as_array().unwrap();
+        assert_eq!(names.len(), MAX_LISTED_MEMBERS);
+        assert_eq!(names[0], "n0");
+    }
+
+    #[tokio::test]
     async fn cleanup_leaves_and_tells_the_rest() {
-        let (chat, store, api) = setup(false).await;
+        let (chat, store, api) = setup(Api::Ok).await;
         connect(&chat, &store, "a", "room=r&name=Ann")
             .await
             .unwrap();
@@ -548,8 +793,8 @@ mod tests {
         assert_eq!(store.all_members("r").await.unwrap(), vec!["a"]);
         let requests = api.requests();
         assert_eq!(requests.len(), before + 1);
-        let (ids, presence) = batch(&requests[before]);
-        assert_eq!(ids, vec!["a"]);
+        let (group, excluded, presence) = group_send(&requests[before]);
+        assert_eq!((group.as_str(), excluded), ("r", vec!["b".to_owned()]));
         assert_eq!(
             presence,
             json!({"type": "presence", "event": "leave", "name": "Bob", "online": 1,
@@ -558,8 +803,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_last_one_out_tells_nobody() {
+        let (chat, store, api) = setup(Api::Ok).await;
+        let ann = connect(&chat, &store, "a", "room=r&name=Ann")
+            .await
+            .unwrap();
+        let ev = event(
+            "a",
+            ann,
+            EventKind::Cleanup {
+                reason: DisconnectReason::ClientClose,
+                close_code: Some(1000),
+                close_reason: String::new(),
+            },
+        );
+        chat.cleanup(&ev, DisconnectReason::ClientClose)
+            .await
+            .unwrap();
+        assert_eq!(store.count("r").await.unwrap(), 0);
+        assert!(api.requests().is_empty());
+    }
+
+    #[tokio::test]
     async fn send_back_failure_fails_transport() {
-        let (chat, store, _api) = setup(true).await;
+        let (chat, store, _api) = setup(Api::Failing).await;
         let ann = connect(&chat, &store, "a", "room=r&name=Ann")
             .await
             .unwrap();
@@ -568,16 +835,110 @@ mod tests {
             .await
             .unwrap();
 
+        let ev = transport_event("a", &ann, "hi");
+        let err = chat.transport(&ev, Message::text("hi")).await.unwrap_err();
+        assert!(err.to_string().contains("500"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn store_down_answers_the_sender_instead_of_failing() {
+        let (chat, store, api) = setup(Api::Ok).await;
+        let ann = connect(&chat, &store, "a", "room=r&name=Ann")
+            .await
+            .unwrap();
+        connect(&chat, &store, "b", "room=r&name=Bob")
+            .await
+            .unwrap();
+        let before = api.requests().len();
+        store.set_down(true);
+
+        let reply = json_of(say(&chat, "a", &ann, "hello?").await);
+        assert_eq!(
+            reply,
+            json!({"type": "error",
+                "message": "message not delivered: the chat store is unavailable, try again"})
+        );
+        let who = json_of(say(&chat, "a", &ann, "/who").await);
+        assert_eq!(
+            who,
+            json!({"type": "error", "message": STORE_DOWN_WHO_MESSAGE})
+        );
+        assert_eq!(
+            say(&chat, "a", &ann, "ping").await,
+            Some(Message::text("pong")),
+            "ping needs no store"
+        );
+        assert_eq!(api.requests().len(), before, "nothing was sent");
+
+        store.set_down(false);
+        assert_eq!(say(&chat, "a", &ann, "back").await, None);
+        assert_eq!(api.requests().len(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn gateway_store_down_answers_the_sender_instead_of_failing() {
+        let (chat, store, api) = setup(Api::StoreDown).await;
+        let ann = connect(&chat, &store, "a", "room=r&name=Ann")
+            .await
+            .unwrap();
+        // Register still accepts when the join cannot be announced.
+        connect(&chat, &store, "b", "room=r&name=Bob")
+            .await
+            .unwrap();
+        let before = api.requests().len();
+
+        let ev = transport_event("a", &ann, "hi");
+        let reply = chat.transport(&ev, Message::text("hi")).await.unwrap();
+        assert_eq!(
+            json_of(reply),
+            json!({"type": "error", "message": STORE_DOWN_MESSAGE})
+        );
+        assert_eq!(api.requests().len(), before + 1, "the one group send");
+    }
+
+    #[tokio::test]
+    async fn register_with_the_store_down_refuses_with_503() {
+        let (chat, store, api) = setup(Api::Ok).await;
+        store
+            .inner
+            .register(&record("a", Value::Null))
+            .await
+            .unwrap();
+        store.set_down(true);
+        let request = handshake("room=r&name=Ann");
+        let ev = event(
+            "a",
+            Value::Null,
+            EventKind::Register {
+                request: request.clone(),
+            },
+        );
+        let refusal = chat.register(&ev, &request).await.unwrap_err();
+        assert_eq!(refusal.status, 503);
+        assert!(api.requests().is_empty());
+    }
+
+    #[tokio::test]
+    async fn cleanup_with_the_store_down_fails_so_the_gateway_retries() {
+        let (chat, store, _api) = setup(Api::Ok).await;
+        let ann = connect(&chat, &store, "a", "room=r&name=Ann")
+            .await
+            .unwrap();
+        store.set_down(true);
         let ev = event(
             "a",
             ann,
-            EventKind::Transport {
-                data_type: DataType::Text,
-                data: "hi".into(),
+            EventKind::Cleanup {
+                reason: DisconnectReason::ClientClose,
+                close_code: Some(1000),
+                close_reason: String::new(),
             },
         );
-        let err = chat.transport(&ev, Message::text("hi")).await.unwrap_err();
-        assert!(err.to_string().contains("500"), "{err}");
+        let err = chat
+            .cleanup(&ev, DisconnectReason::ClientClose)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("store unavailable"), "{err}");
     }
 
     #[test]

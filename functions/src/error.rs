@@ -19,6 +19,15 @@ pub enum FunctionsError {
     /// The send-back token is missing or wrong (401).
     #[error("send-back API refused the token")]
     Unauthorized,
+    /// The gateway cannot serve the request now (503), e.g. its store is down
+    /// (`store_unavailable`); the same request may succeed later.
+    #[error("send-back API unavailable ({code}): {message}")]
+    Unavailable {
+        /// The `error` code of the [`ApiError`](crate::api::ApiError) body, or `unknown`.
+        code: String,
+        /// The `message` of the body, or the raw body text (truncated).
+        message: String,
+    },
     /// Any other unexpected status from the send-back API.
     #[error("send-back API answered {status} {code}: {message}")]
     Http {
@@ -43,6 +52,10 @@ pub enum FunctionsError {
     /// The id cannot name a connection in a URL (empty, `.` or `..`).
     #[error("invalid connection id `{0}`")]
     InvalidConnectionId(String),
+    /// The name cannot name a group in a URL (empty, `.` or `..`). Other names the gateway
+    /// refuses (containing `{` or `}`) come back as a 400 [`Http`](FunctionsError::Http).
+    #[error("invalid group name `{0}`")]
+    InvalidGroupName(String),
     /// The send-back token cannot be sent as an HTTP header.
     #[error("invalid send-back token: it must be visible ASCII")]
     InvalidToken,
@@ -62,8 +75,20 @@ impl FunctionsError {
             FunctionsError::Throttled => Some(429),
             FunctionsError::PayloadTooLarge => Some(413),
             FunctionsError::Unauthorized => Some(401),
+            FunctionsError::Unavailable { .. } => Some(503),
             FunctionsError::Http { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    /// Whether something this call needs is down and the same call may succeed later:
+    /// the send-back API answered 503 ([`Unavailable`](FunctionsError::Unavailable)), or a
+    /// store call failed with [`StoreError::Unavailable`](store::StoreError::Unavailable).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            FunctionsError::Unavailable { .. } => true,
+            FunctionsError::Store(err) => err.is_unavailable(),
+            _ => false,
         }
     }
 }
@@ -149,5 +174,31 @@ mod tests {
     fn status_of_api_errors() {
         assert_eq!(FunctionsError::Throttled.status(), Some(429));
         assert_eq!(FunctionsError::InvalidToken.status(), None);
+        let unavailable = FunctionsError::Unavailable {
+            code: "store_unavailable".into(),
+            message: "down".into(),
+        };
+        assert_eq!(unavailable.status(), Some(503));
+    }
+
+    #[test]
+    fn unavailable_covers_the_send_back_api_and_the_store() {
+        let api = FunctionsError::Unavailable {
+            code: "store_unavailable".into(),
+            message: "the store is down".into(),
+        };
+        assert!(api.is_unavailable());
+        assert_eq!(
+            api.to_string(),
+            "send-back API unavailable (store_unavailable): the store is down"
+        );
+        let store_down = FunctionsError::from(store::StoreError::Unavailable {
+            address: "127.0.0.1:6379".into(),
+            reason: "connection refused".into(),
+        });
+        assert!(store_down.is_unavailable());
+        let not_registered = FunctionsError::from(store::StoreError::NotRegistered("c".into()));
+        assert!(!not_registered.is_unavailable());
+        assert!(!FunctionsError::Gone.is_unavailable());
     }
 }

@@ -5,8 +5,15 @@
 //! - [`event`] and [`api`]: the wire types of the events and of the send-back API;
 //! - [`Handler`] and [`serve`]: implement what the function does per event type, and serve
 //!   it over HTTP;
-//! - [`SendBack`]: push [`Message`]s to connections (one or many), look them up, close them;
-//! - [`Chat`] and [`CHAT_PAGE`]: the example chat functions and their web page.
+//! - [`SendBack`]: push [`Message`]s to connections (one, many, or a whole group in one
+//!   request), look them up, close them, join and leave groups;
+//! - the shared store, re-exported as [`store`] (with [`SharedStore`], [`Store`],
+//!   [`StoreError`] and [`ConnectionRecord`] at the top): the connection registry and the
+//!   groups (rooms) the gateway also uses. [`open_store`] opens it from the same URL and key
+//!   prefix as the gateway's `store` and `store_prefix` settings, so a function writes
+//!   `store.join(room, id)` without touching Redis;
+//! - [`Chat`] and [`CHAT_PAGE`]: the example chat functions and their web page; the
+//!   `chat-functions` binary serves them on their own.
 //!
 //! An echo function in a few lines:
 //!
@@ -34,6 +41,24 @@
 //! serve(listener, Arc::new(Echo), CancellationToken::new()).await
 //! # }
 //! ```
+//!
+//! Rooms through the store, and one send-back request per broadcast:
+//!
+//! ```no_run
+//! use functions::{FunctionsError, Message, SendBack, open_store};
+//!
+//! # async fn run(id: &str) -> Result<(), FunctionsError> {
+//! // The same URL and prefix as the gateway's `store` and `store_prefix`.
+//! let store = open_store("redis://127.0.0.1:6379", functions::store::DEFAULT_PREFIX).await?;
+//! let sendback = SendBack::new("http://127.0.0.1:9090", Some("the-token".into()))?;
+//! store.join("lobby", id).await?;
+//! let online = store.count("lobby").await?;
+//! sendback
+//!     .send_to_group("lobby", &Message::text(format!("{online} online")), &[id])
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod api;
 pub mod chat;
@@ -54,3 +79,51 @@ pub use handler::{Handler, Refusal};
 pub use message::Message;
 pub use sendback::SendBack;
 pub use server::{ServeConfig, serve, serve_with};
+/// The store crate: the connection registry and groups shared with the gateway.
+pub use store;
+pub use store::{ConnectionRecord, SharedStore, Store, StoreError};
+
+/// Opens the store `url` names, with `prefix` starting every Redis key: `memory` (a new
+/// embedded store, useful only when the gateway runs in the same process and shares it),
+/// `redis://host[:port][/db]` or `redis+cluster://host:port,host:port`. Use the gateway's
+/// `store` and `store_prefix` settings, so both see the same connections and groups.
+///
+/// A Redis that cannot be reached is [`FunctionsError::Store`] with
+/// [`StoreError::Unavailable`] naming its address
+/// ([`FunctionsError::is_unavailable`]).
+pub async fn open_store(url: &str, prefix: &str) -> Result<SharedStore, FunctionsError> {
+    Ok(store::open(url, prefix).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn open_store_opens_memory_and_reports_bad_or_unreachable_urls() {
+        let store = open_store("memory", store::DEFAULT_PREFIX).await.unwrap();
+        assert_eq!(store.count("lobby").await.unwrap(), 0);
+
+        let err = open_store("postgres://x", store::DEFAULT_PREFIX)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, FunctionsError::Store(StoreError::InvalidUrl { .. })),
+            "{err:?}"
+        );
+
+        // A port nothing listens on: bound, then released.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let err = open_store(&format!("redis://127.0.0.1:{port}"), "test")
+            .await
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{err:?}");
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
+    }
+}

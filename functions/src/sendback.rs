@@ -1,11 +1,14 @@
 //! [`SendBack`]: the client of the gateway's send-back API, with which a function pushes
-//! messages to connections, reads what the gateway knows about one, or closes it.
+//! messages to connections or to whole groups, reads what the gateway knows about a
+//! connection or a group, joins and leaves groups, or closes a connection.
 //!
 //! One [`SendBack`] holds a pooled keep-alive HTTP client; clone it freely (clones share
 //! the pool). Error statuses map to [`FunctionsError`]: 410 [`Gone`](FunctionsError::Gone),
 //! 429 [`Throttled`](FunctionsError::Throttled), 413
 //! [`PayloadTooLarge`](FunctionsError::PayloadTooLarge), 401
-//! [`Unauthorized`](FunctionsError::Unauthorized), others [`Http`](FunctionsError::Http).
+//! [`Unauthorized`](FunctionsError::Unauthorized), 503
+//! [`Unavailable`](FunctionsError::Unavailable) (e.g. the gateway's store is down), others
+//! [`Http`](FunctionsError::Http).
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use std::time::Duration;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{self, HeaderValue};
 
-use crate::api::{ApiError, BatchResult, BatchSend, ConnectionInfo};
+use crate::api::{BatchResult, BatchSend, ConnectionInfo, GroupInfo, GroupSendResult};
 use crate::error::FunctionsError;
 use crate::message::Message;
 
@@ -146,24 +149,90 @@ impl SendBack {
                 utf8_percent_encode(reason, UNRESERVED)
             ));
         }
-        if !params.is_empty() {
-            url.push('?');
-            url.push_str(&params.join("&"));
-        }
+        push_query(&mut url, &params);
         self.execute(self.client.delete(url)).await.map(drop)
+    }
+
+    /// Sends one `message` to every member of `group` but the ids in `exclude`, in one
+    /// request: the gateway reads the members and queues the message for each. Members that
+    /// are no longer live are counted as `gone`, slow ones as `throttled`, not reported as
+    /// errors. [`FunctionsError::Unavailable`] if the gateway's store is down.
+    pub async fn send_to_group(
+        &self,
+        group: &str,
+        message: &Message,
+        exclude: &[&str],
+    ) -> Result<GroupSendResult, FunctionsError> {
+        let mut url = self.group_url(group)?;
+        let excluded: Vec<String> = exclude
+            .iter()
+            .map(|id| format!("exclude={}", utf8_percent_encode(id, UNRESERVED)))
+            .collect();
+        push_query(&mut url, &excluded);
+        let request = self
+            .client
+            .post(url)
+            .header(header::CONTENT_TYPE, message.content_type())
+            .body(message.clone().into_bytes());
+        Ok(self.execute(request).await?.json().await?)
+    }
+
+    /// Adds connection `id` to `group` (nothing changes if it is already a member).
+    /// [`FunctionsError::Gone`] if the connection is not registered; a group name the
+    /// gateway cannot use (containing `{` or `}`) is a 400 [`FunctionsError::Http`].
+    pub async fn join_group(&self, group: &str, id: &str) -> Result<(), FunctionsError> {
+        let url = self.group_member_url(group, id)?;
+        self.execute(self.client.put(url)).await.map(drop)
+    }
+
+    /// Removes connection `id` from `group`; succeeds also when it was not a member.
+    pub async fn leave_group(&self, group: &str, id: &str) -> Result<(), FunctionsError> {
+        let url = self.group_member_url(group, id)?;
+        self.execute(self.client.delete(url)).await.map(drop)
+    }
+
+    /// The size of `group` and one page of its members. Start with `cursor = None` and pass
+    /// each page's [`GroupInfo::cursor`] until it is `None`. `limit` is the page size the
+    /// gateway aims for: 1 to 1000, 100 if not given (the gateway answers 400 otherwise).
+    pub async fn group(
+        &self,
+        group: &str,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<GroupInfo, FunctionsError> {
+        let mut url = self.group_url(group)?;
+        let mut params = Vec::new();
+        if let Some(cursor) = cursor {
+            params.push(format!(
+                "cursor={}",
+                utf8_percent_encode(cursor, UNRESERVED)
+            ));
+        }
+        if let Some(limit) = limit {
+            params.push(format!("limit={limit}"));
+        }
+        push_query(&mut url, &params);
+        Ok(self.execute(self.client.get(url)).await?.json().await?)
     }
 
     /// `{base}/@connections/{id}`, the id percent-encoded as one path segment.
     fn connection_url(&self, id: &str) -> Result<String, FunctionsError> {
-        // Dot segments would be resolved away by URL parsing, even percent-encoded.
-        if id.is_empty() || id == "." || id == ".." {
-            return Err(FunctionsError::InvalidConnectionId(id.to_owned()));
-        }
-        Ok(format!(
-            "{}/@connections/{}",
-            self.base,
-            utf8_percent_encode(id, UNRESERVED)
-        ))
+        let id = segment(id).ok_or_else(|| FunctionsError::InvalidConnectionId(id.to_owned()))?;
+        Ok(format!("{}/@connections/{id}", self.base))
+    }
+
+    /// `{base}/@groups/{group}`, the name percent-encoded as one path segment.
+    fn group_url(&self, group: &str) -> Result<String, FunctionsError> {
+        let group =
+            segment(group).ok_or_else(|| FunctionsError::InvalidGroupName(group.to_owned()))?;
+        Ok(format!("{}/@groups/{group}", self.base))
+    }
+
+    /// `{base}/@groups/{group}/connections/{id}`, both percent-encoded.
+    fn group_member_url(&self, group: &str, id: &str) -> Result<String, FunctionsError> {
+        let group_url = self.group_url(group)?;
+        let id = segment(id).ok_or_else(|| FunctionsError::InvalidConnectionId(id.to_owned()))?;
+        Ok(format!("{group_url}/connections/{id}"))
     }
 
     /// Sends the request with the token, and turns an error status into an error.
@@ -181,6 +250,23 @@ impl SendBack {
         }
         let body = response.text().await.unwrap_or_default();
         Err(status_error(status.as_u16(), &body))
+    }
+}
+
+/// `name` percent-encoded as one path segment; `None` for names no URL path can carry:
+/// empty, or a dot segment (URL parsing resolves `.` and `..` away, even percent-encoded).
+fn segment(name: &str) -> Option<String> {
+    if name.is_empty() || name == "." || name == ".." {
+        return None;
+    }
+    Some(utf8_percent_encode(name, UNRESERVED).to_string())
+}
+
+/// Appends `?a&b&...` to `url`, nothing for no parameters. The parameters are encoded.
+fn push_query(url: &mut String, params: &[String]) {
+    if !params.is_empty() {
+        url.push('?');
+        url.push_str(&params.join("&"));
     }
 }
 
@@ -210,18 +296,37 @@ fn status_error(status: u16, body: &str) -> FunctionsError {
         410 => FunctionsError::Gone,
         413 => FunctionsError::PayloadTooLarge,
         429 => FunctionsError::Throttled,
-        _ => match serde_json::from_str::<ApiError>(body) {
-            Ok(api) => FunctionsError::Http {
+        503 => {
+            let (code, message) = error_body(body);
+            FunctionsError::Unavailable { code, message }
+        }
+        _ => {
+            let (code, message) = error_body(body);
+            FunctionsError::Http {
                 status,
-                code: api.error,
-                message: api.message,
-            },
-            Err(_) => FunctionsError::Http {
-                status,
-                code: "unknown".to_owned(),
-                message: body.chars().take(MAX_ERROR_TEXT).collect(),
-            },
-        },
+                code,
+                message,
+            }
+        }
+    }
+}
+
+/// The `error` code and `message` of an [`ApiError`](crate::api::ApiError) body (the
+/// message may be missing); `unknown` and the body's text (truncated) if it is not one.
+fn error_body(body: &str) -> (String, String) {
+    /// [`ApiError`](crate::api::ApiError), with the message optional.
+    #[derive(serde::Deserialize)]
+    struct Loose {
+        error: String,
+        #[serde(default)]
+        message: String,
+    }
+    match serde_json::from_str::<Loose>(body) {
+        Ok(api) => (api.error, api.message),
+        Err(_) => (
+            "unknown".to_owned(),
+            body.chars().take(MAX_ERROR_TEXT).collect(),
+        ),
     }
 }
 
@@ -248,7 +353,9 @@ mod tests {
                 );
             }
             let path = req.uri.path();
-            if path.starts_with("/@connections/gone") {
+            if path.starts_with("/@groups/") {
+                group_reply(req)
+            } else if path.starts_with("/@connections/gone") {
                 test_api::json(
                     StatusCode::GONE,
                     &json!({"error": "gone", "message": "no such connection"}),
@@ -304,6 +411,73 @@ mod tests {
             }
         })
         .await
+    }
+
+    /// The group routes of [`start_api`]: groups named `down…` answer 503, `bad…` 400 and
+    /// `big…` 413; joining an id starting with `gone` answers 410; a group send reports the
+    /// excluded ids; a group read echoes its cursor and limit.
+    fn group_reply(req: &test_api::Recorded) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+        let path = req.uri.path();
+        let name = path["/@groups/".len()..]
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        if name.starts_with("down") {
+            return test_api::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": "store_unavailable"}),
+            );
+        }
+        if name.starts_with("bad") {
+            return test_api::json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "bad_request", "message": "invalid group name"}),
+            );
+        }
+        if name.starts_with("big") {
+            return test_api::json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &json!({"error": "payload_too_large", "message": "too large"}),
+            );
+        }
+        if path.contains("/connections/gone") && req.method == Method::PUT {
+            return test_api::json(
+                StatusCode::GONE,
+                &json!({"error": "gone", "message": "not registered"}),
+            );
+        }
+        if path.contains("/connections/") {
+            return test_api::empty(StatusCode::NO_CONTENT);
+        }
+        let query: Vec<(String, String)> = req
+            .uri
+            .query()
+            .map(|q| crate::event::query_pairs(q).collect())
+            .unwrap_or_default();
+        if req.method == Method::GET {
+            let param = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+            return test_api::json(
+                StatusCode::OK,
+                &GroupInfo {
+                    group: percent_encoding::percent_decode_str(name)
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                    count: 3,
+                    members: vec![param("limit").unwrap_or_else(|| "default".into())],
+                    cursor: param("cursor").map(|c| format!("after {c}")),
+                },
+            );
+        }
+        let excluded = query.iter().filter(|(k, _)| k == "exclude").count();
+        test_api::json(
+            StatusCode::OK,
+            &GroupSendResult {
+                delivered: 2,
+                gone: 1,
+                throttled: 0,
+                excluded,
+            },
+        )
     }
 
     fn client(api: &TestApi) -> SendBack {
@@ -469,6 +643,185 @@ mod tests {
             debug.contains("<redacted>") && !debug.contains("Bearer"),
             "{debug}"
         );
+    }
+
+    #[tokio::test]
+    async fn send_to_group_posts_the_message_once_with_exclusions() {
+        let api = start_api().await;
+        let sendback = client(&api);
+
+        let result = sendback
+            .send_to_group("room 1/a", &Message::text("héllo"), &["c 1", "c&2"])
+            .await
+            .unwrap();
+        assert_eq!(
+            result,
+            GroupSendResult {
+                delivered: 2,
+                gone: 1,
+                throttled: 0,
+                excluded: 2
+            }
+        );
+        let result = sendback
+            .send_to_group("lobby", &Message::binary(vec![0u8, 255]), &[])
+            .await
+            .unwrap();
+        assert_eq!(result.excluded, 0);
+
+        let requests = api.requests();
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[0].method, Method::POST);
+        assert_eq!(requests[0].uri.path(), "/@groups/room%201%2Fa");
+        assert_eq!(requests[0].uri.query(), Some("exclude=c%201&exclude=c%262"));
+        assert_eq!(requests[0].header("authorization"), Some("Bearer s3cret"));
+        assert_eq!(
+            requests[0].header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(requests[0].body.as_ref(), "héllo".as_bytes());
+        assert_eq!(requests[1].uri.path(), "/@groups/lobby");
+        assert_eq!(requests[1].uri.query(), None);
+        assert_eq!(
+            requests[1].header("content-type"),
+            Some("application/octet-stream")
+        );
+        assert_eq!(requests[1].body.as_ref(), &[0u8, 255]);
+    }
+
+    #[tokio::test]
+    async fn group_calls_map_error_statuses() {
+        let api = start_api().await;
+        let sendback = client(&api);
+        let text = Message::text("x");
+
+        let err = sendback
+            .send_to_group("down", &text, &[])
+            .await
+            .unwrap_err();
+        match &err {
+            FunctionsError::Unavailable { code, .. } => assert_eq!(code, "store_unavailable"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(err.is_unavailable());
+        assert_eq!(err.status(), Some(503));
+        let err = sendback.join_group("down", "c1").await.unwrap_err();
+        assert!(matches!(err, FunctionsError::Unavailable { .. }), "{err:?}");
+        let err = sendback.group("down", None, None).await.unwrap_err();
+        assert!(matches!(err, FunctionsError::Unavailable { .. }), "{err:?}");
+
+        let err = sendback.send_to_group("big", &text, &[]).await;
+        assert!(
+            matches!(err, Err(FunctionsError::PayloadTooLarge)),
+            "{err:?}"
+        );
+        let err = sendback.join_group("lobby", "gone-1").await;
+        assert!(matches!(err, Err(FunctionsError::Gone)), "{err:?}");
+        match sendback.join_group("bad{x}", "c1").await.unwrap_err() {
+            FunctionsError::Http { status, code, .. } => {
+                assert_eq!((status, code.as_str()), (400, "bad_request"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+
+        let no_token = SendBack::new(&api.base, None).unwrap();
+        let err = no_token.send_to_group("lobby", &text, &[]).await;
+        assert!(matches!(err, Err(FunctionsError::Unauthorized)), "{err:?}");
+        let err = no_token.leave_group("lobby", "c1").await;
+        assert!(matches!(err, Err(FunctionsError::Unauthorized)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn join_and_leave_use_put_and_delete_on_the_member() {
+        let api = start_api().await;
+        let sendback = client(&api);
+
+        sendback.join_group("room/1 ü", "c 1").await.unwrap();
+        sendback.leave_group("room/1 ü", "c 1").await.unwrap();
+
+        let requests = api.requests();
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[0].method, Method::PUT);
+        assert_eq!(requests[1].method, Method::DELETE);
+        for request in &requests {
+            assert_eq!(
+                request.uri.path(),
+                "/@groups/room%2F1%20%C3%BC/connections/c%201"
+            );
+            assert_eq!(request.uri.query(), None);
+            assert_eq!(request.header("authorization"), Some("Bearer s3cret"));
+            assert!(request.body.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn group_reads_one_page() {
+        let api = start_api().await;
+        let sendback = client(&api);
+
+        let first = sendback.group("my room", None, None).await.unwrap();
+        assert_eq!(first.group, "my room");
+        assert_eq!((first.count, first.cursor), (3, None));
+        assert_eq!(first.members, vec!["default"]);
+        let next = sendback
+            .group("my room", Some("7 & 8"), Some(1000))
+            .await
+            .unwrap();
+        assert_eq!(next.members, vec!["1000"]);
+        assert_eq!(next.cursor.as_deref(), Some("after 7 & 8"));
+
+        let requests = api.requests();
+        assert_eq!(requests[0].method, Method::GET);
+        assert_eq!(requests[0].uri.path(), "/@groups/my%20room");
+        assert_eq!(requests[0].uri.query(), None);
+        assert_eq!(requests[0].header("authorization"), Some("Bearer s3cret"));
+        assert_eq!(
+            requests[1].uri.query(),
+            Some("cursor=7%20%26%208&limit=1000")
+        );
+    }
+
+    #[tokio::test]
+    async fn unusable_group_names_and_ids_are_refused_without_a_request() {
+        let api = start_api().await;
+        let sendback = client(&api);
+        for bad in ["", ".", ".."] {
+            let err = sendback.send_to_group(bad, &Message::text("x"), &[]).await;
+            assert!(
+                matches!(err, Err(FunctionsError::InvalidGroupName(ref name)) if name == bad),
+                "{bad:?}: {err:?}"
+            );
+            let err = sendback.group(bad, None, None).await;
+            assert!(matches!(err, Err(FunctionsError::InvalidGroupName(_))));
+            let err = sendback.join_group(bad, "c1").await;
+            assert!(matches!(err, Err(FunctionsError::InvalidGroupName(_))));
+            let err = sendback.leave_group("lobby", bad).await;
+            assert!(matches!(err, Err(FunctionsError::InvalidConnectionId(_))));
+        }
+        assert!(api.requests().is_empty());
+    }
+
+    #[test]
+    fn error_bodies_are_read_leniently() {
+        match status_error(503, r#"{"error":"store_unavailable"}"#) {
+            FunctionsError::Unavailable { code, message } => {
+                assert_eq!((code.as_str(), message.as_str()), ("store_unavailable", ""));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match status_error(503, "Service Unavailable") {
+            FunctionsError::Unavailable { code, message } => {
+                assert_eq!(
+                    (code.as_str(), message.as_str()),
+                    ("unknown", "Service Unavailable")
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match status_error(500, &"x".repeat(1000)) {
+            FunctionsError::Http { message, .. } => assert_eq!(message.len(), MAX_ERROR_TEXT),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -93,8 +93,9 @@ pub async fn serve_with<H: Handler>(
     shutdown: CancellationToken,
     config: ServeConfig,
 ) -> io::Result<()> {
+    // Debug only: the caller bound the listener and announces it in its own words.
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "functions server listening");
+        debug!(%addr, "functions server listening");
     }
     let tracker = TaskTracker::new();
     let abandon = CancellationToken::new();

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::invoke::{CallError, snippet};
 use crate::registry::Connection;
 use crate::respond::{self, Body};
-use crate::{Shared, Slot, clock, connection, handshake};
+use crate::{Shared, Slot, clock, connection, handshake, liveness};
 
 /// Decides on one upgrade request and returns the reply (101 or a refusal).
 pub(crate) async fn admit(
@@ -171,9 +171,7 @@ async fn decide(
 
 /// Removes a refused connection's record (and any groups its register function joined).
 async fn forget(shared: &Shared, id: &str) {
-    if let Err(e) = shared.store.unregister(id).await {
-        warn!(cause = %e, "could not remove refused connection from the store");
-    }
+    liveness::forget(shared, id.to_owned()).await;
 }
 
 fn handshake_request(parts: &Parts, remote: SocketAddr) -> HandshakeRequest {

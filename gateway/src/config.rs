@@ -21,8 +21,15 @@ pub struct Config {
     /// This node's name, recorded with every connection it holds. Default: `node-` and a
     /// random suffix, new at each start.
     pub node_id: String,
-    /// Where connection records and groups live: `memory` (embedded, the default).
+    /// Where connection records and groups live: `memory` (embedded, the default),
+    /// `redis://host:port[/db]` or `redis+cluster://host:port,host:port`.
     pub store: String,
+    /// The prefix of every Redis key (several deployments can share one Redis).
+    pub store_prefix: String,
+    /// How often this node refreshes its liveness key in the store (it expires after three
+    /// intervals) and retries store removals that failed while the store was down.
+    #[serde(with = "humantime_serde")]
+    pub node_heartbeat: Duration,
     /// The listener clients connect to.
     pub public: PublicConfig,
     /// The send-back API listener.
@@ -149,6 +156,8 @@ impl Default for Config {
         Config {
             node_id: format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
             store: "memory".to_owned(),
+            store_prefix: store::DEFAULT_PREFIX.to_owned(),
+            node_heartbeat: Duration::from_secs(5),
             public: PublicConfig::default(),
             sendback: SendbackConfig::default(),
             functions: FunctionsConfig::default(),
@@ -387,6 +396,7 @@ impl Config {
             ("limits.ping_interval", l.ping_interval),
             ("limits.max_duration", l.max_duration),
             ("functions.timeout", self.functions.timeout),
+            ("node_heartbeat", self.node_heartbeat),
             ("shutdown.grace", self.shutdown.grace),
         ];
         for (field, value) in durations {
@@ -411,17 +421,16 @@ impl Config {
                 );
             }
         }
-        if store_scheme(&self.store).is_none() {
-            return bad("store", format!("`{}`: expected `memory`", self.store));
+        if let Err(e) = store::check_url(&self.store) {
+            return bad("store", e.to_string());
+        }
+        if self.store_prefix.is_empty() || self.store_prefix.contains(['{', '}']) {
+            return bad(
+                "store_prefix",
+                "must be non-empty and must not contain `{` or `}`".into(),
+            );
         }
         Ok(())
-    }
-}
-
-fn store_scheme(url: &str) -> Option<&'static str> {
-    match url {
-        "" | "memory" | "memory://" => Some("memory"),
-        _ => None,
     }
 }
 
@@ -511,5 +520,9 @@ mod tests {
         let m = msg("[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nmax_message_bytes = 0\n");
         assert!(m.contains("limits.max_message_bytes"), "{m}");
         assert!(msg("this is not toml").contains("gateway.toml"));
+        let m = msg("store = \"postgres://x\"\n[sendback]\ntoken = \"0123456789abcdef\"\n");
+        assert!(m.contains("`store`"), "{m}");
+        let m = msg("store_prefix = \"a{b}\"\n[sendback]\ntoken = \"0123456789abcdef\"\n");
+        assert!(m.contains("store_prefix"), "{m}");
     }
 }

@@ -25,7 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::invoke::{CallError, Reply};
 use crate::registry::Connection;
-use crate::{Shared, Slot, clock};
+use crate::{Shared, Slot, clock, liveness};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 type TransportCall = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send>>;
@@ -314,14 +314,7 @@ impl Session {
                 error!(cause = %e, "cleanup function failed");
             }
         }
-        if let Err(e) = self
-            .shared
-            .store
-            .unregister(&self.conn.id.to_string())
-            .await
-        {
-            warn!(cause = %e, "could not unregister the connection from the store");
-        }
+        liveness::forget(&self.shared, self.conn.id.to_string()).await;
         info!(reason = ?end.reason, code = ?end.code, "connection closed");
     }
 }

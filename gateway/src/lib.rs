@@ -23,6 +23,7 @@ mod error;
 mod handshake;
 mod invoke;
 mod listener;
+mod liveness;
 mod outbox;
 mod public;
 mod registry;
@@ -83,6 +84,8 @@ pub(crate) struct Shared {
     slots: AtomicUsize,
     pub page: Option<Bytes>,
     pub ws_config: WebSocketConfig,
+    /// Connection ids whose store removal failed (store down), retried by `liveness`.
+    unregister_backlog: std::sync::Mutex<Vec<String>>,
 }
 
 /// A claim on one of `limits.max_connections`, released on drop.
@@ -96,6 +99,13 @@ impl Drop for Slot {
 }
 
 impl Shared {
+    /// The ids whose store removal must be retried.
+    pub fn backlog(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.unregister_backlog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Claims a connection slot, or `None` at capacity.
     pub fn try_slot(self: &Arc<Self>) -> Option<Slot> {
         let max = self.config.limits.max_connections;
@@ -114,7 +124,7 @@ impl Gateway {
         config.validate()?;
         let store = match options.store {
             Some(store) => store,
-            None => store::open(&config.store).await?,
+            None => store::open(&config.store, &config.store_prefix).await?,
         };
         let page = match (options.page, &config.public.page) {
             (Some(page), _) => Some(page),
@@ -146,6 +156,7 @@ impl Gateway {
             slots: AtomicUsize::new(0),
             page,
             ws_config,
+            unregister_backlog: std::sync::Mutex::default(),
         });
         Ok(Gateway {
             shared,
@@ -196,6 +207,7 @@ impl Gateway {
         let listeners = TaskTracker::new();
         listeners.spawn(public::serve(shared.clone(), public));
         listeners.spawn(sendback::serve(shared.clone(), sendback));
+        listeners.spawn(liveness::run(shared.clone()));
         listeners.close();
         shutdown.await;
         let open = shared.registry.len();
@@ -213,9 +225,15 @@ impl Gateway {
                 ?grace,
                 "shutdown grace period ended with tasks still running"
             );
-        } else {
-            info!("shutdown complete");
         }
+        let left = liveness::retry_backlog(&shared).await;
+        if left > 0 {
+            warn!(
+                left,
+                "store unreachable at shutdown: records of closed connections remain"
+            );
+        }
+        info!("shutdown complete");
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! listener (loopback by default), every request authenticated by the bearer token.
 //! Routes and bodies are documented in `functions::api`.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,9 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use functions::api::{BatchItem, BatchResult, BatchSend, ConnectionInfo, DeliveryStatus};
+use functions::api::{
+    BatchItem, BatchResult, BatchSend, ConnectionInfo, DeliveryStatus, GroupInfo, GroupSendResult,
+};
 use functions::event::{DataType, query_pairs};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -18,10 +21,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
+use store::StoreError;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::outbox::{CloseRequest, PushError, QueueLimits};
@@ -84,7 +88,28 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             let id = decode_id(id);
             disconnect(shared, &id, req.uri().query().unwrap_or_default())
         }
-        (_, ["@connections"] | ["@connections", _]) => respond::error(
+        (Method::POST, ["@groups", group]) => {
+            let group = decode_id(group);
+            let excluded = excluded(req.uri().query().unwrap_or_default());
+            reply(group_send(shared, &group, &excluded, req).await)
+        }
+        (Method::GET, ["@groups", group]) => {
+            let query = req.uri().query().unwrap_or_default().to_owned();
+            reply(group_info(shared, &decode_id(group), &query).await)
+        }
+        (Method::PUT, ["@groups", group, "connections", id]) => {
+            reply(group_join(shared, &decode_id(group), &decode_id(id)).await)
+        }
+        (Method::DELETE, ["@groups", group, "connections", id]) => {
+            reply(group_leave(shared, &decode_id(group), &decode_id(id)).await)
+        }
+        (
+            _,
+            ["@connections"]
+            | ["@connections", _]
+            | ["@groups", _]
+            | ["@groups", _, "connections", _],
+        ) => respond::error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             format!("{} is not allowed on {path}", req.method()),
@@ -175,32 +200,35 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Failure>
     }
 }
 
-async fn send_one(shared: &Shared, id: &str, req: Request<Incoming>) -> Response<Body> {
+/// The message a send-back body carries: binary if the content type says
+/// `application/octet-stream`, else UTF-8 text; at most `limits.max_message_bytes`.
+async fn read_message(shared: &Shared, req: Request<Incoming>) -> Result<Message, Failure> {
     let binary = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/octet-stream"));
+    let body = read_body(req, shared.config.limits.max_message_bytes).await?;
+    if binary {
+        return Ok(Message::Binary(body));
+    }
+    match String::from_utf8(body.to_vec()) {
+        Ok(text) => Ok(Message::text(text)),
+        Err(_) => Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a text message must be UTF-8 (send binary with Content-Type: application/octet-stream)",
+        )),
+    }
+}
+
+async fn send_one(shared: &Shared, id: &str, req: Request<Incoming>) -> Response<Body> {
     let Some(conn) = lookup(shared, id) else {
         return gone(id);
     };
-    let body = match read_body(req, shared.config.limits.max_message_bytes).await {
-        Ok(body) => body,
+    let message = match read_message(shared, req).await {
+        Ok(message) => message,
         Err(failure) => return failure.into_response(),
-    };
-    let message = if binary {
-        Message::Binary(body)
-    } else {
-        match String::from_utf8(body.to_vec()) {
-            Ok(text) => Message::text(text),
-            Err(_) => {
-                return respond::error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "a text message must be UTF-8 (send binary with Content-Type: application/octet-stream)",
-                );
-            }
-        }
     };
     match conn.outbox.push(message, limits(shared)) {
         Ok(()) => respond::empty(StatusCode::OK),
@@ -336,4 +364,135 @@ fn disconnect(shared: &Shared, id: &str, query: &str) -> Response<Body> {
     } else {
         gone(id)
     }
+}
+
+fn reply(result: Result<Response<Body>, Failure>) -> Response<Body> {
+    result.unwrap_or_else(Failure::into_response)
+}
+
+/// The ids a group send skips (`?exclude=a&exclude=b`).
+fn excluded(query: &str) -> HashSet<String> {
+    query_pairs(query)
+        .filter(|(k, _)| k == "exclude")
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// A store failure as the caller should see it.
+fn store_failure(e: StoreError) -> Failure {
+    match e {
+        StoreError::NotRegistered(id) => {
+            Failure::new(StatusCode::GONE, "gone", format!("connection {id} is gone"))
+        }
+        StoreError::InvalidName { .. } => {
+            Failure::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+        }
+        other => {
+            warn!(cause = %other, "send-back request failed: store unavailable");
+            Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the gateway's store is unavailable; retry later",
+            )
+        }
+    }
+}
+
+/// Sends one message to every member of a group held by this node, reading the members
+/// page by page.
+async fn group_send(
+    shared: &Shared,
+    group: &str,
+    excluded: &HashSet<String>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Failure> {
+    let message = read_message(shared, req).await?;
+    let limits = limits(shared);
+    let mut result = GroupSendResult::default();
+    let mut seen = HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = shared
+            .store
+            .members(group, cursor.as_deref(), GROUP_PAGE)
+            .await
+            .map_err(store_failure)?;
+        for id in page.members {
+            if excluded.contains(&id) {
+                result.excluded += 1;
+                continue;
+            }
+            if !seen.insert(id.clone()) {
+                continue; // a walk may list a member twice
+            }
+            match lookup(shared, &id).map(|conn| conn.outbox.push(message.clone(), limits)) {
+                Some(Ok(())) => result.delivered += 1,
+                Some(Err(PushError::Full)) => result.throttled += 1,
+                Some(Err(PushError::Closed)) | None => result.gone += 1,
+            }
+        }
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    debug!(
+        group,
+        delivered = result.delivered,
+        gone = result.gone,
+        "group send"
+    );
+    Ok(respond::json(StatusCode::OK, &result))
+}
+
+/// Members read per store round trip in a group walk.
+const GROUP_PAGE: usize = 1000;
+
+async fn group_info(shared: &Shared, group: &str, query: &str) -> Result<Response<Body>, Failure> {
+    let mut cursor = None;
+    let mut limit = 100usize;
+    for (key, value) in query_pairs(query) {
+        match key.as_str() {
+            "cursor" if !value.is_empty() => cursor = Some(value),
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        Failure::new(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            "limit must be 1-1000",
+                        )
+                    })?;
+            }
+            _ => {}
+        }
+    }
+    let count = shared.store.count(group).await.map_err(store_failure)?;
+    let page = shared
+        .store
+        .members(group, cursor.as_deref(), limit)
+        .await
+        .map_err(store_failure)?;
+    Ok(respond::json(
+        StatusCode::OK,
+        &GroupInfo {
+            group: group.to_owned(),
+            count,
+            members: page.members,
+            cursor: page.cursor,
+        },
+    ))
+}
+
+async fn group_join(shared: &Shared, group: &str, id: &str) -> Result<Response<Body>, Failure> {
+    shared.store.join(group, id).await.map_err(store_failure)?;
+    Ok(respond::empty(StatusCode::NO_CONTENT))
+}
+
+async fn group_leave(shared: &Shared, group: &str, id: &str) -> Result<Response<Body>, Failure> {
+    shared.store.leave(group, id).await.map_err(store_failure)?;
+    Ok(respond::empty(StatusCode::NO_CONTENT))
 }

@@ -5,25 +5,38 @@
 //! about it, and unregisters it (leaving every group it joined, in the same step) when the
 //! connection ends, whatever the function did. Functions join and leave groups and list
 //! members. Two backends implement the trait: [`MemoryStore`], embedded in one process (the
-//! default), and Redis (for separate processes and many gateway nodes).
+//! default), and [`RedisStore`] (standalone Redis or Redis Cluster, for separate processes and
+//! many gateway nodes). [`open`] picks one from a URL.
+//!
+//! Both backends accept the same names: ids, group names and node names must be non-empty and
+//! must not contain `{` or `}` ([`StoreError::InvalidName`] otherwise).
 
 mod error;
 mod memory;
+mod names;
 mod record;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use self::redis::{RedisOptions, RedisStore};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use record::{ConnectionRecord, MembersPage};
+
+/// The key prefix a Redis-backed store uses unless told otherwise.
+pub const DEFAULT_PREFIX: &str = "switchboard";
 
 /// A store shared between tasks.
 pub type SharedStore = Arc<dyn Store>;
 
 /// What the gateway and the functions need from shared storage.
 ///
-/// Every method is atomic on its own: a reader never sees a connection half unregistered.
+/// On [`MemoryStore`] every method is atomic on its own. On [`RedisStore`] a connection's
+/// record and its list of groups always change together, but a group's member set may list
+/// an id for a moment while it is joining or being unregistered (see [`redis`] for exactly
+/// what is atomic): whoever reads members must expect an id that has just gone.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Registers a connection, or replaces the record of one already registered (its group
@@ -33,7 +46,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The record of a registered connection, `None` if it is not registered.
     async fn get(&self, id: &str) -> Result<Option<ConnectionRecord>, StoreError>;
 
-    /// Removes a connection and its membership in every group it joined, in one step.
+    /// Removes a connection and its membership in every group it joined (the record and its
+    /// list of groups in one step; on Redis the group sets in the same call).
     /// Returns whether it was registered.
     async fn unregister(&self, id: &str) -> Result<bool, StoreError>;
 
@@ -85,13 +99,56 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
-/// Opens the store a URL names: `memory` (or an empty string) for a new embedded store.
-pub async fn open(url: &str) -> Result<SharedStore, StoreError> {
+/// Opens the store a URL names:
+///
+/// - `memory` (or `memory://`, or an empty string): a new embedded [`MemoryStore`];
+/// - `redis://host[:port][/db]`: a standalone Redis, see [`RedisStore::connect`];
+/// - `redis+cluster://host:port,host:port,...`: a Redis Cluster (any reachable nodes of it).
+///
+/// `prefix` starts every Redis key (several deployments can share one Redis with different
+/// prefixes; [`DEFAULT_PREFIX`] is the usual one); the memory backend ignores it.
+pub async fn open(url: &str, prefix: &str) -> Result<SharedStore, StoreError> {
+    check_url(url)?;
+    if self::redis::is_redis_url(url) {
+        Ok(Arc::new(RedisStore::connect(url, prefix).await?))
+    } else {
+        Ok(Arc::new(MemoryStore::new()))
+    }
+}
+
+/// Checks a store URL without connecting: `Ok` for every URL [`open`] accepts (it may still
+/// fail to connect), [`StoreError::InvalidUrl`] otherwise. For configuration checks.
+pub fn check_url(url: &str) -> Result<(), StoreError> {
     match url {
-        "" | "memory" | "memory://" => Ok(Arc::new(MemoryStore::new())),
+        "" | "memory" | "memory://" => Ok(()),
+        url if self::redis::is_redis_url(url) => self::redis::check_url(url),
         other => Err(StoreError::InvalidUrl {
             url: other.to_owned(),
-            reason: "expected `memory`".to_owned(),
+            reason: "expected `memory`, `redis://host:port[/db]` or \
+                     `redis+cluster://host:port,host:port`"
+                .to_owned(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn open_picks_the_backend_from_the_url() {
+        for url in ["", "memory", "memory://"] {
+            let store = open(url, DEFAULT_PREFIX).await.unwrap();
+            assert!(
+                format!("{store:?}").contains("MemoryStore"),
+                "{url}: {store:?}"
+            );
+        }
+        let err = open("postgres://x", DEFAULT_PREFIX).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidUrl { .. }), "{err}");
+        assert!(err.to_string().contains("redis+cluster://"), "{err}");
+        assert!(check_url("postgres://x").is_err());
+        assert!(check_url("memory").is_ok());
+        assert!(check_url("redis://127.0.0.1:1").is_ok());
     }
 }

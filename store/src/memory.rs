@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::{ConnectionRecord, MembersPage, Store, StoreError};
+use crate::{ConnectionRecord, MembersPage, Store, StoreError, names};
 
 /// A store held in this process's memory. Cloning is not supported: share it in an `Arc`.
 #[derive(Debug, Default)]
@@ -47,6 +47,8 @@ impl MemoryStore {
 #[async_trait::async_trait]
 impl Store for MemoryStore {
     async fn register(&self, record: &ConnectionRecord) -> Result<(), StoreError> {
+        names::id(&record.id)?;
+        names::node(&record.node)?;
         let mut inner = self.lock();
         match inner.connections.get_mut(&record.id) {
             Some(entry) => entry.record = record.clone(),
@@ -64,10 +66,12 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<ConnectionRecord>, StoreError> {
+        names::id(id)?;
         Ok(self.lock().connections.get(id).map(|e| e.record.clone()))
     }
 
     async fn unregister(&self, id: &str) -> Result<bool, StoreError> {
+        names::id(id)?;
         let mut inner = self.lock();
         let Some(entry) = inner.connections.remove(id) else {
             return Ok(false);
@@ -84,6 +88,8 @@ impl Store for MemoryStore {
     }
 
     async fn join(&self, group: &str, id: &str) -> Result<bool, StoreError> {
+        names::group(group)?;
+        names::id(id)?;
         let mut inner = self.lock();
         let Some(entry) = inner.connections.get_mut(id) else {
             return Err(StoreError::NotRegistered(id.to_owned()));
@@ -97,6 +103,8 @@ impl Store for MemoryStore {
     }
 
     async fn leave(&self, group: &str, id: &str) -> Result<bool, StoreError> {
+        names::group(group)?;
+        names::id(id)?;
         let mut inner = self.lock();
         if let Some(entry) = inner.connections.get_mut(id) {
             entry.groups.remove(group);
@@ -117,6 +125,7 @@ impl Store for MemoryStore {
         cursor: Option<&str>,
         count: usize,
     ) -> Result<MembersPage, StoreError> {
+        names::group(group)?;
         let inner = self.lock();
         let Some(members) = inner.groups.get(group) else {
             return Ok(MembersPage::default());
@@ -142,10 +151,12 @@ impl Store for MemoryStore {
     }
 
     async fn count(&self, group: &str) -> Result<u64, StoreError> {
+        names::group(group)?;
         Ok(self.lock().groups.get(group).map_or(0, |m| m.len() as u64))
     }
 
     async fn groups_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        names::id(id)?;
         let inner = self.lock();
         let mut groups: Vec<String> = inner
             .connections
@@ -157,6 +168,7 @@ impl Store for MemoryStore {
     }
 
     async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+        names::node(node)?;
         self.lock()
             .nodes
             .insert(node.to_owned(), Instant::now() + ttl);
@@ -164,6 +176,7 @@ impl Store for MemoryStore {
     }
 
     async fn node_alive(&self, node: &str) -> Result<bool, StoreError> {
+        names::node(node)?;
         Ok(self
             .lock()
             .nodes

@@ -76,8 +76,25 @@ fn busy_port_is_a_clear_error() {
 }
 
 #[test]
-fn example_config_in_deploy_is_valid() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway.toml");
-    let (ok, out) = check(&std::fs::read_to_string(path).unwrap());
-    assert!(ok, "deploy/gateway.toml: {out}");
+fn example_configs_in_deploy_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root.join("deploy")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let out = Command::new(crate::switchboard_bin())
+                .args(["check", "--config", path.to_str().unwrap()])
+                .current_dir(&root)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "checked {checked} configs");
 }

@@ -8,12 +8,19 @@ mod cleanup;
 mod config;
 mod limits;
 mod ordering;
+mod redis_e2e;
 mod register;
 mod sendback;
+mod store_redis;
 mod store_suite;
 
 /// The `switchboard` binary: the gateway's own `main.rs`, built by this package as
 /// `switchboard-under-test`, so the tests always run the current code.
 pub fn switchboard_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_switchboard-under-test"))
+}
+
+/// The example chat functions' binary, built by this package as `chat-functions-under-test`.
+pub fn chat_functions_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_chat-functions-under-test"))
 }

@@ -1,8 +1,13 @@
-//! The store behaviour suite, written once and run against every backend.
+//! The store behaviour suite, written once and run against every backend: the embedded
+//! memory store, a real standalone Redis and a real three-master Redis Cluster (each on
+//! free ports, started by the harness). On Redis the suite ends with every connection
+//! unregistered and every heartbeat expired, so no key with the test's prefix may remain.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use store::{ConnectionRecord, SharedStore, StoreError};
+use store::{ConnectionRecord, RedisStore, SharedStore, StoreError};
+use tests::redis::{RedisServer, Resp};
 
 fn record(id: &str) -> ConnectionRecord {
     ConnectionRecord {
@@ -25,6 +30,28 @@ pub async fn behaviour_suite(store: SharedStore) {
     with_context.context = serde_json::json!({"room": "r"});
     store.register(&with_context).await.unwrap();
     assert_eq!(store.get("c1").await.unwrap().unwrap().context["room"], "r");
+    // replacing drops fields the new record lacks, and keeps nested context intact
+    let mut bare = record("c1");
+    bare.user_agent = None;
+    bare.context = serde_json::json!({"room": "r", "tags": ["a", {"b": null}], "n": 1.5});
+    store.register(&bare).await.unwrap();
+    assert_eq!(store.get("c1").await.unwrap(), Some(bare));
+    store.register(&with_context).await.unwrap();
+
+    // names both backends refuse: empty, or with a brace (Redis hash tags)
+    let invalid = |r: Result<bool, StoreError>| matches!(r, Err(StoreError::InvalidName { .. }));
+    assert!(invalid(store.join("a{b", "c1").await));
+    assert!(invalid(store.join("g", "").await));
+    assert!(invalid(store.leave("", "c1").await));
+    assert!(invalid(store.unregister("c}").await));
+    assert!(matches!(
+        store.register(&record("{c}")).await,
+        Err(StoreError::InvalidName { .. })
+    ));
+    assert!(matches!(
+        store.count("").await,
+        Err(StoreError::InvalidName { .. })
+    ));
 
     // join needs a registered connection
     assert!(matches!(
@@ -108,5 +135,75 @@ pub async fn behaviour_suite(store: SharedStore) {
 
 #[tokio::test]
 async fn memory_backend() {
-    behaviour_suite(std::sync::Arc::new(store::MemoryStore::new())).await;
+    behaviour_suite(Arc::new(store::MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn memory_backend_through_open() {
+    behaviour_suite(store::open("memory", "ignored").await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn redis_backend() {
+    let Some(redis) = tests::redis::require_redis() else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let store = store::open(&redis.url(), &prefix).await.unwrap();
+    assert!(format!("{store:?}").contains("RedisStore"), "{store:?}");
+    behaviour_suite(store).await;
+    assert_eq!(keys_with_prefix(&redis, &prefix), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn redis_cluster_backend() {
+    let Some(cluster) = tests::redis_cluster::require_redis_cluster() else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let store = RedisStore::connect(&cluster.url(), &prefix).await.unwrap();
+    assert_eq!(
+        store.address(),
+        cluster.url().trim_start_matches("redis+cluster://")
+    );
+    behaviour_suite(Arc::new(store)).await;
+    assert_eq!(
+        cluster.keys(&format!("{prefix}:*")).unwrap(),
+        Vec::<String>::new()
+    );
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix() -> String {
+    format!("sbtest-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Every key starting with `prefix:` (`SCAN MATCH`), sorted.
+pub fn keys_with_prefix(redis: &RedisServer, prefix: &str) -> Vec<String> {
+    let pattern = format!("{prefix}:*");
+    let mut cursor = "0".to_owned();
+    let mut keys = Vec::new();
+    loop {
+        let reply = redis
+            .command(&["SCAN", &cursor, "MATCH", &pattern, "COUNT", "1000"])
+            .unwrap();
+        let Resp::Array(Some(parts)) = reply else {
+            panic!("SCAN answered {reply:?}");
+        };
+        let [Resp::Bulk(Some(next)), Resp::Array(Some(found))] = parts.as_slice() else {
+            panic!("SCAN answered {parts:?}");
+        };
+        for key in found {
+            let Resp::Bulk(Some(key)) = key else {
+                panic!("SCAN listed {key:?}");
+            };
+            keys.push(String::from_utf8_lossy(key).into_owned());
+        }
+        cursor = String::from_utf8_lossy(next).into_owned();
+        if cursor == "0" {
+            break;
+        }
+    }
+    keys.sort();
+    keys
 }

@@ -1,7 +1,8 @@
 //! Switchboard test harness: shared harness for the end-to-end tests and benchmarks.
 //!
 //! Everything here runs real things: a real `redis-server` on a free port
-//! ([`redis::RedisServer`]), real processes, real sockets. Waiting is always
+//! ([`redis::RedisServer`]) or a real three-node Redis Cluster
+//! ([`redis_cluster::RedisCluster`]), real processes, real sockets. Waiting is always
 //! polling for a condition with a bound ([`wait::eventually`]), never a bare sleep.
 //!
 //! Tests that need an external program (redis-server, chromium, node) skip with
@@ -10,6 +11,7 @@
 
 pub mod gateway;
 pub mod redis;
+pub mod redis_cluster;
 pub mod scripted;
 pub mod wait;
 

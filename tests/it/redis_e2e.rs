@@ -1,0 +1,461 @@
+//! The gateway and functions on a real Redis: separate processes sharing it, a group send
+//! to thousands of members, and a Redis restart under live connections. Every test ends by
+//! checking that no key of a closed connection is left in Redis.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use functions::{Chat, SendBack};
+use gateway::Options;
+use reqwest::Method;
+use tests::gateway::{
+    Client, TestGateway, expect_close, next_json, next_message, route_all, send_text,
+    sendback_request,
+};
+use tests::redis::{RedisServer, Resp};
+use tests::scripted::ScriptedFunction;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// Every key under `prefix` except node heartbeats (which outlive connections by design).
+fn connection_keys(redis: &RedisServer, prefix: &str) -> Vec<String> {
+    let pattern = format!("{prefix}:*");
+    let Ok(Resp::Array(Some(keys))) = redis.command(&["KEYS", &pattern]) else {
+        panic!("KEYS failed");
+    };
+    let heartbeat = format!("{prefix}:node:");
+    keys.into_iter()
+        .filter_map(|k| match k {
+            Resp::Bulk(Some(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            _ => None,
+        })
+        .filter(|k| !(k.starts_with(&heartbeat) && k.ends_with('}')))
+        .collect()
+}
+
+/// Waits until Redis holds no key of any connection under `prefix`.
+async fn assert_no_connection_keys(redis: &RedisServer, prefix: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys = connection_keys(redis, prefix);
+        if keys.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "keys of closed connections left in Redis: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await; // polling interval
+    }
+}
+
+/// Reads messages until one satisfies `wanted` (earlier ones, e.g. presence, are skipped).
+async fn skip_until(client: &mut Client, wanted: impl Fn(&Message) -> bool) {
+    loop {
+        match next_message(client).await {
+            Some(m) if wanted(&m) => return,
+            Some(_) => continue,
+            None => panic!("connection closed while waiting"),
+        }
+    }
+}
+
+fn unique_prefix(name: &str) -> String {
+    format!(
+        "it-{name}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Starts a binary and waits for its log line containing `marker`; returns the child and
+/// that line (later lines are drained in the background).
+async fn spawn_and_wait(cmd: &mut Command, marker: &str) -> (Child, String) {
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no `{marker}` line within 20 s"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("process exited before printing `{marker}`"));
+        if line.contains(marker) {
+            break line;
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, line)
+}
+
+/// The value of `name=value` in a log line.
+fn log_field(line: &str, name: &str) -> String {
+    line.split(&format!("{name}="))
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {name}= in {line}"))
+        .to_owned()
+}
+
+/// Runs the gateway binary with `config`; returns it with its public and send-back addresses.
+async fn start_gateway_process(config: &str) -> (Child, String, String, tempdir::Dir) {
+    let dir = tempdir::Dir::new();
+    let path = dir.0.join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(crate::switchboard_bin());
+    cmd.args(["--config", path.to_str().unwrap()])
+        .env("SWITCHBOARD_LOG", "info");
+    let (child, line) = spawn_and_wait(&mut cmd, "gateway listening").await;
+    let (public, sendback) = (log_field(&line, "public"), log_field(&line, "sendback"));
+    (child, public, sendback, dir)
+}
+
+mod tempdir {
+    /// A temporary directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+
+    impl Dir {
+        pub fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!("sb-it-{}", uuid::Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+async fn terminate(mut child: Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("process exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn separate_processes_share_redis_rooms_stay_isolated() {
+    let Some(redis) = tests::redis::require_redis() else {
+        return;
+    };
+    let prefix = unique_prefix("chat");
+    let token = tests::gateway::TOKEN;
+    // The gateway first (on free ports), then two chat replicas pointing at its send-back.
+    let replica_ports: Vec<u16> = (0..2).map(|_| tests::redis::free_port().unwrap()).collect();
+    let config = format!(
+        "store = \"{url}\"\nstore_prefix = \"{prefix}\"\n[public]\nlisten = \"127.0.0.1:0\"\n\
+         [sendback]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n[functions]\n\
+         register = \"http://127.0.0.1:{a}/\"\ncleanup = \"http://127.0.0.1:{a}/\"\n\
+         transport = \"http://127.0.0.1:{b}/\"\n",
+        url = redis.url(),
+        a = replica_ports[0],
+        b = replica_ports[1],
+    );
+    let (gateway, public, sendback, _dir) = start_gateway_process(&config).await;
+    let mut replicas = Vec::new();
+    for port in &replica_ports {
+        let mut cmd = Command::new(crate::chat_functions_bin());
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--store",
+            &redis.url(),
+            "--store-prefix",
+            &prefix,
+            "--sendback-url",
+            &format!("http://{sendback}"),
+            "--sendback-token",
+            token,
+        ]);
+        let (child, _) = spawn_and_wait(&mut cmd, "listening").await;
+        replicas.push(child);
+    }
+
+    // Three rooms, twenty clients.
+    let rooms = ["red", "green", "blue"];
+    let mut clients: Vec<(usize, Client)> = Vec::new();
+    for i in 0..20 {
+        let room = i % 3;
+        let url = format!("ws://{public}/chat?room={}&name=p{i}", rooms[room]);
+        let (client, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        clients.push((room, client));
+    }
+    let members = |room: usize| clients.iter().filter(|(r, _)| *r == room).count();
+    let sizes: Vec<usize> = (0..3).map(members).collect();
+    // Everyone has registered once each room's count is right.
+    for (room, size) in rooms.iter().zip(&sizes) {
+        let url = format!("http://{sendback}/@groups/{room}");
+        tests::wait::eventually("room sizes", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let info: functions::api::GroupInfo = sendback_request(Method::GET, &url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                info.count == *size as u64
+            }
+        })
+        .await;
+    }
+    // The first client of each room speaks.
+    for (room, name) in rooms.iter().enumerate() {
+        let speaker = clients.iter().position(|(r, _)| *r == room).unwrap();
+        send_text(&mut clients[speaker].1, &format!("hello {name}")).await;
+    }
+    // Each client gets exactly the messages of its room, from the others.
+    for (index, (room, client)) in clients.iter_mut().enumerate() {
+        // Client i is in room i % 3, so clients 0, 1 and 2 are the first of their rooms.
+        let speaker_index = index < 3;
+        let mut chat = Vec::new();
+        send_text(client, "/who").await;
+        loop {
+            let m = next_json(client).await;
+            if m["type"] == "presence" && m["event"] == "who" {
+                break;
+            }
+            if m["type"] == "message" {
+                chat.push(m);
+            }
+        }
+        if speaker_index {
+            assert!(chat.is_empty(), "speaker {index} got {chat:?}");
+        } else {
+            assert_eq!(chat.len(), 1, "client {index} got {chat:?}");
+            assert_eq!(chat[0]["text"], format!("hello {}", rooms[*room]));
+            assert_eq!(chat[0]["online"], sizes[*room]);
+        }
+    }
+    for (_, mut client) in clients {
+        client.close(None).await.ok();
+    }
+    assert_no_connection_keys(&redis, &prefix).await;
+    terminate(gateway).await;
+    for replica in replicas {
+        terminate(replica).await;
+    }
+}
+
+#[tokio::test]
+async fn group_send_reaches_five_thousand_members() {
+    let Some(redis) = tests::redis::require_redis() else {
+        return;
+    };
+    const MEMBERS: usize = 5000;
+    let prefix = unique_prefix("fanout");
+    let function = ScriptedFunction::accepting().await;
+    let config = format!(
+        "store = \"{url}\"\nstore_prefix = \"{prefix}\"\n[public]\nlisten = \"127.0.0.1:0\"\n\
+         [sendback]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n[functions]\nregister = \"{f}\"\n\
+         [limits]\nmax_connections = 10000\n",
+        url = redis.url(),
+        token = tests::gateway::TOKEN,
+        f = function.url(),
+    );
+    let (gateway, public, sendback, _dir) = start_gateway_process(&config).await;
+    let mut clients = Vec::with_capacity(MEMBERS);
+    for _ in 0..MEMBERS {
+        let (client, _) = tokio_tungstenite::connect_async(format!("ws://{public}/"))
+            .await
+            .expect("connect");
+        clients.push(client);
+    }
+    let ids: Vec<String> = function
+        .wait_until("all registers", Duration::from_secs(60), |e| {
+            e.len() >= MEMBERS
+        })
+        .await
+        .into_iter()
+        .map(|e| e.connection_id)
+        .collect();
+    let http = reqwest::Client::new();
+    for chunk in ids.chunks(250) {
+        let joins = chunk.iter().map(|id| {
+            http.put(format!("http://{sendback}/@groups/big/connections/{id}"))
+                .bearer_auth(tests::gateway::TOKEN)
+                .send()
+        });
+        for r in futures_util::future::join_all(joins).await {
+            assert_eq!(r.unwrap().status(), 204);
+        }
+    }
+    let result: functions::api::GroupSendResult =
+        sendback_request(Method::POST, format!("http://{sendback}/@groups/big"))
+            .body("to everyone")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(result.delivered, MEMBERS, "{result:?}");
+    assert_eq!(result.gone, 0);
+    let received = futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|c| async move { next_message(c).await }),
+    )
+    .await;
+    let got = received
+        .iter()
+        .filter(|m| **m == Some(Message::text("to everyone")))
+        .count();
+    assert_eq!(got, MEMBERS);
+    drop(clients);
+    assert_no_connection_keys(&redis, &prefix).await;
+    terminate(gateway).await;
+}
+
+#[tokio::test]
+async fn redis_restart_under_live_connections() {
+    let Some(mut redis) = tests::redis::require_redis() else {
+        return;
+    };
+    let prefix = unique_prefix("restart");
+    let store = store::open(&redis.url(), &prefix).await.expect("store");
+    // Chat functions in this process, on the same Redis, over real HTTP.
+    let functions_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let functions_url = format!("http://{}/", functions_listener.local_addr().unwrap());
+    let gw = TestGateway::start_with(
+        |c| {
+            route_all(c, &functions_url);
+            c.store = redis.url();
+            c.store_prefix = prefix.clone();
+            c.node_heartbeat = Duration::from_millis(200);
+            c.functions.retries = 0;
+        },
+        Options {
+            store: Some(store.clone()),
+            page: None,
+        },
+    )
+    .await;
+    let sendback = SendBack::new(&gw.sendback_url(), Some(tests::gateway::TOKEN.into())).unwrap();
+    let stop_functions = CancellationToken::new();
+    let functions_task = tokio::spawn(functions::serve(
+        functions_listener,
+        Arc::new(Chat::new(store.clone(), sendback)),
+        stop_functions.clone(),
+    ));
+    let mut alice = gw.connect("chat?room=r&name=alice").await;
+    let mut bob = gw.connect("chat?room=r&name=bob").await;
+    tests::wait::eventually("both in the room", Duration::from_secs(10), || {
+        let store = store.clone();
+        async move { store.count("r").await.unwrap_or(0) == 2 }
+    })
+    .await;
+    let member_ids = store.all_members("r").await.unwrap();
+
+    redis.stop();
+    // Connections the gateway holds are still served.
+    send_text(&mut alice, "ping").await;
+    skip_until(&mut alice, |m| *m == Message::text("pong")).await;
+    // A send to a connection by id needs no store.
+    for id in &member_ids {
+        let r = sendback_request(
+            Method::POST,
+            format!("{}/@connections/{id}", gw.sendback_url()),
+        )
+        .body("direct")
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Operations that need the store fail clearly.
+    let r = sendback_request(Method::POST, format!("{}/@groups/r", gw.sendback_url()))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "store_unavailable");
+    assert_eq!(
+        gw.try_connect("chat?room=r&name=carol").await.err(),
+        Some(503)
+    );
+    // A chat message cannot reach the room: the sender is told, not disconnected.
+    send_text(&mut alice, "lost?").await;
+    skip_until(&mut alice, |m| *m == Message::text("direct")).await;
+    let m = next_json(&mut alice).await;
+    assert_eq!(m["type"], "error", "{m}");
+    // Bob leaves during the outage.
+    bob.close(None).await.ok();
+
+    redis.restart().expect("redis restarts");
+    // Everything works again, without restarting the gateway or the functions.
+    let mut carol =
+        tests::wait::eventually_some("a new connection", Duration::from_secs(15), || {
+            let url = gw.ws_url("chat?room=r&name=carol");
+            async move {
+                tokio_tungstenite::connect_async(url)
+                    .await
+                    .ok()
+                    .map(|(c, _)| c)
+            }
+        })
+        .await;
+    // Alice rejoins (the restarted Redis lost the room): a new connection.
+    alice.close(None).await.ok();
+    let mut alice = gw.connect("chat?room=r&name=alice").await;
+    tests::wait::eventually("both in the room", Duration::from_secs(10), || {
+        let store = store.clone();
+        async move { store.count("r").await.unwrap_or(0) == 2 }
+    })
+    .await;
+    send_text(&mut alice, "back again").await;
+    let got = loop {
+        let m = next_json(&mut carol).await;
+        if m["type"] == "message" {
+            break m;
+        }
+    };
+    assert_eq!(got["text"], "back again");
+    carol.close(None).await.ok();
+    alice.close(None).await.ok();
+    let _ = expect_close(&mut bob).await;
+    gw.shutdown().await;
+    stop_functions.cancel();
+    functions_task.await.unwrap().unwrap();
+    assert_no_connection_keys(&redis, &prefix).await;
+}
+
+#[tokio::test]
+async fn unreachable_redis_at_start_is_a_clear_error() {
+    let port = tests::redis::free_port().unwrap();
+    let out = std::process::Command::new(crate::switchboard_bin())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--sendback-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--store", &format!("redis://127.0.0.1:{port}")])
+        .env("SWITCHBOARD_SENDBACK__TOKEN", tests::gateway::TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
