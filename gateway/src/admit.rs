@@ -16,7 +16,8 @@ use store::ConnectionRecord;
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
-use crate::invoke::{CallError, snippet};
+use crate::dialect::{self, Facts, Verdict};
+use crate::invoke::{Call, CallError};
 use crate::registry::Connection;
 use crate::respond::{self, Body};
 use crate::{Shared, Slot, clock, connection, handshake, liveness};
@@ -36,6 +37,7 @@ pub(crate) async fn admit(
         let connected_at_ms = clock::now_ms();
         let request = handshake_request(&parts, remote);
         let user_agent = request.header("user-agent").map(Box::from);
+        let host = request.header("host").map(Box::from);
         let mut record = ConnectionRecord {
             id: id.to_string(),
             node: shared.node.to_string(),
@@ -64,6 +66,7 @@ pub(crate) async fn admit(
             connected_at_ms,
             remote.ip(),
             user_agent,
+            host,
             reply.context.clone(),
         ));
         let mut upgrade = Some(on_upgrade);
@@ -103,10 +106,12 @@ async fn decide(
     record: &ConnectionRecord,
     request: HandshakeRequest,
 ) -> Result<RegisterReply, Response<Body>> {
-    let Some(url) = shared.config.functions.register.as_deref() else {
+    let Some(target) = shared.config.functions.register.as_ref() else {
         return Ok(RegisterReply::default());
     };
+    let dialect = target.dialect(shared.config.functions.dialect);
     let offered = request.subprotocols.clone();
+    let host = request.header("host").map(str::to_owned);
     let event = Event {
         connection_id: record.id.clone(),
         seq: 0,
@@ -114,6 +119,17 @@ async fn decide(
         timestamp: clock::now_ms(),
         context: serde_json::Value::Null,
         kind: EventKind::Register { request },
+    };
+    let facts = Facts {
+        connected_at_ms: record.connected_at_ms,
+        source_ip: &record.source_ip,
+        user_agent: record.user_agent.as_deref(),
+        host: host.as_deref(),
+    };
+    let call = Call {
+        event: "register",
+        connection_id: &record.id,
+        body: dialect::encode(dialect, &shared.config, &event, facts, "$connect").into(),
     };
     let fail = |e: CallError| {
         warn!(cause = %e, "refusing connection: register function failed");
@@ -125,48 +141,23 @@ async fn decide(
         };
         respond::error(status, code, "the register function did not answer usably")
     };
-    let reply = shared.invoker.call_once(url, &event).await.map_err(fail)?;
-    if !reply.is_success() {
-        let status = match StatusCode::from_u16(reply.status) {
-            Ok(s) if s.is_client_error() || s.is_server_error() => s,
-            _ => {
-                return Err(fail(CallError::BadReply(format!(
-                    "status {} is neither success nor error",
-                    reply.status
-                ))));
-            }
-        };
-        info!(
-            status = reply.status,
-            "connection refused by register function"
-        );
-        return Err(respond::text(status, snippet(&reply.body)));
-    }
-    let parsed: RegisterReply = if reply.body.iter().all(u8::is_ascii_whitespace) {
-        RegisterReply::default()
-    } else {
-        serde_json::from_slice(&reply.body).map_err(|e| {
-            fail(CallError::BadReply(format!(
-                "register reply is not a RegisterReply: {e}"
-            )))
-        })?
-    };
-    let context_len = serde_json::to_vec(&parsed.context).map_or(0, |v| v.len());
-    if !parsed.context.is_null() && context_len > shared.config.functions.max_context_bytes {
-        return Err(fail(CallError::BadReply(format!(
-            "context of {context_len} bytes exceeds functions.max_context_bytes ({})",
-            shared.config.functions.max_context_bytes
-        ))));
-    }
-    if let Some(p) = &parsed.subprotocol {
-        if !offered.iter().any(|o| o == p) {
-            return Err(fail(CallError::BadReply(format!(
-                "subprotocol `{p}` was not offered by the client"
-            ))));
+    let reply = shared
+        .invoker
+        .call_once(target.url(), &call)
+        .await
+        .map_err(fail)?;
+    let max_context = shared.config.functions.max_context_bytes;
+    match dialect::register_verdict(dialect, &reply, &offered, max_context).map_err(fail)? {
+        Verdict::Accept(accept) => {
+            debug!("register accepted");
+            Ok(accept)
+        }
+        Verdict::Refuse { status, body } => {
+            info!(status, "connection refused by register function");
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+            Err(respond::text(status, body))
         }
     }
-    debug!("register accepted");
-    Ok(parsed)
 }
 
 /// Removes a refused connection's record (and any groups its register function joined).

@@ -42,6 +42,10 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// The `aws` dialect.
+    pub aws: AwsConfig,
+    /// The `tencent` dialect.
+    pub tencent: TencentConfig,
 }
 
 /// The public (WebSocket) listener.
@@ -74,12 +78,22 @@ pub struct SendbackConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FunctionsConfig {
-    /// Called on connect; decides whether to accept. Absent: every connection is accepted.
-    pub register: Option<String>,
-    /// Called for each message. Absent: a client message closes the connection with 1003.
-    pub transport: Option<String>,
-    /// Called once when a connection ends. Absent: nothing is called.
-    pub cleanup: Option<String>,
+    /// The event format of targets that name none: `native`, `aws` or `tencent`.
+    pub dialect: Dialect,
+    /// Called on connect (AWS: the `$connect` route); decides whether to accept.
+    /// Absent: every connection is accepted.
+    pub register: Option<Target>,
+    /// Called for each message (AWS: the `$default` route). Absent (and no route matches):
+    /// a client message closes the connection with 1003.
+    pub transport: Option<Target>,
+    /// Called once when a connection ends (AWS: `$disconnect`). Absent: nothing is called.
+    pub cleanup: Option<Target>,
+    /// AWS-style route selection: a `$request.body.<path>` expression naming a field of a
+    /// JSON message whose string value picks a route in `routes`; a message that is not
+    /// JSON or matches no route goes to `transport` (`$default`).
+    pub route_selection_expression: String,
+    /// Custom routes by route key (e.g. `sendmessage`), each a target.
+    pub routes: BTreeMap<String, Target>,
     /// How long one function call may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -95,6 +109,140 @@ pub struct FunctionsConfig {
     pub max_context_bytes: usize,
     /// Keep-alive connections kept open per function host.
     pub pool_max_idle_per_host: usize,
+}
+
+/// An event format: how events are encoded for a function and its replies read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dialect {
+    /// Switchboard's own events (functions/README.md).
+    #[default]
+    Native,
+    /// AWS API Gateway WebSocket APIs (Lambda proxy events).
+    Aws,
+    /// Tencent Cloud API Gateway + SCF.
+    Tencent,
+}
+
+/// A function target: a URL, or a table with the URL, its dialect and (for transport
+/// routes) whether its reply body goes back to the client.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Target {
+    /// Just the URL; the dialect is `functions.dialect`.
+    Url(String),
+    /// All details.
+    Full {
+        /// The URL.
+        url: String,
+        /// The dialect; default `functions.dialect`.
+        #[serde(default)]
+        dialect: Option<Dialect>,
+        /// Whether a transport reply body is sent back to the client. Default: yes for
+        /// `native`, no for `aws` (a route without a route response) and `tencent`.
+        #[serde(default)]
+        two_way: Option<bool>,
+    },
+}
+
+impl Target {
+    /// The URL.
+    pub fn url(&self) -> &str {
+        match self {
+            Target::Url(url) | Target::Full { url, .. } => url,
+        }
+    }
+
+    /// The dialect, given the default.
+    pub fn dialect(&self, default: Dialect) -> Dialect {
+        match self {
+            Target::Full {
+                dialect: Some(d), ..
+            } => *d,
+            _ => default,
+        }
+    }
+
+    /// Whether a transport reply body goes back to the client.
+    pub fn two_way(&self, default: Dialect) -> bool {
+        match self {
+            Target::Full {
+                two_way: Some(two_way),
+                ..
+            } => *two_way,
+            _ => self.dialect(default) == Dialect::Native,
+        }
+    }
+}
+
+impl From<String> for Target {
+    fn from(url: String) -> Self {
+        Target::Url(url)
+    }
+}
+
+impl From<&str> for Target {
+    fn from(url: &str) -> Self {
+        Target::Url(url.to_owned())
+    }
+}
+
+/// Settings of the `aws` dialect: what its events say about the API, and the keys that
+/// may sign management API (`/{stage}/@connections`) requests.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsConfig {
+    /// The stage (`requestContext.stage`, and the first path segment of the management API).
+    pub stage: String,
+    /// `requestContext.apiId`.
+    pub api_id: String,
+    /// `requestContext.domainName`; empty: the client's `Host` header.
+    pub domain_name: String,
+    /// The region SigV4 signatures must name.
+    pub region: String,
+    /// Access keys accepted on the management API.
+    pub credentials: Vec<AwsCredential>,
+}
+
+/// One access key pair.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsCredential {
+    /// The access key id.
+    pub access_key_id: String,
+    /// The secret.
+    pub secret_access_key: String,
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        AwsConfig {
+            stage: "prod".to_owned(),
+            api_id: "switchboard".to_owned(),
+            domain_name: String::new(),
+            region: "us-east-1".to_owned(),
+            credentials: Vec::new(),
+        }
+    }
+}
+
+/// Settings of the `tencent` dialect.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TencentConfig {
+    /// `requestContext.serviceName`.
+    pub service_name: String,
+    /// `requestContext.stage`.
+    pub stage: String,
+}
+
+impl Default for TencentConfig {
+    fn default() -> Self {
+        TencentConfig {
+            service_name: "switchboard".to_owned(),
+            stage: "release".to_owned(),
+        }
+    }
 }
 
 /// Limits on connections and messages.
@@ -164,6 +312,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             shutdown: ShutdownConfig::default(),
+            aws: AwsConfig::default(),
+            tencent: TencentConfig::default(),
         }
     }
 }
@@ -191,9 +341,12 @@ impl Default for SendbackConfig {
 impl Default for FunctionsConfig {
     fn default() -> Self {
         FunctionsConfig {
+            dialect: Dialect::Native,
             register: None,
             transport: None,
             cleanup: None,
+            route_selection_expression: "$request.body.action".to_owned(),
+            routes: BTreeMap::new(),
             timeout: Duration::from_secs(10),
             retries: 2,
             retry_backoff: Duration::from_millis(100),
@@ -321,22 +474,54 @@ impl Config {
                 "must be 1-64 characters of letters, digits, `-`, `_`, `.`".into(),
             );
         }
-        for (field, url) in [
-            ("functions.register", &self.functions.register),
-            ("functions.transport", &self.functions.transport),
-            ("functions.cleanup", &self.functions.cleanup),
-        ] {
-            if let Some(url) = url {
-                match url::Url::parse(url) {
-                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-                    Ok(u) => {
-                        return bad(
-                            field,
-                            format!("`{url}`: scheme `{}` is not http or https", u.scheme()),
-                        );
-                    }
-                    Err(e) => return bad(field, format!("`{url}` is not a URL: {e}")),
+        let f = &self.functions;
+        let targets = [
+            ("functions.register".to_owned(), f.register.as_ref()),
+            ("functions.transport".to_owned(), f.transport.as_ref()),
+            ("functions.cleanup".to_owned(), f.cleanup.as_ref()),
+        ]
+        .into_iter()
+        .chain(
+            f.routes
+                .iter()
+                .map(|(key, t)| (format!("functions.routes.{key}"), Some(t))),
+        );
+        for (field, target) in targets {
+            let Some(target) = target else { continue };
+            let url = target.url();
+            match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                Ok(u) => {
+                    return bad(
+                        &field,
+                        format!("`{url}`: scheme `{}` is not http or https", u.scheme()),
+                    );
                 }
+                Err(e) => return bad(&field, format!("`{url}` is not a URL: {e}")),
+            }
+        }
+        if crate::dialect::route_path(&f.route_selection_expression).is_none() {
+            return bad(
+                "functions.route_selection_expression",
+                format!(
+                    "`{}`: expected `$request.body.<field>[.<field>…]`",
+                    f.route_selection_expression
+                ),
+            );
+        }
+        if self.aws.stage.is_empty()
+            || self.aws.stage.contains('/')
+            || self.aws.stage.starts_with('@')
+        {
+            return bad("aws.stage", "must be a non-empty path segment".into());
+        }
+        for (i, c) in self.aws.credentials.iter().enumerate() {
+            if c.access_key_id.is_empty() || c.secret_access_key.len() < 16 {
+                return bad(
+                    &format!("aws.credentials[{i}]"),
+                    "needs an access_key_id and a secret_access_key of at least 16 characters"
+                        .into(),
+                );
             }
         }
         match (&self.sendback.token, self.sendback.insecure_no_auth) {
@@ -501,7 +686,7 @@ mod tests {
         .unwrap();
         assert!(c.sendback.insecure_no_auth);
         assert_eq!(
-            c.functions.transport.as_deref(),
+            c.functions.transport.as_ref().map(Target::url),
             Some("http://127.0.0.1:1/t")
         );
     }

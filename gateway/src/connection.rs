@@ -23,12 +23,21 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tracing::{debug, error, info, warn};
 
-use crate::invoke::{CallError, Reply};
+use crate::config::Dialect;
+use crate::dialect::{self, Facts, FailureAction};
+use crate::invoke::{Call, CallError, Reply};
 use crate::registry::Connection;
 use crate::{Shared, Slot, clock, liveness};
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
-type TransportCall = Pin<Box<dyn Future<Output = Result<Reply, CallError>> + Send>>;
+type TransportCall = Pin<Box<dyn Future<Output = TransportResult> + Send>>;
+
+/// A finished transport call and how to read it.
+struct TransportResult {
+    dialect: Dialect,
+    two_way: bool,
+    result: Result<Reply, CallError>,
+}
 
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -91,12 +100,15 @@ struct Session {
     pending: VecDeque<Message>,
     /// The transport call in flight, if any.
     inflight: Option<TransportCall>,
+    /// The client's address as text (for events).
+    source_ip: String,
 }
 
 impl Session {
     fn new(shared: Arc<Shared>, conn: Arc<Connection>) -> Self {
         Session {
             shared,
+            source_ip: conn.source_ip.to_string(),
             conn,
             seq: 1,
             pending: VecDeque::new(),
@@ -117,6 +129,36 @@ impl Session {
         }
     }
 
+    /// What encoders need to know about this connection.
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            connected_at_ms: self.conn.connected_at_ms,
+            source_ip: &self.source_ip,
+            user_agent: self.conn.user_agent.as_deref(),
+            host: self.conn.host.as_deref(),
+        }
+    }
+
+    /// Encodes the next event of this connection for a target of `dialect`; returns the
+    /// event's name and body.
+    fn encode(
+        &mut self,
+        kind: EventKind,
+        dialect: Dialect,
+        route_key: &str,
+    ) -> (&'static str, Bytes) {
+        let name = kind.name();
+        let event = self.event(kind);
+        let body = dialect::encode(
+            dialect,
+            &self.shared.config,
+            &event,
+            self.facts(),
+            route_key,
+        );
+        (name, body.into())
+    }
+
     /// Starts the next transport call if none is in flight and a message waits.
     fn start_next_transport(&mut self) {
         if self.inflight.is_some() {
@@ -125,21 +167,34 @@ impl Session {
         let Some(message) = self.pending.pop_front() else {
             return;
         };
+        let shared = self.shared.clone();
+        let functions = &shared.config.functions;
+        let Some((route_key, target)) = dialect::select_route(functions, &message) else {
+            return; // checked on arrival: a message with no route never gets here
+        };
+        let dialect = target.dialect(functions.dialect);
+        let two_way = target.two_way(functions.dialect);
         let (data_type, data) = match message {
             Message::Text(text) => (DataType::Text, text.as_str().to_owned()),
             Message::Binary(bytes) => (DataType::Binary, BASE64.encode(&bytes)),
             _ => return,
         };
-        let event = self.event(EventKind::Transport { data_type, data });
-        let shared = self.shared.clone();
+        let (event, body) =
+            self.encode(EventKind::Transport { data_type, data }, dialect, route_key);
+        let url = target.url().to_owned();
+        let id = self.conn.id.to_string();
         self.inflight = Some(Box::pin(async move {
-            let url = shared
-                .config
-                .functions
-                .transport
-                .as_deref()
-                .unwrap_or_default();
-            shared.invoker.call_with_retries(url, &event).await
+            let call = Call {
+                event,
+                connection_id: &id,
+                body,
+            };
+            let result = shared.invoker.call_with_retries(&url, &call).await;
+            TransportResult {
+                dialect,
+                two_way,
+                result,
+            }
         }));
     }
 
@@ -147,7 +202,6 @@ impl Session {
     async fn run(&mut self, mut ws: Ws) -> End {
         let limits = self.shared.config.limits.clone();
         let heartbeat = self.shared.config.heartbeat.clone();
-        let has_transport = self.shared.config.functions.transport.is_some();
         let started = Instant::now();
         let mut last_rx = started;
         let mut last_activity = started;
@@ -180,26 +234,39 @@ impl Session {
                         return End::new(DisconnectReason::ServerDisconnect, Some(request.code), request.reason);
                     }
                 }
-                result = in_flight(&mut self.inflight), if self.inflight.is_some() => {
+                done = in_flight(&mut self.inflight), if self.inflight.is_some() => {
                     self.inflight = None;
-                    match result {
-                        Ok(reply) => {
-                            if let Some(message) = reply_message(&reply, limits.max_message_bytes) {
+                    let outcome = done.result.and_then(|reply| {
+                        dialect::transport_reply(done.dialect, done.two_way, &reply)
+                    });
+                    match outcome {
+                        Ok(Some(message)) if message.len() > limits.max_message_bytes => {
+                            warn!(len = message.len(), "transport reply larger than limits.max_message_bytes; not sent");
+                        }
+                        Ok(Some(message)) => {
+                            if let Err(e) = ws.send(message).await {
+                                return lost(e);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => match dialect::transport_failure(done.dialect, &self.conn.id.to_string()) {
+                            FailureAction::Notify(message) => {
+                                error!(cause = %e, "transport function failed; the client is told");
                                 if let Err(e) = ws.send(message).await {
                                     return lost(e);
                                 }
                             }
-                        }
-                        Err(e) => {
-                            error!(cause = %e, "transport function failed; closing the connection with 1011");
-                            close(&mut ws, 1011, "transport function failed").await;
-                            let dropped = self.pending.len();
-                            if dropped > 0 {
-                                warn!(dropped, "client messages not delivered after transport failure");
+                            FailureAction::Close(code, reason) => {
+                                error!(cause = %e, code, "transport function failed; closing the connection");
+                                close(&mut ws, code, reason).await;
+                                let dropped = self.pending.len();
+                                if dropped > 0 {
+                                    warn!(dropped, "client messages not delivered after transport failure");
+                                }
+                                self.pending.clear();
+                                return End::new(DisconnectReason::FunctionFailed, Some(code), reason);
                             }
-                            self.pending.clear();
-                            return End::new(DisconnectReason::FunctionFailed, Some(1011), "transport function failed");
-                        }
+                        },
                     }
                     self.start_next_transport();
                 }
@@ -223,7 +290,7 @@ impl Session {
                                 }
                                 continue;
                             }
-                            if !has_transport {
+                            if dialect::select_route(&self.shared.config.functions, &message).is_none() {
                                 close(&mut ws, 1003, "this gateway accepts no messages").await;
                                 return End::new(DisconnectReason::ProtocolError, Some(1003), "this gateway accepts no messages");
                             }
@@ -287,7 +354,7 @@ impl Session {
         let drained = tokio::time::timeout(grace, async {
             loop {
                 if let Some(call) = self.inflight.take() {
-                    if let Err(e) = call.await {
+                    if let Err(e) = call.await.result {
                         error!(cause = %e, "transport function failed for a message sent before disconnect");
                     }
                 }
@@ -304,13 +371,22 @@ impl Session {
                 "gave up delivering messages sent before disconnect"
             );
         }
-        if let Some(url) = self.shared.config.functions.cleanup.clone() {
-            let event = self.event(EventKind::Cleanup {
+        let shared = self.shared.clone();
+        if let Some(target) = &shared.config.functions.cleanup {
+            let dialect = target.dialect(shared.config.functions.dialect);
+            let kind = EventKind::Cleanup {
                 reason: end.reason,
                 close_code: end.code,
                 close_reason: end.text.clone(),
-            });
-            if let Err(e) = self.shared.invoker.call_with_retries(&url, &event).await {
+            };
+            let (event, body) = self.encode(kind, dialect, "$disconnect");
+            let id = self.conn.id.to_string();
+            let call = Call {
+                event,
+                connection_id: &id,
+                body,
+            };
+            if let Err(e) = shared.invoker.call_with_retries(target.url(), &call).await {
                 error!(cause = %e, "cleanup function failed");
             }
         }
@@ -320,35 +396,10 @@ impl Session {
 }
 
 /// The transport call in flight; never completes when there is none.
-async fn in_flight(call: &mut Option<TransportCall>) -> Result<Reply, CallError> {
+async fn in_flight(call: &mut Option<TransportCall>) -> TransportResult {
     match call {
         Some(call) => call.await,
         None => std::future::pending().await,
-    }
-}
-
-/// The message a transport reply sends back to the client, if any.
-fn reply_message(reply: &Reply, max: usize) -> Option<Message> {
-    if reply.body.is_empty() {
-        return None;
-    }
-    if reply.body.len() > max {
-        warn!(
-            len = reply.body.len(),
-            max, "transport reply larger than limits.max_message_bytes; not sent"
-        );
-        return None;
-    }
-    let binary = reply
-        .content_type
-        .as_deref()
-        .is_some_and(|ct| ct.starts_with("application/octet-stream"));
-    if binary {
-        return Some(Message::Binary(reply.body.clone()));
-    }
-    match std::str::from_utf8(&reply.body) {
-        Ok(text) => Some(Message::text(text)),
-        Err(_) => Some(Message::Binary(reply.body.clone())),
     }
 }
 

@@ -46,9 +46,9 @@ pub async fn start(
     config.sendback.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.sendback.token = Some(token.clone());
     let base = format!("http://{functions_addr}");
-    config.functions.register = Some(format!("{base}/register"));
-    config.functions.transport = Some(format!("{base}/transport"));
-    config.functions.cleanup = Some(format!("{base}/cleanup"));
+    config.functions.register = Some(format!("{base}/register").into());
+    config.functions.transport = Some(format!("{base}/transport").into());
+    config.functions.cleanup = Some(format!("{base}/cleanup").into());
     let gateway = Gateway::bind(
         config,
         Options {

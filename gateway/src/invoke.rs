@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use functions::event::Event;
 use tracing::{debug, warn};
 
 use crate::config::FunctionsConfig;
@@ -75,6 +74,17 @@ impl CallError {
     }
 }
 
+/// One encoded event, ready to POST (cloning the body is cheap, for retries).
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// `register`, `transport` or `cleanup` (the `X-Switchboard-Event` header).
+    pub event: &'static str,
+    /// The connection (the `X-Switchboard-Connection-Id` header).
+    pub connection_id: &'a str,
+    /// The encoded event.
+    pub body: Bytes,
+}
+
 /// The HTTP client for all functions.
 #[derive(Debug, Clone)]
 pub struct Invoker {
@@ -107,15 +117,14 @@ impl Invoker {
     }
 
     /// One call, no retry. Any HTTP status is a reply; the caller judges it.
-    pub async fn call_once(&self, url: &str, event: &Event) -> Result<Reply, CallError> {
-        let body = serde_json::to_vec(event).map_err(|e| CallError::BadReply(e.to_string()))?;
+    pub async fn call_once(&self, url: &str, call: &Call<'_>) -> Result<Reply, CallError> {
         let response = self
             .client
             .post(url)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .header("x-switchboard-event", event.kind.name())
-            .header("x-switchboard-connection-id", &event.connection_id)
-            .body(body)
+            .header("x-switchboard-event", call.event)
+            .header("x-switchboard-connection-id", call.connection_id)
+            .body(call.body.clone())
             .send()
             .await
             .map_err(|e| self.classify(e))?;
@@ -148,11 +157,11 @@ impl Invoker {
 
     /// A call that must end in a 2xx reply, retried (with doubling backoff) while the
     /// failure is retryable and retries remain. Non-2xx replies are errors.
-    pub async fn call_with_retries(&self, url: &str, event: &Event) -> Result<Reply, CallError> {
+    pub async fn call_with_retries(&self, url: &str, call: &Call<'_>) -> Result<Reply, CallError> {
         let mut attempt = 0;
         let mut backoff = self.retry_backoff;
         loop {
-            let err = match self.call_once(url, event).await {
+            let err = match self.call_once(url, call).await {
                 Ok(reply) if reply.is_success() => return Ok(reply),
                 Ok(reply) => CallError::Status {
                     status: reply.status,
@@ -164,7 +173,7 @@ impl Invoker {
                 return Err(err);
             }
             attempt += 1;
-            debug!(cause = %err, attempt, event = event.kind.name(), "retrying function call");
+            debug!(cause = %err, attempt, event = call.event, "retrying function call");
             tokio::time::sleep(backoff).await;
             backoff = backoff.saturating_mul(2);
         }

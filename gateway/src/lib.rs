@@ -19,6 +19,7 @@ mod clock;
 pub mod config;
 mod connection;
 pub mod demo;
+mod dialect;
 mod error;
 mod handshake;
 mod invoke;

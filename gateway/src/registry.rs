@@ -26,6 +26,8 @@ pub struct Connection {
     pub source_ip: IpAddr,
     /// The client's `User-Agent`.
     pub user_agent: Option<Box<str>>,
+    /// The `Host` the client asked for (AWS events name it as `domainName`).
+    pub host: Option<Box<str>>,
     /// The context register returned.
     pub context: serde_json::Value,
 }
@@ -37,6 +39,7 @@ impl Connection {
         connected_at_ms: u64,
         source_ip: IpAddr,
         user_agent: Option<Box<str>>,
+        host: Option<Box<str>>,
         context: serde_json::Value,
     ) -> Self {
         Connection {
@@ -46,6 +49,7 @@ impl Connection {
             last_active_ms: AtomicU64::new(connected_at_ms),
             source_ip,
             user_agent,
+            host,
             context,
         }
     }

@@ -9,7 +9,7 @@ async fn max_connections_refuses_with_503_and_frees_slots() {
     let function = ScriptedFunction::accepting().await;
     let url = function.url();
     let gw = TestGateway::start(move |c| {
-        c.functions.cleanup = Some(url);
+        c.functions.cleanup = Some(url.into());
         c.limits.max_connections = 2;
     })
     .await;

@@ -14,8 +14,8 @@ async fn thousand_messages_arrive_in_order() {
     let function = ScriptedFunction::start(|_| Scripted::status(204)).await;
     let url = function.url();
     let gw = TestGateway::start(move |c| {
-        c.functions.register = Some(url.clone());
-        c.functions.transport = Some(url);
+        c.functions.register = Some(url.clone().into());
+        c.functions.transport = Some(url.into());
     })
     .await;
     let mut client = gw.connect("/").await;
@@ -49,7 +49,7 @@ async fn thousand_messages_arrive_in_order() {
 async fn binary_messages_are_base64() {
     let function = ScriptedFunction::start(|_| Scripted::status(204)).await;
     let url = function.url();
-    let gw = TestGateway::start(move |c| c.functions.transport = Some(url)).await;
+    let gw = TestGateway::start(move |c| c.functions.transport = Some(url.into())).await;
     let mut client = gw.connect("/").await;
     client
         .send(Message::binary(vec![0u8, 1, 2, 255]))

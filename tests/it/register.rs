@@ -9,7 +9,7 @@ use tests::scripted::{Scripted, ScriptedFunction};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn register_only(url: String) -> impl FnOnce(&mut gateway::Config) {
-    move |c| c.functions.register = Some(url)
+    move |c| c.functions.register = Some(url.into())
 }
 
 #[tokio::test]
@@ -69,7 +69,7 @@ async fn slow_function_is_504_within_the_timeout() {
     let function = ScriptedFunction::start(|_| Scripted::ok().after(Duration::from_secs(5))).await;
     let url = function.url();
     let gw = TestGateway::start(move |c| {
-        c.functions.register = Some(url);
+        c.functions.register = Some(url.into());
         c.functions.timeout = Duration::from_millis(300);
     })
     .await;

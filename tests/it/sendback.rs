@@ -12,8 +12,8 @@ async fn setup(configure: impl FnOnce(&mut gateway::Config)) -> (ScriptedFunctio
     let function = ScriptedFunction::accepting().await;
     let url = function.url();
     let gw = TestGateway::start(move |c| {
-        c.functions.register = Some(url.clone());
-        c.functions.cleanup = Some(url);
+        c.functions.register = Some(url.clone().into());
+        c.functions.cleanup = Some(url.into());
         configure(c);
     })
     .await;

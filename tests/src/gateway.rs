@@ -47,9 +47,9 @@ pub fn test_config() -> Config {
 
 /// Points register, transport and cleanup at one function URL.
 pub fn route_all(config: &mut Config, url: &str) {
-    config.functions.register = Some(url.to_owned());
-    config.functions.transport = Some(url.to_owned());
-    config.functions.cleanup = Some(url.to_owned());
+    config.functions.register = Some(url.into());
+    config.functions.transport = Some(url.into());
+    config.functions.cleanup = Some(url.into());
 }
 
 /// A send-back request with the test token.

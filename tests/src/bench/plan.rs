@@ -1,0 +1,276 @@
+//! What a run measures: the scenarios, the systems, the stores, and the sizes.
+//!
+//! `--size smoke` is seconds (CI runs it so the harness never rots), `--size full` the
+//! issue's defaults. Every size can be overridden one by one on the command line.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A benchmark scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Open C connections through the full register path and hold them: RSS per connection.
+    Idle,
+    /// N connections each sending sequential messages through transport: round trips/s.
+    Echo,
+    /// C members in one room, one publish each: time until the last member has it.
+    Fanout,
+    /// connect + register + message + disconnect + cleanup cycles per second.
+    Churn,
+}
+
+impl Scenario {
+    /// Every scenario, in run order.
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Idle,
+        Scenario::Echo,
+        Scenario::Fanout,
+        Scenario::Churn,
+    ];
+
+    /// The name used on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Idle => "idle",
+            Scenario::Echo => "echo",
+            Scenario::Fanout => "fanout",
+            Scenario::Churn => "churn",
+        }
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scenario::ALL
+            .into_iter()
+            .find(|sc| sc.name() == s)
+            .ok_or_else(|| format!("unknown scenario `{s}` (idle, echo, fanout, churn)"))
+    }
+}
+
+/// A system under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum System {
+    /// The gateway (`switchboard-under-test`) with `bench-function`.
+    Switchboard,
+    /// Pushpin in WebSocket-over-HTTP mode with `bench-function`.
+    Pushpin,
+    /// A hand-written Node.js `ws` server doing the same in-process.
+    Node,
+    /// The bare floors of `bench-floor`.
+    Floor,
+}
+
+impl System {
+    /// Every system, in run order.
+    pub const ALL: [System; 4] = [
+        System::Switchboard,
+        System::Pushpin,
+        System::Node,
+        System::Floor,
+    ];
+
+    /// The name used on the command line and in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Switchboard => "switchboard",
+            System::Pushpin => "pushpin",
+            System::Node => "node",
+            System::Floor => "floor",
+        }
+    }
+}
+
+impl fmt::Display for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for System {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        System::ALL
+            .into_iter()
+            .find(|sy| sy.name() == s)
+            .ok_or_else(|| format!("unknown system `{s}` (switchboard, pushpin, node, floor)"))
+    }
+}
+
+/// The gateway's store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreKind {
+    /// The embedded in-memory store.
+    Memory,
+    /// A private `redis-server` started for the run.
+    Redis,
+}
+
+impl StoreKind {
+    /// `memory` or `redis`.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Redis => "redis",
+        }
+    }
+}
+
+/// `--store`: which stores the gateway runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreChoice {
+    /// The embedded store only.
+    Memory,
+    /// Redis only.
+    Redis,
+    /// Both, one after the other.
+    Both,
+}
+
+impl StoreChoice {
+    /// The stores to run, in order.
+    pub fn stores(self) -> Vec<StoreKind> {
+        match self {
+            StoreChoice::Memory => vec![StoreKind::Memory],
+            StoreChoice::Redis => vec![StoreKind::Redis],
+            StoreChoice::Both => vec![StoreKind::Memory, StoreKind::Redis],
+        }
+    }
+}
+
+/// `--size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Size {
+    /// Seconds: what CI runs.
+    Smoke,
+    /// The issue's defaults: minutes.
+    Full,
+}
+
+impl Size {
+    /// `smoke` or `full`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Size::Smoke => "smoke",
+            Size::Full => "full",
+        }
+    }
+}
+
+/// The sizes of every scenario.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sizes {
+    /// idle: connections held (per gateway process).
+    pub idle_conns: usize,
+    /// echo: concurrent connections.
+    pub echo_conns: usize,
+    /// echo: messages per connection (`None`: run for `echo_secs`).
+    pub echo_messages: Option<usize>,
+    /// echo: measured seconds when not counting messages.
+    pub echo_secs: f64,
+    /// echo: seconds of warm-up excluded from the measurement.
+    pub echo_warmup_secs: f64,
+    /// fanout: members of the room.
+    pub fanout_members: usize,
+    /// fanout: measured publishes.
+    pub fanout_publishes: usize,
+    /// churn: cycles.
+    pub churn_cycles: usize,
+    /// churn: concurrent cycling clients.
+    pub churn_concurrency: usize,
+    /// Connections opened concurrently while filling idle and fanout.
+    pub connect_concurrency: usize,
+}
+
+impl Sizes {
+    /// The preset of `size`.
+    pub fn preset(size: Size) -> Self {
+        match size {
+            Size::Smoke => Sizes {
+                idle_conns: 200,
+                echo_conns: 10,
+                echo_messages: Some(200),
+                echo_secs: 0.0,
+                echo_warmup_secs: 0.0,
+                fanout_members: 200,
+                fanout_publishes: 5,
+                churn_cycles: 200,
+                churn_concurrency: 8,
+                connect_concurrency: 64,
+            },
+            Size::Full => Sizes {
+                idle_conns: 15_000,
+                echo_conns: 100,
+                echo_messages: None,
+                echo_secs: 10.0,
+                echo_warmup_secs: 2.0,
+                fanout_members: 10_000,
+                fanout_publishes: 50,
+                churn_cycles: 20_000,
+                churn_concurrency: 64,
+                connect_concurrency: 128,
+            },
+        }
+    }
+
+    /// The echo measurement window (after warm-up), when running for a time.
+    pub fn echo_window(&self) -> Duration {
+        Duration::from_secs_f64(self.echo_secs)
+    }
+}
+
+/// Parses a comma-separated list (`idle,echo`) of `T`.
+pub fn parse_list<T: FromStr<Err = String>>(s: &str) -> Result<Vec<T>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        out.push(part.parse()?);
+    }
+    if out.is_empty() {
+        return Err("empty list".to_owned());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_parse_and_reject_unknown_names() {
+        assert_eq!(
+            parse_list::<Scenario>("idle, fanout").unwrap(),
+            vec![Scenario::Idle, Scenario::Fanout]
+        );
+        assert_eq!(
+            parse_list::<System>("pushpin,floor").unwrap(),
+            vec![System::Pushpin, System::Floor]
+        );
+        assert!(parse_list::<Scenario>("idle,nope").is_err());
+        assert!(parse_list::<System>("").is_err());
+    }
+
+    #[test]
+    fn smoke_is_small_and_full_is_the_issue_defaults() {
+        let smoke = Sizes::preset(Size::Smoke);
+        assert!(smoke.idle_conns <= 1000 && smoke.echo_messages.is_some());
+        let full = Sizes::preset(Size::Full);
+        assert_eq!(full.idle_conns, 15_000);
+        assert_eq!(full.echo_conns, 100);
+        assert_eq!(full.fanout_members, 10_000);
+        assert_eq!(full.fanout_publishes, 50);
+    }
+}
