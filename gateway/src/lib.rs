@@ -15,6 +15,7 @@
 //! ```
 
 mod admit;
+mod aws_management;
 mod clock;
 pub mod config;
 mod connection;
@@ -30,6 +31,7 @@ mod public;
 mod registry;
 mod respond;
 mod sendback;
+mod tencent_sendback;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::outbox::{CloseRequest, PushError, QueueLimits};
 use crate::registry::Connection;
 use crate::respond::{self, Body, Failure};
-use crate::{Shared, clock, listener};
+use crate::{Shared, aws_management, clock, listener, tencent_sendback};
 
 /// Serves the send-back API until shutdown.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
@@ -66,6 +66,18 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socket
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     if req.uri().path() == "/healthz" {
         return respond::text(StatusCode::OK, "ok\n");
+    }
+    let path = req.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix("/@tencent") {
+        let token = rest.strip_prefix('/').filter(|t| !t.is_empty());
+        return tencent_sendback::handle(shared, req, token).await;
+    }
+    if let Some(rest) = path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_prefix(shared.config.aws.stage.as_str()))
+        .and_then(|p| p.strip_prefix("/@connections/"))
+    {
+        return aws_management::handle(shared, req, &decode_id(rest)).await;
     }
     if let Err(failure) = authorize(shared, &req) {
         let mut response = failure.into_response();
@@ -122,17 +134,22 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Failure> {
-    let Some(token) = shared.config.sendback.token.as_deref() else {
-        return Ok(()); // insecure_no_auth, validated to be loopback-only
-    };
+/// Whether the request carries `Authorization: Bearer <token>`.
+pub(crate) fn bearer_matches(req: &Request<Incoming>, token: &str) -> bool {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Failure> {
+    let Some(token) = shared.config.sendback.token.as_deref() else {
+        return Ok(()); // insecure_no_auth, validated to be loopback-only
+    };
+    if bearer_matches(req, token) {
         return Ok(());
     }
     Err(Failure::new(
@@ -142,7 +159,7 @@ fn authorize(shared: &Shared, req: &Request<Incoming>) -> Result<(), Failure> {
     ))
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -155,7 +172,7 @@ fn decode_id(segment: &str) -> String {
         .into_owned()
 }
 
-fn lookup(shared: &Shared, id: &str) -> Option<Arc<Connection>> {
+pub(crate) fn lookup(shared: &Shared, id: &str) -> Option<Arc<Connection>> {
     let id = Uuid::parse_str(id).ok()?;
     shared.registry.get(&id).filter(|c| !c.outbox.is_closed())
 }
@@ -164,7 +181,7 @@ fn gone(id: &str) -> Response<Body> {
     respond::error(StatusCode::GONE, "gone", format!("connection {id} is gone"))
 }
 
-fn limits(shared: &Shared) -> QueueLimits {
+pub(crate) fn limits(shared: &Shared) -> QueueLimits {
     QueueLimits {
         messages: shared.config.limits.outbound_queue_messages,
         bytes: shared.config.limits.outbound_queue_bytes,
@@ -172,7 +189,7 @@ fn limits(shared: &Shared) -> QueueLimits {
 }
 
 /// Reads a body up to `max` bytes; a larger one is a 413.
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Failure> {
+pub(crate) async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Failure> {
     let too_large = || {
         Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
