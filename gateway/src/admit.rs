@@ -89,10 +89,10 @@ pub(crate) async fn admit(
             shared.registry.insert(conn.clone());
             info!(source_ip = %remote.ip(), "connection accepted");
         }
-        shared.tracker.spawn(
-            connection::run(shared.clone(), conn, upgrade, slot)
-                .instrument(tracing::Span::current()),
-        );
+        let fut = connection::run(shared.clone(), conn, upgrade, slot)
+            .instrument(tracing::Span::current());
+        eprintln!("DEBUGSIZE run future {}", std::mem::size_of_val(&fut));
+        shared.tracker.spawn(fut);
         response
     }
     .instrument(span)

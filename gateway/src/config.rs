@@ -98,7 +98,7 @@ pub struct FunctionsConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Retries of a transport or cleanup call that could not connect, timed out, or got
-    /// 502/503/504 (register is never retried: the client is waiting).
+    /// 500/502/503/504 (register is never retried: the client is waiting).
     pub retries: u32,
     /// Pause before the first retry; doubled for each further one.
     #[serde(with = "humantime_serde")]
@@ -274,7 +274,10 @@ pub struct LimitsConfig {
     /// Client messages read ahead while a transport call is in flight; when full, the
     /// gateway stops reading that socket (TCP backpressure).
     pub inbound_queue_messages: usize,
-    /// tungstenite's read buffer per connection (bytes).
+    /// tungstenite's read buffer per connection (bytes): held by every connection, idle or
+    /// not, and the most one read call takes from the socket. Small messages (chat, JSON
+    /// events) fit; a larger message is read in several calls into a buffer grown for it.
+    /// Raise it for workloads of large messages; lower it to hold more idle connections.
     pub read_buffer_bytes: usize,
     /// tungstenite's write buffer per connection (bytes).
     pub write_buffer_bytes: usize,
@@ -369,7 +372,7 @@ impl Default for LimitsConfig {
             outbound_queue_messages: 1024,
             outbound_queue_bytes: 1 << 20,
             inbound_queue_messages: 16,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 4096,
         }
     }

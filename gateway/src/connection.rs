@@ -17,7 +17,7 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
@@ -26,6 +26,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Dialect;
 use crate::dialect::{self, Facts, FailureAction};
 use crate::invoke::{Call, CallError, Reply};
+use crate::outbox::Outbox;
 use crate::registry::Connection;
 use crate::{Shared, Slot, clock, liveness};
 
@@ -83,11 +84,13 @@ pub(crate) async fn run(
                     Some(shared.ws_config),
                 )
                 .await;
-                session.run(ws).await
+                // Boxed, like `finish` below: this task's state is the union of every
+                // await point, and an idle connection should pay only for the socket loop.
+                Box::pin(session.run(ws)).await
             }
         },
     };
-    session.finish(end).await;
+    Box::pin(session.finish(end)).await;
     drop(slot);
 }
 
@@ -200,8 +203,11 @@ impl Session {
 
     /// The socket loop. Returns how the connection ended.
     async fn run(&mut self, mut ws: Ws) -> End {
-        let limits = self.shared.config.limits.clone();
-        let heartbeat = self.shared.config.heartbeat.clone();
+        // Borrowed through an Arc of our own, not cloned: this future lives as long as
+        // the connection, so every byte of its state is paid per idle connection.
+        let shared = Arc::clone(&self.shared);
+        let limits = &shared.config.limits;
+        let heartbeat = &shared.config.heartbeat;
         let started = Instant::now();
         let mut last_rx = started;
         let mut last_activity = started;
@@ -221,7 +227,7 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = self.shared.shutdown.cancelled() => {
-                    close(&mut ws, 1001, "server shutting down").await;
+                    close(&mut ws, &self.conn.outbox, 1001, "server shutting down").await;
                     return End::new(DisconnectReason::Shutdown, Some(1001), "server shutting down");
                 }
                 _ = self.conn.outbox.wait() => {
@@ -230,7 +236,7 @@ impl Session {
                         return lost(e);
                     }
                     if let Some(request) = close_request {
-                        close(&mut ws, request.code, &request.reason).await;
+                        close(&mut ws, &self.conn.outbox, request.code, &request.reason).await;
                         return End::new(DisconnectReason::ServerDisconnect, Some(request.code), request.reason);
                     }
                 }
@@ -258,7 +264,7 @@ impl Session {
                             }
                             FailureAction::Close(code, reason) => {
                                 error!(cause = %e, code, "transport function failed; closing the connection");
-                                close(&mut ws, code, reason).await;
+                                close(&mut ws, &self.conn.outbox, code, reason).await;
                                 let dropped = self.pending.len();
                                 if dropped > 0 {
                                     warn!(dropped, "client messages not delivered after transport failure");
@@ -273,7 +279,7 @@ impl Session {
                 frame = ws.next(), if read_more => {
                     let message = match frame {
                         None => return End::new(DisconnectReason::ConnectionLost, None, "connection closed without a close frame"),
-                        Some(Err(e)) => return protocol_end(&mut ws, e).await,
+                        Some(Err(e)) => return protocol_end(&mut ws, &self.conn.outbox, e).await,
                         Some(Ok(message)) => message,
                     };
                     last_rx = Instant::now();
@@ -290,8 +296,13 @@ impl Session {
                                 }
                                 continue;
                             }
-                            if dialect::select_route(&self.shared.config.functions, &message).is_none() {
-                                close(&mut ws, 1003, "this gateway accepts no messages").await;
+                            // With a `$default` route every message has a route; otherwise
+                            // one that matches no custom route is refused.
+                            let functions = &self.shared.config.functions;
+                            if functions.transport.is_none()
+                                && dialect::select_route(functions, &message).is_none()
+                            {
+                                close(&mut ws, &self.conn.outbox, 1003, "this gateway accepts no messages").await;
                                 return End::new(DisconnectReason::ProtocolError, Some(1003), "this gateway accepts no messages");
                             }
                             self.pending.push_back(message);
@@ -301,8 +312,11 @@ impl Session {
                             let (code, text) = frame
                                 .map(|f| (Some(u16::from(f.code)), f.reason.as_str().to_owned()))
                                 .unwrap_or((None, String::new()));
+                            self.conn.outbox.mark_closed();
                             // tungstenite queued the close reply; let it reach the client.
-                            let _ = tokio::time::timeout(CLOSE_WAIT, ws.close(None)).await;
+                            // (SinkExt::close flushes it; the inherent `close` would try to
+                            // send a second close frame and fail with SendAfterClosing.)
+                            let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(&mut ws)).await;
                             return End::new(DisconnectReason::ClientClose, code, text);
                         }
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
@@ -316,16 +330,16 @@ impl Session {
                 _ = timer.as_mut() => {
                     let now = Instant::now();
                     if now >= started + limits.max_duration {
-                        close(&mut ws, 1001, "maximum connection duration reached").await;
+                        close(&mut ws, &self.conn.outbox, 1001, "maximum connection duration reached").await;
                         return End::new(DisconnectReason::MaxDuration, Some(1001), "maximum connection duration reached");
                     }
                     if now >= last_activity + limits.idle_timeout {
-                        close(&mut ws, 1001, "idle timeout").await;
+                        close(&mut ws, &self.conn.outbox, 1001, "idle timeout").await;
                         return End::new(DisconnectReason::IdleTimeout, Some(1001), "idle timeout");
                     }
                     match ping_sent {
                         Some(sent) if now >= sent + limits.ping_interval => {
-                            close(&mut ws, 1001, "ping timeout").await;
+                            close(&mut ws, &self.conn.outbox, 1001, "ping timeout").await;
                             return End::new(DisconnectReason::PingTimeout, Some(1001), "ping timeout");
                         }
                         Some(_) => {}
@@ -410,8 +424,11 @@ async fn write_all(ws: &mut Ws, batch: &mut Vec<Message>) -> Result<(), WsError>
     ws.flush().await
 }
 
-/// Sends a close frame and waits (briefly) for the client's answer.
-async fn close(ws: &mut Ws, code: u16, reason: &str) {
+/// Sends a close frame and waits (briefly) for the client's answer. The outbox is closed
+/// first: a send-back during the close handshake gets 410, not a 200 for a message that
+/// would never be written.
+async fn close(ws: &mut Ws, outbox: &Outbox, code: u16, reason: &str) {
+    outbox.mark_closed();
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: reason.into(),
@@ -432,8 +449,10 @@ fn lost(e: WsError) -> End {
 
 /// The end of a connection whose read failed: protocol violations get the close code
 /// RFC 6455 names for them; broken transport is just lost.
-async fn protocol_end(ws: &mut Ws, e: WsError) -> End {
+async fn protocol_end(ws: &mut Ws, outbox: &Outbox, e: WsError) -> End {
     let (code, text) = match &e {
+        // The TCP connection ended without a close frame: lost, not a protocol violation.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return lost(e),
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => (1009, "message too big"),
         WsError::Capacity(_) => (1009, "frame too big"),
         WsError::Utf8(_) => (1007, "invalid UTF-8 in text message"),
@@ -441,6 +460,6 @@ async fn protocol_end(ws: &mut Ws, e: WsError) -> End {
         _ => return lost(e),
     };
     info!(cause = %e, code, "closing connection: client broke the protocol");
-    close(ws, code, text).await;
+    close(ws, outbox, code, text).await;
     End::new(DisconnectReason::ProtocolError, Some(code), text)
 }

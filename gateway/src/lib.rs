@@ -31,6 +31,7 @@ mod public;
 mod registry;
 mod respond;
 mod sendback;
+mod sigv4;
 mod tencent_sendback;
 
 use std::future::Future;

@@ -42,6 +42,9 @@ struct State {
     queue: VecDeque<Message>,
     bytes: usize,
     close: Option<CloseRequest>,
+    /// A close was requested (it may already have been taken by [`Outbox::drain`]):
+    /// nothing more is accepted, so nothing is acknowledged that will not be written.
+    closing: bool,
     closed: bool,
 }
 
@@ -64,7 +67,7 @@ impl Outbox {
         let len = message.len();
         {
             let mut state = self.lock();
-            if state.closed || state.close.is_some() {
+            if state.closed || state.closing {
                 return Err(PushError::Closed);
             }
             if state.queue.len() >= limits.messages || state.bytes + len > limits.bytes {
@@ -85,9 +88,10 @@ impl Outbox {
     pub fn request_close(&self, request: CloseRequest) -> bool {
         {
             let mut state = self.lock();
-            if state.closed || state.close.is_some() {
+            if state.closed || state.closing {
                 return false;
             }
+            state.closing = true;
             state.close = Some(request);
         }
         self.notify.notify_one();
@@ -119,7 +123,7 @@ impl Outbox {
     /// Whether the connection is closed or closing.
     pub fn is_closed(&self) -> bool {
         let state = self.lock();
-        state.closed || state.close.is_some()
+        state.closed || state.closing
     }
 
     /// Waits until something is pushed or a close is requested (a permit is stored if that
@@ -170,6 +174,16 @@ mod tests {
             Err(PushError::Closed)
         );
         assert!(outbox.drain(&mut Vec::new()).is_some());
+        // Still closing after the request was taken: not accepted, not acknowledged.
+        assert_eq!(
+            outbox.push(Message::text("x"), LIMITS),
+            Err(PushError::Closed)
+        );
+        assert!(outbox.is_closed());
+        assert!(!outbox.request_close(CloseRequest {
+            code: 1000,
+            reason: String::new()
+        }));
     }
 
     #[tokio::test]

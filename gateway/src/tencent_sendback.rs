@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
@@ -35,6 +35,15 @@ struct PushBody {
     data: Option<String>,
 }
 
+/// The reply body, fields in Tencent's order.
+#[derive(Serialize)]
+struct Answer<'a> {
+    #[serde(rename = "errNo")]
+    err_no: u16,
+    #[serde(rename = "errMsg")]
+    err_msg: &'a str,
+}
+
 /// `{"errNo": n, "errMsg": …}` with status `n` (200 for 0).
 fn answer(status: StatusCode, message: &str) -> Response<Body> {
     let err_no = if status == StatusCode::OK {
@@ -44,11 +53,15 @@ fn answer(status: StatusCode, message: &str) -> Response<Body> {
     };
     respond::json(
         status,
-        &serde_json::json!({"errNo": err_no, "errMsg": message}),
+        &Answer {
+            err_no,
+            err_msg: message,
+        },
     )
 }
 
-/// Whether `token` (from the path) or the bearer header authorizes the request.
+/// Whether `token` (from the path, percent-decoded) or the bearer header authorizes the
+/// request.
 pub(crate) fn authorized(
     shared: &Shared,
     req: &Request<Incoming>,
@@ -57,9 +70,10 @@ pub(crate) fn authorized(
     match shared.config.sendback.token.as_deref() {
         None => true,
         Some(token) => {
-            path_token
-                .is_some_and(|t| crate::sendback::constant_time_eq(t.as_bytes(), token.as_bytes()))
-                || crate::sendback::bearer_matches(req, token)
+            path_token.is_some_and(|t| {
+                let t = percent_encoding::percent_decode_str(t).collect::<Vec<u8>>();
+                crate::sendback::constant_time_eq(&t, token.as_bytes())
+            }) || crate::sendback::bearer_matches(req, token)
         }
     }
 }
@@ -71,7 +85,11 @@ pub(crate) async fn handle(
     path_token: Option<&str>,
 ) -> Response<Body> {
     if req.method() != http::Method::POST {
-        return answer(StatusCode::METHOD_NOT_ALLOWED, "only POST is allowed");
+        let mut response = answer(StatusCode::METHOD_NOT_ALLOWED, "only POST is allowed");
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+        return response;
     }
     if !authorized(shared, &req, path_token) {
         return answer(StatusCode::UNAUTHORIZED, "missing or wrong token");
@@ -93,7 +111,9 @@ pub(crate) async fn handle(
     let id = push.sec_connection_id.as_str();
     match push.action.as_str() {
         "data send" => {
-            let data = push.data.unwrap_or_default();
+            let Some(data) = push.data else {
+                return answer(StatusCode::BAD_REQUEST, "`data send` without `data`");
+            };
             let message = match push.data_type.as_deref() {
                 None | Some("text") => Message::text(data),
                 Some("binary") => match BASE64.decode(data.as_bytes()) {

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use functions::event::{DisconnectReason, EventKind};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tests::gateway::{Client, TestGateway, expect_close, send_text};
 use tests::scripted::{Scripted, ScriptedFunction};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -92,6 +92,14 @@ async fn client_close() {
         }))
         .await
         .unwrap();
+    // The gateway answers the close handshake (RFC 6455 5.5.1) before the TCP close.
+    let answer = tokio::time::timeout(Duration::from_secs(5), client.next())
+        .await
+        .expect("no answer to the close frame");
+    assert!(
+        matches!(answer, Some(Ok(Message::Close(Some(ref f)))) if u16::from(f.code) == 4000),
+        "the close frame was not answered: {answer:?}"
+    );
     s.assert_cleaned_once(&id, DisconnectReason::ClientClose)
         .await;
     let cleanup = s.function.wait_cleanup(&id).await;
@@ -120,6 +128,61 @@ async fn tcp_reset() {
     }
     drop(client);
     s.assert_cleaned_once(&id, DisconnectReason::ConnectionLost)
+        .await;
+}
+
+#[tokio::test]
+async fn tcp_close_without_a_close_frame_is_a_lost_connection() {
+    let s = setup(|_| {}).await;
+    let (client, id) = s.connect().await;
+    // Dropping the stream closes the socket with a FIN and no close frame.
+    drop(client);
+    s.assert_cleaned_once(&id, DisconnectReason::ConnectionLost)
+        .await;
+    let cleanup = s.function.wait_cleanup(&id).await;
+    match cleanup.kind {
+        EventKind::Cleanup { close_code, .. } => assert_eq!(close_code, None),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sends_during_a_close_handshake_are_refused_not_lost() {
+    let s = setup(|_| {}).await;
+    // The client never reads, so it never answers the close frame: the gateway waits
+    // for the answer (up to its close timeout) with the connection still registered.
+    let (client, id) = s.connect().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/@connections/{id}", s.gw.sendback_url());
+    let status = |r: reqwest::Response| r.status().as_u16();
+    let delete = http
+        .delete(&url)
+        .bearer_auth(tests::gateway::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(delete), 204);
+    let post = http
+        .post(&url)
+        .bearer_auth(tests::gateway::TOKEN)
+        .body("too late")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status(post),
+        410,
+        "a message accepted after the close request"
+    );
+    let again = http
+        .delete(&url)
+        .bearer_auth(tests::gateway::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(again), 410, "a second close of a closing connection");
+    drop(client);
+    s.assert_cleaned_once(&id, DisconnectReason::ServerDisconnect)
         .await;
 }
 

@@ -6,6 +6,8 @@ mod browser;
 mod chat;
 mod cleanup;
 mod config;
+mod dialect_aws;
+mod dialect_tencent;
 mod limits;
 mod ordering;
 mod redis_e2e;

@@ -9,6 +9,7 @@
 //! a loud `SKIP:` line when it is missing, unless `SWITCHBOARD_REQUIRE_ALL` is
 //! set (as `tests/run.sh` does under CI), in which case they fail.
 
+pub mod bench;
 pub mod gateway;
 pub mod redis;
 pub mod redis_cluster;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use functions::event::{DataType, Event, EventKind, RegisterReply, query_pairs};
+use functions::event::{DataType, DisconnectReason, Event, EventKind, RegisterReply, query_pairs};
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -77,13 +77,31 @@ pub(super) fn encode(
             );
         }
         EventKind::Cleanup {
+            reason,
             close_code,
             close_reason,
-            ..
         } => {
             context["eventType"] = json!("DISCONNECT");
-            context["disconnectStatusCode"] = json!(close_code.unwrap_or(1006));
-            context["disconnectReason"] = json!(close_reason);
+            // As AWS: a close frame without a status is 1005, no close frame at all 1006.
+            let (code, text) = match (close_code, reason) {
+                (Some(code), _) => (*code, close_reason.as_str()),
+                (None, DisconnectReason::ClientClose) => {
+                    (1005, "Client-side close frame status not set")
+                }
+                (None, _) => (1006, close_reason.as_str()),
+            };
+            context["disconnectStatusCode"] = json!(code);
+            context["disconnectReason"] = json!(text);
+            // AWS sends these (mostly empty) headers on $disconnect.
+            let host = domain_name(config, facts);
+            let headers = json!({
+                "Host": host, "x-api-key": "", "X-Forwarded-For": "", "x-restapi": "",
+            });
+            let multi = json!({
+                "Host": [host], "x-api-key": [""], "X-Forwarded-For": [""], "x-restapi": [""],
+            });
+            out.insert("headers".into(), headers);
+            out.insert("multiValueHeaders".into(), multi);
         }
     }
     out.entry("isBase64Encoded").or_insert(json!(false));
@@ -91,18 +109,29 @@ pub(super) fn encode(
     serde_json::to_vec(&Value::Object(out)).unwrap_or_default()
 }
 
-/// `$connect` replies: a Lambda proxy result (`statusCode`, `headers`, `body`) decides if
-/// present; otherwise the HTTP status does. `context` (a Switchboard extension, like an
-/// authorizer's context) is kept and sent as `requestContext.authorizer`.
+/// `$connect` replies: a Lambda proxy result (`statusCode`, `headers`, `body`) decides; an
+/// empty body (or `null`, what a handler returning nothing gives) leaves it to the HTTP
+/// status. Anything else (not JSON, not an object, no numeric `statusCode`) is a broken
+/// integration: 502. `context` (a Switchboard extension, like an authorizer's context) is
+/// kept and sent as `requestContext.authorizer`.
 pub(super) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
     if !reply.is_success() {
         return native::refusal(reply.status, snippet(&reply.body));
     }
-    let Some(result) = proxy_result(reply)? else {
-        return Ok(Verdict::Accept(RegisterReply::default()));
+    let result = match proxy_result(reply)? {
+        Some(result) => result,
+        None if is_empty(reply) => return Ok(Verdict::Accept(RegisterReply::default())),
+        None => {
+            return Err(CallError::BadReply(format!(
+                "the $connect reply is not a Lambda proxy result (a JSON object with a numeric \
+                 statusCode): `{}`",
+                snippet(&reply.body)
+            )));
+        }
     };
     if !(200..300).contains(&result.status) {
-        return native::refusal(result.status, result.body.unwrap_or_default());
+        let body = result.body.unwrap_or_default();
+        return native::refusal(result.status, snippet(body.as_bytes()));
     }
     let subprotocol = result
         .headers
@@ -120,6 +149,9 @@ pub(super) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
 /// goes back to the client; a non-2xx `statusCode` is a failed integration.
 pub(super) fn transport_reply(two_way: bool, reply: &Reply) -> Result<Option<Message>, CallError> {
     let Some(result) = proxy_result(reply)? else {
+        if is_empty(reply) {
+            return Ok(None); // a handler that returned nothing
+        }
         return Ok(two_way.then(|| native::reply_message(reply)).flatten());
     };
     if !(200..300).contains(&result.status) {
@@ -133,10 +165,13 @@ pub(super) fn transport_reply(two_way: bool, reply: &Reply) -> Result<Option<Mes
     }
     Ok(match result.body {
         None => None,
-        Some(body) if result.base64 => BASE64
-            .decode(body.as_bytes())
-            .map(|b| Message::Binary(b.into()))
-            .ok(),
+        Some(body) if result.base64 => match BASE64.decode(body.as_bytes()) {
+            Ok(bytes) => Some(Message::Binary(bytes.into())),
+            Err(e) => {
+                tracing::warn!(cause = %e, "two-way reply has isBase64Encoded but its body is not base64; not sent");
+                None
+            }
+        },
         Some(body) => Some(Message::text(body)),
     })
 }
@@ -161,10 +196,16 @@ struct ProxyResult {
     context: Value,
 }
 
+/// Whether a reply says nothing: no body, only whitespace, or JSON `null`.
+fn is_empty(reply: &Reply) -> bool {
+    let body = reply.body.trim_ascii();
+    body.is_empty() || body == b"null"
+}
+
 /// The reply as a Lambda proxy result, `None` when it is not one (empty, or not a JSON
 /// object with `statusCode`).
 fn proxy_result(reply: &Reply) -> Result<Option<ProxyResult>, CallError> {
-    if reply.body.iter().all(u8::is_ascii_whitespace) {
+    if is_empty(reply) {
         return Ok(None);
     }
     let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(&reply.body) else {
@@ -212,8 +253,16 @@ fn domain_name(config: &AwsConfig, facts: Facts<'_>) -> String {
     }
     facts
         .host
-        .map(|h| h.split(':').next().unwrap_or(h).to_owned())
+        .map(|h| host_without_port(h).to_owned())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// `example.com:8080` → `example.com`, `[::1]:8080` → `[::1]`.
+fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    host.split(':').next().unwrap_or(host)
 }
 
 /// `sec-websocket-key` → `Sec-WebSocket-Key`: the case AWS passes headers in.
@@ -236,13 +285,23 @@ fn title_case(name: &str) -> String {
 /// An id in the style of AWS request ids (16 characters).
 fn short_id() -> String {
     let bytes = uuid::Uuid::new_v4();
-    BASE64.encode(&bytes.as_bytes()[..10])[..14].to_owned() + "="
+    BASE64.encode(&bytes.as_bytes()[..11])[..15].to_owned() + "="
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use functions::event::HandshakeRequest;
+
+    #[test]
+    fn ids_and_hosts() {
+        assert_eq!(short_id().len(), 16);
+        assert!(short_id().ends_with('='));
+        assert_eq!(host_without_port("abc.example:8080"), "abc.example");
+        assert_eq!(host_without_port("abc.example"), "abc.example");
+        assert_eq!(host_without_port("[::1]:8080"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+    }
 
     fn facts() -> Facts<'static> {
         Facts {
@@ -327,7 +386,7 @@ mod tests {
             &AwsConfig::default(),
             &event(
                 EventKind::Cleanup {
-                    reason: functions::event::DisconnectReason::ClientClose,
+                    reason: DisconnectReason::ClientClose,
                     close_code: Some(1001),
                     close_reason: "bye".into(),
                 },
@@ -339,7 +398,36 @@ mod tests {
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["requestContext"]["disconnectStatusCode"], 1001);
         assert_eq!(v["requestContext"]["disconnectReason"], "bye");
+        assert_eq!(v["requestContext"]["eventType"], "DISCONNECT");
+        assert_eq!(v["headers"]["Host"], "abc.example");
+        assert_eq!(v["multiValueHeaders"]["x-api-key"], json!([""]));
         assert!(v["requestContext"].get("authorizer").is_none());
+        let disconnect = |reason, close_code| {
+            let body = encode(
+                &AwsConfig::default(),
+                &event(
+                    EventKind::Cleanup {
+                        reason,
+                        close_code,
+                        close_reason: String::new(),
+                    },
+                    Value::Null,
+                ),
+                facts(),
+                "$disconnect",
+            );
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            v["requestContext"]["disconnectStatusCode"].as_u64()
+        };
+        assert_eq!(disconnect(DisconnectReason::ClientClose, None), Some(1005));
+        assert_eq!(
+            disconnect(DisconnectReason::ConnectionLost, None),
+            Some(1006)
+        );
+        assert_eq!(
+            disconnect(DisconnectReason::ServerDisconnect, Some(1000)),
+            Some(1000)
+        );
     }
 
     fn reply(status: u16, body: &str) -> Reply {
@@ -372,6 +460,14 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(register_verdict(&reply(200, r#"{"statusCode":"x"}"#)).is_err());
+        assert!(accept(reply(200, "null")));
+        for broken in ["not json", "[1]", r#"{"body":"no status"}"#, r#""ok""#] {
+            let err = register_verdict(&reply(200, broken)).unwrap_err();
+            assert!(
+                err.to_string().contains("Lambda proxy result"),
+                "{broken}: {err}"
+            );
+        }
         assert!(matches!(
             register_verdict(&reply(403, "")).unwrap(),
             Verdict::Refuse { status: 403, .. }
@@ -389,6 +485,7 @@ mod tests {
             transport_reply(true, &reply(200, "plain")).unwrap(),
             Some(Message::text("plain"))
         );
+        assert_eq!(transport_reply(true, &reply(200, "null")).unwrap(), None);
     }
 
     #[test]

@@ -17,9 +17,9 @@
 //! Scenarios: [`idle`], [`echo`], [`fanout`], [`churn`]. `tests/bench/README.md` has the
 //! commands and the latest results.
 
+pub mod churn;
 pub mod cli;
 pub mod client;
-pub mod churn;
 pub mod echo;
 pub mod fanout;
 pub mod floor;

@@ -1,0 +1,1006 @@
+//! The `aws` dialect end to end: handlers written for AWS API Gateway WebSocket APIs run
+//! unchanged. A chat room on the AWS sample's Python handlers (tests/handlers/aws) with
+//! their connection table in a real Redis; route selection; `$connect` replies (refusal,
+//! subprotocol, authorizer context); two-way and failing routes; the `@connections`
+//! management API driven by the real AWS SDK (boto3) with SigV4; and broken `$connect`
+//! replies against the real binary, with the log checked.
+//!
+//! Tests needing Python with boto3 (Debian's `python3-boto3`, installed by tests/run.sh)
+//! or redis-server skip loudly when they are missing, and fail under
+//! `SWITCHBOARD_REQUIRE_ALL`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::SinkExt;
+use gateway::config::{AwsCredential, Dialect, Target};
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tests::gateway::{
+    Client, TestGateway, expect_close, next_json, next_message, send_text, test_config,
+};
+use tests::redis::{RedisServer, Resp, require_redis};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+
+/// The key pair the gateway accepts on the management API in these tests.
+const ACCESS_KEY: &str = "AKIASWITCHBOARDTEST1";
+const SECRET_KEY: &str = "switchboard/test+secret/0123456789abcdefghij";
+/// Not the default (us-east-1), so a signature for the wrong region would show.
+const REGION: &str = "eu-west-1";
+const WAIT: Duration = Duration::from_secs(15);
+
+// ------------------------------------------------------------------ recorder
+
+/// A reply of the [`Recorder`]: status and JSON/text body.
+type Answer = (u16, String);
+type Script = Arc<dyn Fn(&str, &Value) -> Answer + Send + Sync>;
+
+/// A real HTTP function that records every event (the raw AWS-shaped JSON, with the path
+/// it was posted to) and answers what its script says. One recorder serves every route,
+/// each at its own path.
+struct Recorder {
+    addr: SocketAddr,
+    events: Arc<Mutex<Vec<(String, Value)>>>,
+    arrived: Arc<Notify>,
+    shutdown: CancellationToken,
+}
+
+impl Recorder {
+    async fn start(script: impl Fn(&str, &Value) -> Answer + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let events: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        let arrived = Arc::new(Notify::new());
+        let shutdown = CancellationToken::new();
+        let script: Script = Arc::new(script);
+        let (ev, ar, sd) = (events.clone(), arrived.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    _ = sd.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                };
+                let (ev, ar, script, sd) = (ev.clone(), ar.clone(), script.clone(), sd.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (ev, ar, script) = (ev.clone(), ar.clone(), script.clone());
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                            let (status, body) =
+                                match body.ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+                                    Some(event) => {
+                                        let answer = script(&path, &event);
+                                        ev.lock().unwrap().push((path, event));
+                                        ar.notify_waiters();
+                                        answer
+                                    }
+                                    None => (400, "not JSON".to_owned()),
+                                };
+                            let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+                            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            response.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static("application/json"),
+                            );
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let conn =
+                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = sd.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Recorder {
+            addr,
+            events,
+            arrived,
+            shutdown,
+        }
+    }
+
+    /// The URL of one route.
+    fn url(&self, route: &str) -> String {
+        format!("http://{}/{route}", self.addr)
+    }
+
+    /// Waits until `done(events)` holds; returns the events.
+    async fn wait_until(
+        &self,
+        what: &str,
+        done: impl Fn(&[(String, Value)]) -> bool,
+    ) -> Vec<(String, Value)> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let notified = self.arrived.notified();
+            {
+                let events = self.events.lock().unwrap();
+                if done(&events) {
+                    return events.clone();
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "timed out waiting for {what}; events so far: {:#?}",
+                    self.events.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    /// Waits for the first event of `event_type` for connection `id` (any id if `None`).
+    async fn wait_event(&self, event_type: &str, id: Option<&str>) -> Value {
+        let matches = |e: &Value| {
+            e["requestContext"]["eventType"] == event_type
+                && id.is_none_or(|id| e["requestContext"]["connectionId"] == id)
+        };
+        self.wait_until(&format!("a {event_type} event"), |events| {
+            events.iter().any(|(_, e)| matches(e))
+        })
+        .await
+        .into_iter()
+        .map(|(_, e)| e)
+        .find(|e| matches(e))
+        .unwrap()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn ok_result() -> Answer {
+    (200, json!({"statusCode": 200}).to_string())
+}
+
+/// The aws dialect with the test key pair.
+fn aws(c: &mut gateway::Config) {
+    c.functions.dialect = Dialect::Aws;
+    c.aws.region = REGION.to_owned();
+    c.aws.credentials = vec![AwsCredential {
+        access_key_id: ACCESS_KEY.to_owned(),
+        secret_access_key: SECRET_KEY.to_owned(),
+    }];
+}
+
+fn text(message: Option<Message>) -> String {
+    match message {
+        Some(Message::Text(t)) => t.as_str().to_owned(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+// ------------------------------------------------------------------ python
+
+/// The Python interpreter that has the AWS SDK: `$PYTHON3`, `python3` on PATH, or Debian's
+/// `/usr/bin/python3` (where `apt-get install python3-boto3` puts it), checked by
+/// importing boto3. Probed once.
+fn python_with_boto3() -> Option<PathBuf> {
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+    let found = FOUND.get_or_init(|| {
+        let mut candidates: Vec<PathBuf> = Vec::new();
+        candidates.extend(tests::find_program("PYTHON3", "python3", &[]));
+        candidates.push("/usr/bin/python3".into());
+        candidates.into_iter().find(|python| {
+            std::process::Command::new(python)
+                .args(["-c", "import boto3"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    });
+    if found.is_none() {
+        tests::skip_or_fail("python3 with boto3 (the AWS SDK; apt-get install python3-boto3)");
+    }
+    found.clone()
+}
+
+fn handlers_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("handlers/aws")
+}
+
+/// A Python process with the environment a Lambda function gets (keys, region), and
+/// nothing from the machine's AWS configuration.
+fn python_command(python: &Path, extra_env: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.current_dir(handlers_dir())
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", REGION)
+        .env("AWS_DEFAULT_REGION", REGION)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("NO_PROXY", "*")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1");
+    for var in [
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// `runtime.py` serving handler modules; each at `http://addr/<module>`.
+struct Runtime {
+    _child: Child,
+    addr: String,
+}
+
+impl Runtime {
+    async fn start(python: &Path, modules: &[&str], env: &[(&str, String)]) -> Runtime {
+        let mut cmd = python_command(python, env);
+        cmd.arg("runtime.py")
+            .args(modules)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn runtime.py");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("runtime.py is ready within 30 s")
+            .unwrap()
+            .expect("runtime.py exited before listening");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from runtime.py: {line}"))
+            .to_owned();
+        // What handlers print (e.g. "Found stale connection") shows with the test's output.
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[handlers] {line}");
+            }
+        });
+        Runtime {
+            _child: child,
+            addr,
+        }
+    }
+
+    fn url(&self, module: &str) -> String {
+        format!("http://{}/{module}", self.addr)
+    }
+}
+
+/// Runs `manage.py` (the AWS SDK against the management API) and returns its JSON line.
+async fn sdk(python: &Path, endpoint: &str, args: &[&str]) -> Value {
+    let mut cmd = python_command(python, &[]);
+    cmd.arg("manage.py")
+        .arg(endpoint)
+        .args(args)
+        .stdin(Stdio::null());
+    let output = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("manage.py finishes within 60 s")
+        .expect("run manage.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "manage.py {args:?} failed: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("manage.py printed no JSON ({e}): {stdout}"))
+}
+
+/// Asserts the SDK raised `exception` for a reply with `status`.
+fn assert_sdk_error(result: &Value, exception: &str, status: u16) {
+    assert_eq!(result["ok"], false, "{result}");
+    assert_eq!(result["exception"], exception, "{result}");
+    assert_eq!(result["code"], exception, "{result}");
+    assert_eq!(result["status"], status, "{result}");
+}
+
+// ------------------------------------------------------------------ redis
+
+fn members(redis: &RedisServer, key: &str) -> Vec<String> {
+    match redis.command(&["SMEMBERS", key]) {
+        Ok(Resp::Array(Some(items))) => {
+            let mut ids: Vec<String> = items
+                .into_iter()
+                .filter_map(|r| match r {
+                    Resp::Bulk(Some(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+                    _ => None,
+                })
+                .collect();
+            ids.sort();
+            ids
+        }
+        other => panic!("SMEMBERS {key}: {other:?}"),
+    }
+}
+
+async fn wait_members(
+    redis: &RedisServer,
+    key: &str,
+    what: &str,
+    want: impl Fn(&[String]) -> bool,
+) {
+    tests::wait::eventually(what, WAIT, || {
+        let ok = want(&members(redis, key));
+        async move { ok }
+    })
+    .await;
+}
+
+// ------------------------------------------------------------------ tests
+
+/// The AWS sample chat (onconnect / ondisconnect / sendmessage / $default), unchanged but
+/// for its table (a Redis set) and endpoint (an environment variable), behind the gateway.
+#[tokio::test]
+async fn chat_room_on_the_aws_sample_handlers() {
+    let Some(python) = python_with_boto3() else {
+        return;
+    };
+    let Some(redis) = require_redis() else {
+        return;
+    };
+    let table = format!(
+        "connections-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+
+    // The handlers need the management endpoint and the gateway the handlers' URLs: reserve
+    // the send-back port, start the handlers, then bind the gateway there (again on a new
+    // port if another process took it meanwhile).
+    let (gw, _runtime) = {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let sendback_port = tests::redis::free_port().unwrap();
+            let endpoint = format!("http://127.0.0.1:{sendback_port}/prod");
+            let runtime = Runtime::start(
+                &python,
+                &["onconnect", "ondisconnect", "sendmessage", "default"],
+                &[
+                    ("REDIS_URL", redis.url()),
+                    ("TABLE_NAME", table.clone()),
+                    ("APIGW_ENDPOINT", endpoint),
+                ],
+            )
+            .await;
+            let mut config = test_config();
+            aws(&mut config);
+            config.sendback.listen = SocketAddr::from(([127, 0, 0, 1], sendback_port));
+            config.functions.register = Some(runtime.url("onconnect").into());
+            config.functions.cleanup = Some(runtime.url("ondisconnect").into());
+            config.functions.transport = Some(runtime.url("default").into());
+            config
+                .functions
+                .routes
+                .insert("sendmessage".into(), runtime.url("sendmessage").into());
+            match gateway::Gateway::bind(config, gateway::Options::default()).await {
+                Ok(gateway) => {
+                    let store = gateway.store();
+                    break (TestGateway::run(gateway, store), runtime);
+                }
+                Err(e) if attempt < 5 => eprintln!("retrying on another port: {e}"),
+                Err(e) => panic!("gateway binds: {e}"),
+            }
+        }
+    };
+
+    // $connect stored each connection id before the upgrade completed.
+    let mut a = gw.connect("/").await;
+    let mut b = gw.connect("/").await;
+    let mut c = gw.connect("/").await;
+    assert_eq!(members(&redis, &table).len(), 3);
+
+    // sendmessage posts to every connection in the table, through the SDK.
+    send_text(&mut a, r#"{"action":"sendmessage","data":"hi all"}"#).await;
+    for client in [&mut a, &mut b, &mut c] {
+        assert_eq!(text(next_message(client).await), "hi all");
+    }
+
+    // A stale id (an AWS-style one, with `=`): the SDK raises GoneException for it and the
+    // handler deletes it.
+    let stale = "R0oXAdfD0kwCH6w=";
+    redis.command(&["SADD", &table, stale]).unwrap();
+    send_text(&mut b, r#"{"action":"sendmessage","data":"second"}"#).await;
+    for client in [&mut a, &mut b, &mut c] {
+        assert_eq!(text(next_message(client).await), "second");
+    }
+    wait_members(&redis, &table, "the stale id to be deleted", |ids| {
+        !ids.iter().any(|id| id == stale)
+    })
+    .await;
+
+    // $disconnect removes the id.
+    c.close(None).await.unwrap();
+    wait_members(&redis, &table, "two connections left", |ids| ids.len() == 2).await;
+    send_text(&mut a, r#"{"action":"sendmessage","data":"third"}"#).await;
+    for client in [&mut a, &mut b] {
+        assert_eq!(text(next_message(client).await), "third");
+    }
+
+    // Anything else goes to $default, which answers with GetConnection's view of the sender.
+    send_text(&mut a, "hello?").await;
+    let reply = text(next_message(&mut a).await);
+    assert!(reply.starts_with("Use the sendmessage route"), "{reply}");
+    assert!(reply.contains("127.0.0.1"), "{reply}");
+
+    a.close(None).await.unwrap();
+    b.close(None).await.unwrap();
+    wait_members(&redis, &table, "an empty table", |ids| ids.is_empty()).await;
+    gw.shutdown().await;
+}
+
+/// `$request.body.action` picks the route; anything else goes to `$default`.
+#[tokio::test]
+async fn messages_reach_the_route_their_action_names() {
+    let rec = Recorder::start(|_, _| ok_result()).await;
+    let urls = [
+        rec.url("connect"),
+        rec.url("default"),
+        rec.url("disconnect"),
+        rec.url("sendmessage"),
+        rec.url("join"),
+    ];
+    let gw = TestGateway::start(move |c| {
+        aws(c);
+        let [connect, default, disconnect, send, join] = urls;
+        c.functions.register = Some(connect.into());
+        c.functions.transport = Some(default.into());
+        c.functions.cleanup = Some(disconnect.into());
+        c.functions.routes.insert("sendmessage".into(), send.into());
+        c.functions.routes.insert("join".into(), join.into());
+    })
+    .await;
+    let mut client = gw.connect("/").await;
+    let sent = [
+        r#"{"action":"sendmessage","data":"hi"}"#,
+        r#"{"action":"join","room":"r1"}"#,
+        r#"{"action":"nosuchroute"}"#,
+        "not json at all",
+        r#"{"action":5}"#,
+    ];
+    for m in sent {
+        send_text(&mut client, m).await;
+    }
+    client.send(Message::binary(vec![0u8, 1, 2])).await.unwrap();
+    let is_message = |e: &Value| e["requestContext"]["eventType"] == "MESSAGE";
+    let events = rec
+        .wait_until("six MESSAGE events", |events| {
+            events.iter().filter(|(_, e)| is_message(e)).count() == 6
+        })
+        .await;
+    let got: Vec<(String, String, String, bool)> = events
+        .iter()
+        .filter(|(_, e)| is_message(e))
+        .map(|(path, e)| {
+            (
+                path.clone(),
+                e["requestContext"]["routeKey"].as_str().unwrap().to_owned(),
+                e["body"].as_str().unwrap().to_owned(),
+                e["isBase64Encoded"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let want = |path: &str, route: &str, body: &str, b64: bool| {
+        (path.to_owned(), route.to_owned(), body.to_owned(), b64)
+    };
+    assert_eq!(
+        got,
+        vec![
+            want("/sendmessage", "sendmessage", sent[0], false),
+            want("/join", "join", sent[1], false),
+            want("/default", "$default", sent[2], false),
+            want("/default", "$default", sent[3], false),
+            want("/default", "$default", sent[4], false),
+            want("/default", "$default", "AAEC", true),
+        ]
+    );
+    for (_, e) in events.iter().filter(|(_, e)| is_message(e)) {
+        let rc = &e["requestContext"];
+        assert!(rc["messageId"].is_string(), "{e}");
+        assert_eq!(rc["messageDirection"], "IN");
+        assert_eq!(rc["stage"], "prod");
+    }
+    // A close frame without a status: AWS's 1005.
+    client.close(None).await.unwrap();
+    let id = events[0].1["requestContext"]["connectionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let disconnect = rec.wait_event("DISCONNECT", Some(&id)).await;
+    assert_eq!(disconnect["requestContext"]["routeKey"], "$disconnect");
+    assert_eq!(disconnect["requestContext"]["disconnectStatusCode"], 1005);
+    assert!(
+        rec.events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(path, e)| path == "/disconnect" && e == &disconnect)
+    );
+    gw.shutdown().await;
+}
+
+/// `$connect` decides with `statusCode`, picks the subprotocol with its headers and hands
+/// `context` to later events as `requestContext.authorizer`; a two-way route's body goes
+/// back; a failing route tells the client and keeps it connected.
+#[tokio::test]
+async fn connect_replies_routes_and_failures() {
+    let rec = Recorder::start(|path, e| {
+        let rc = &e["requestContext"];
+        match (path, rc["eventType"].as_str().unwrap_or_default()) {
+            ("/connect", _) => match e["queryStringParameters"]["token"].as_str() {
+                Some("good") => (
+                    200,
+                    json!({
+                        "statusCode": 200,
+                        "headers": {"Sec-WebSocket-Protocol": "v2"},
+                        "context": {"principalId": "user-1", "role": "admin"},
+                    })
+                    .to_string(),
+                ),
+                _ => (
+                    200,
+                    json!({"statusCode": 401, "body": "bad token"}).to_string(),
+                ),
+            },
+            ("/echo", _) => {
+                let body: Value = serde_json::from_str(e["body"].as_str().unwrap()).unwrap();
+                (
+                    200,
+                    json!({"statusCode": 200, "body": format!("echo: {}", body["data"])})
+                        .to_string(),
+                )
+            }
+            ("/quiet", _) => (
+                200,
+                json!({"statusCode": 200, "body": "not for the client"}).to_string(),
+            ),
+            ("/fail", _) => (
+                500,
+                json!({"errorMessage": "boom", "errorType": "Exception"}).to_string(),
+            ),
+            _ => ok_result(),
+        }
+    })
+    .await;
+    let urls = [
+        rec.url("connect"),
+        rec.url("disconnect"),
+        rec.url("echo"),
+        rec.url("quiet"),
+        rec.url("fail"),
+    ];
+    let gw = TestGateway::start(move |c| {
+        aws(c);
+        let [connect, disconnect, echo, quiet, fail] = urls;
+        c.functions.register = Some(connect.into());
+        c.functions.cleanup = Some(disconnect.into());
+        c.functions.routes.insert(
+            "echo".into(),
+            Target::Full {
+                url: echo,
+                dialect: None,
+                two_way: Some(true),
+            },
+        );
+        c.functions.routes.insert("quiet".into(), quiet.into());
+        c.functions.routes.insert("fail".into(), fail.into());
+    })
+    .await;
+
+    // A non-2xx statusCode refuses the upgrade with that status.
+    assert_eq!(gw.try_connect("/?token=bad").await.err(), Some(401));
+
+    let mut request = gw.ws_url("/chat?token=good").into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("sec-websocket-protocol", "v1, v2".parse().unwrap());
+    headers.insert("user-agent", "aws-dialect-test/1".parse().unwrap());
+    let (mut client, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "v2");
+
+    let connect = rec
+        .wait_until("the accepted CONNECT", |events| {
+            events
+                .iter()
+                .any(|(_, e)| e["queryStringParameters"]["token"] == "good")
+        })
+        .await
+        .into_iter()
+        .map(|(_, e)| e)
+        .find(|e| e["queryStringParameters"]["token"] == "good")
+        .unwrap();
+    let rc = &connect["requestContext"];
+    assert_eq!(rc["routeKey"], "$connect");
+    assert_eq!(rc["eventType"], "CONNECT");
+    assert_eq!(rc["messageId"], Value::Null);
+    assert_eq!(rc["identity"]["sourceIp"], "127.0.0.1");
+    assert_eq!(rc["identity"]["userAgent"], "aws-dialect-test/1");
+    assert_eq!(rc["domainName"], "127.0.0.1");
+    assert!(rc["connectedAt"].is_u64() && rc["requestTimeEpoch"].is_u64());
+    assert_eq!(connect["headers"]["Sec-WebSocket-Protocol"], "v1, v2");
+    assert_eq!(connect["headers"]["User-Agent"], "aws-dialect-test/1");
+    assert_eq!(
+        connect["multiValueQueryStringParameters"]["token"],
+        json!(["good"])
+    );
+    assert!(rc.get("authorizer").is_none());
+    let id = rc["connectionId"].as_str().unwrap().to_owned();
+
+    // A one-way route's body is not sent; a two-way route's is, in order after it.
+    send_text(&mut client, r#"{"action":"quiet"}"#).await;
+    send_text(&mut client, r#"{"action":"echo","data":"one"}"#).await;
+    assert_eq!(text(next_message(&mut client).await), r#"echo: "one""#);
+
+    // A failing integration: AWS's message to the client, and the connection stays.
+    send_text(&mut client, r#"{"action":"fail"}"#).await;
+    let error = next_json(&mut client).await;
+    assert_eq!(error["message"], "Internal server error");
+    assert_eq!(error["connectionId"], id.as_str());
+    assert!(error["requestId"].is_string());
+    send_text(&mut client, r#"{"action":"echo","data":"two"}"#).await;
+    assert_eq!(text(next_message(&mut client).await), r#"echo: "two""#);
+
+    client
+        .close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
+    let disconnect = rec.wait_event("DISCONNECT", Some(&id)).await;
+    let authorizer = json!({"principalId": "user-1", "role": "admin"});
+    assert_eq!(disconnect["requestContext"]["authorizer"], authorizer);
+    assert_eq!(disconnect["requestContext"]["disconnectStatusCode"], 1000);
+    assert_eq!(disconnect["requestContext"]["disconnectReason"], "bye");
+    let events = rec.events.lock().unwrap().clone();
+    let messages: Vec<&Value> = events
+        .iter()
+        .map(|(_, e)| e)
+        .filter(|e| e["requestContext"]["eventType"] == "MESSAGE")
+        .collect();
+    assert!(messages.len() >= 4, "{messages:#?}");
+    for m in messages {
+        assert_eq!(m["requestContext"]["authorizer"], authorizer, "{m}");
+    }
+    gw.shutdown().await;
+}
+
+/// The management API through the real AWS SDK: post (text, binary, the size limit), get,
+/// delete, GoneException, LimitExceededException, and ForbiddenException for bad or
+/// missing signatures.
+#[tokio::test]
+async fn management_api_through_the_aws_sdk() {
+    let Some(python) = python_with_boto3() else {
+        return;
+    };
+    let rec = Recorder::start(|_, _| ok_result()).await;
+    let (connect, disconnect) = (rec.url("connect"), rec.url("disconnect"));
+    let gw = TestGateway::start(move |c| {
+        aws(c);
+        c.functions.register = Some(connect.into());
+        c.functions.cleanup = Some(disconnect.into());
+        c.limits.outbound_queue_messages = 4;
+        c.limits.outbound_queue_bytes = 256 * 1024;
+    })
+    .await;
+    let endpoint = format!("{}/prod", gw.sendback_url());
+    let started = SystemTime::now() - Duration::from_secs(1);
+
+    let mut request = gw.ws_url("/").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("user-agent", "aws-sdk-test-client/1".parse().unwrap());
+    let (mut client, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let id = rec.wait_event("CONNECT", None).await["requestContext"]["connectionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // PostToConnection: UTF-8 as a text frame, other bytes as a binary frame.
+    let r = sdk(&python, &endpoint, &["post", &id, "--data", "hello"]).await;
+    assert_eq!(
+        (r["ok"].as_bool(), r["status"].as_u64()),
+        (Some(true), Some(200)),
+        "{r}"
+    );
+    assert!(r["requestId"].is_string(), "{r}");
+    assert_eq!(text(next_message(&mut client).await), "hello");
+    let r = sdk(&python, &endpoint, &["post", &id, "--hex", "fffe00"]).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        next_message(&mut client).await,
+        Some(Message::binary(vec![0xffu8, 0xfe, 0x00]))
+    );
+    // Exactly the limit passes; one byte more is PayloadTooLargeException.
+    let r = sdk(&python, &endpoint, &["post", &id, "--size", "131072"]).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(text(next_message(&mut client).await).len(), 131_072);
+    let r = sdk(&python, &endpoint, &["post", &id, "--size", "131073"]).await;
+    assert_sdk_error(&r, "PayloadTooLargeException", 413);
+
+    // GetConnection: ISO 8601 times (parsed by the SDK) and the client's identity.
+    send_text(&mut client, "ping").await; // activity, answered by the gateway itself
+    assert_eq!(text(next_message(&mut client).await), "pong");
+    let r = sdk(&python, &endpoint, &["get", &id]).await;
+    assert_eq!(
+        (r["ok"].as_bool(), r["status"].as_u64()),
+        (Some(true), Some(200)),
+        "{r}"
+    );
+    assert_eq!(
+        r["identity"],
+        json!({"SourceIp": "127.0.0.1", "UserAgent": "aws-sdk-test-client/1"})
+    );
+    let time = |field: &str| {
+        let iso = r[field].as_str().unwrap().replace("+00:00", "Z");
+        humantime::parse_rfc3339(&iso).unwrap_or_else(|e| panic!("{field} {iso}: {e}"))
+    };
+    let (connected_at, last_active_at) = (time("connectedAt"), time("lastActiveAt"));
+    assert!(
+        started <= connected_at && connected_at <= SystemTime::now(),
+        "{r}"
+    );
+    assert!(connected_at <= last_active_at, "{r}");
+
+    // Signatures: a wrong secret, an unknown key, none at all.
+    let r = sdk(
+        &python,
+        &endpoint,
+        &[
+            "post",
+            &id,
+            "--data",
+            "x",
+            "--access-key",
+            ACCESS_KEY,
+            "--secret",
+            "wrong-secret-0123456789",
+        ],
+    )
+    .await;
+    assert_sdk_error(&r, "ForbiddenException", 403);
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("signature we calculated does not match"),
+        "{r}"
+    );
+    let r = sdk(
+        &python,
+        &endpoint,
+        &[
+            "get",
+            &id,
+            "--access-key",
+            "AKIAUNKNOWN",
+            "--secret",
+            SECRET_KEY,
+        ],
+    )
+    .await;
+    assert_sdk_error(&r, "ForbiddenException", 403);
+    let r = sdk(&python, &endpoint, &["delete", &id, "--unsigned"]).await;
+    assert_sdk_error(&r, "ForbiddenException", 403);
+    assert_eq!(r["message"], "Missing Authentication Token", "{r}");
+    // What the SDK read it from: the x-amzn-ErrorType header and a {"message"} body.
+    let raw = reqwest::Client::new()
+        .post(format!("{endpoint}/@connections/{id}"))
+        .body("unsigned")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 403);
+    assert_eq!(raw.headers()["x-amzn-errortype"], "ForbiddenException");
+    assert!(raw.headers().contains_key("x-amzn-requestid"));
+    let body: Value = raw.json().await.unwrap();
+    assert_eq!(body, json!({"message": "Missing Authentication Token"}));
+
+    // A client that does not read: LimitExceededException once its queue is full; it stays.
+    let _slow = gw.connect("/").await;
+    let slow_id = rec
+        .wait_until("the second CONNECT", |events| {
+            events
+                .iter()
+                .filter(|(_, e)| e["requestContext"]["eventType"] == "CONNECT")
+                .count()
+                == 2
+        })
+        .await
+        .into_iter()
+        .map(|(_, e)| e)
+        .filter(|e| e["requestContext"]["eventType"] == "CONNECT")
+        .map(|e| {
+            e["requestContext"]["connectionId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .find(|c| c != &id)
+        .unwrap();
+    let r = sdk(
+        &python,
+        &endpoint,
+        &["flood", &slow_id, "--size", "65536", "--max", "2000"],
+    )
+    .await;
+    assert_sdk_error(&r, "LimitExceededException", 429);
+    assert!(r["sent"].as_u64().unwrap() > 0, "{r}");
+    let r = sdk(&python, &endpoint, &["get", &slow_id]).await;
+    assert_eq!(r["ok"], true, "{r}");
+
+    // DeleteConnection: 204, the client sees the close, $disconnect follows.
+    let r = sdk(&python, &endpoint, &["delete", &id]).await;
+    assert_eq!(
+        (r["ok"].as_bool(), r["status"].as_u64()),
+        (Some(true), Some(204)),
+        "{r}"
+    );
+    let frame = expect_close(&mut client).await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1000);
+    let gone = rec.wait_event("DISCONNECT", Some(&id)).await;
+    assert_eq!(gone["requestContext"]["disconnectStatusCode"], 1000);
+
+    // Gone: the deleted connection, an id that never existed, an AWS-style id (its `=`
+    // percent-encoded by the SDK, so also a check of how the path is signed).
+    for op in ["post", "get", "delete"] {
+        let mut args = vec![op, id.as_str()];
+        if op == "post" {
+            args.extend(["--data", "late"]);
+        }
+        let r = sdk(&python, &endpoint, &args).await;
+        assert_sdk_error(&r, "GoneException", 410);
+    }
+    let never = uuid::Uuid::new_v4().to_string();
+    for other in [never.as_str(), "R0oXAdfD0kwCH6w="] {
+        let r = sdk(&python, &endpoint, &["post", other, "--data", "x"]).await;
+        assert_sdk_error(&r, "GoneException", 410);
+    }
+    gw.shutdown().await;
+}
+
+/// Broken `$connect` replies, against the real binary: each refuses that upgrade with 502
+/// and says why in the log; the gateway keeps serving everyone else.
+#[tokio::test]
+async fn broken_connect_replies_are_502_with_a_clear_log() {
+    let rec = Recorder::start(|_, e| {
+        match e["queryStringParameters"]["case"]
+            .as_str()
+            .unwrap_or("fine")
+        {
+            "garbage" => (200, "this is not json".to_owned()),
+            "shape" => (200, r#"{"statusCode":"x"}"#.to_owned()),
+            "array" => (200, "[200]".to_owned()),
+            "huge" => (
+                200,
+                json!({"statusCode": 200, "body": "x".repeat(100 * 1024)}).to_string(),
+            ),
+            _ => ok_result(),
+        }
+    })
+    .await;
+    let dir = std::env::temp_dir().join(format!("sb-aws-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("gateway.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[public]\nlisten = \"127.0.0.1:0\"\n[sendback]\nlisten = \"127.0.0.1:0\"\n\
+             token = \"{}\"\n[functions]\ndialect = \"aws\"\nregister = \"{}\"\n\
+             max_reply_bytes = 65536\n",
+            tests::gateway::TOKEN,
+            rec.url("connect")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(crate::switchboard_bin())
+        .arg("--config")
+        .arg(&config_path)
+        .env("SWITCHBOARD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the gateway");
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let log_writer = log.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log_writer.lock().unwrap().push(line);
+        }
+    });
+    let log_line = |needle: String| {
+        let log = log.clone();
+        async move {
+            tests::wait::eventually_some(&format!("a log line with `{needle}`"), WAIT, || {
+                let found = log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l.contains(&needle))
+                    .cloned();
+                async move { found }
+            })
+            .await
+        }
+    };
+    let listening = log_line("gateway listening".into()).await;
+    let public = listening
+        .split("public=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no public= in {listening}"))
+        .to_owned();
+    let try_connect = |case: &str| {
+        let url = format!("ws://{public}/?case={case}");
+        async move {
+            match tokio_tungstenite::connect_async(url).await {
+                Ok((client, _)) => Ok(client),
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+                Err(e) => panic!("connect failed without an HTTP status: {e}"),
+            }
+        }
+    };
+
+    let mut bystander: Client = try_connect("fine").await.expect("a fine connect");
+    for (case, why) in [
+        ("garbage", "is not a Lambda proxy result"),
+        ("shape", r#"statusCode "x" is not an HTTP status"#),
+        ("array", "is not a Lambda proxy result"),
+        ("huge", "function reply larger than 65536 bytes"),
+    ] {
+        assert_eq!(try_connect(case).await.err(), Some(502), "case {case}");
+        let line = log_line(why.to_owned()).await;
+        assert!(line.contains("register function failed"), "{line}");
+    }
+    // Everyone else is still served.
+    send_text(&mut bystander, "ping").await;
+    assert_eq!(text(next_message(&mut bystander).await), "pong");
+    assert!(try_connect("fine").await.is_ok());
+
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("the gateway exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

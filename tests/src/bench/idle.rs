@@ -1,0 +1,89 @@
+//! Scenario `idle`: open C connections through the full register path (for the gateway:
+//! store write + register call) and hold them. Reports the system's RSS growth per
+//! connection (`VmRSS` before and after, divided by C), the connect rate, the connect time
+//! percentiles, and CPU per connect.
+
+use std::time::{Duration, Instant};
+
+use super::cli::Ctx;
+use super::procs::{Usage, cpu_us_per};
+use super::report::Row;
+use super::stats::Percentiles;
+use super::systems::Target;
+use super::worker::WorkerPool;
+
+/// How long memory may take to settle after the last connect.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// Reads usage until two readings 100 ms apart agree within 0.5% (or [`SETTLE`] passes).
+pub async fn settled_usage(target: &Target) -> Usage {
+    let deadline = Instant::now() + SETTLE;
+    let mut last = target.usage();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = target.usage();
+        let diff = now.rss_kib.abs_diff(last.rss_kib) as f64;
+        if diff <= now.rss_kib as f64 * 0.005 || Instant::now() >= deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// Runs the scenario against `target`.
+pub async fn run(target: &mut Target, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let mut row = ctx.row("idle", target);
+    let conns = ctx.sizes.idle_conns;
+    row.conns = conns;
+    row.rate_unit = "conn/s".to_owned();
+    let before = settled_usage(target).await;
+    let fn_before = target.function_usage();
+    let mut pool = WorkerPool::spawn(ctx.workers_for(conns), &ctx.env.log_dir).await?;
+    let mut connected = pool
+        .connect(
+            &target.ws_url,
+            conns,
+            &ctx.sources,
+            ctx.sizes.connect_concurrency,
+        )
+        .await?;
+    let cpu_after = target.usage();
+    let fn_after = target.function_usage();
+    let after = settled_usage(target).await;
+
+    let ok = connected.ok as u64;
+    row.ops = ok;
+    row.errors_from(connected.failed as u64, &connected.errors);
+    row.rate = Some(ok as f64 / connected.elapsed.as_secs_f64().max(1e-9));
+    row.latency = Some(Percentiles::of(&mut connected.connect_us));
+    row.rss_kib = Some(after.rss_kib);
+    if ok > 0 {
+        row.rss_kib_per_conn =
+            Some(after.rss_kib.saturating_sub(before.rss_kib) as f64 / ok as f64);
+    }
+    row.cpu_us_per_op = cpu_us_per(&before, &cpu_after, ok);
+    if let (Some(a), Some(b)) = (&fn_before, &fn_after) {
+        row.fn_cpu_us_per_op = cpu_us_per(a, b, ok);
+    }
+    if let Some(stats) = target.function_stats(&ctx.env.http).await {
+        if stats.register < ok {
+            row.error(
+                ok - stats.register,
+                format!(
+                    "{ok} connected but the function saw {} opens",
+                    stats.register
+                ),
+            );
+        }
+    }
+    row.detail = serde_json::json!({
+        "rss_before_kib": before.rss_kib,
+        "rss_after_kib": after.rss_kib,
+        "processes": after.procs,
+        "workers": pool.len(),
+        "connect_seconds": connected.elapsed.as_secs_f64(),
+    });
+    // Dropping the pool kills the workers: their sockets reset, the system cleans up.
+    drop(pool);
+    Ok(vec![row])
+}

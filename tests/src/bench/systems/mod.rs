@@ -1,0 +1,203 @@
+//! The systems under test, started fresh for every (scenario, system, store) and stopped
+//! afterwards: each becomes a [`Target`] that says where clients connect, how a fan-out is
+//! published, and which processes to measure.
+
+pub mod floor;
+pub mod node;
+pub mod pushpin;
+pub mod switchboard;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use super::function::FunctionStats;
+use super::plan::{StoreKind, System};
+use super::procs::{Proc, Usage, usage};
+use crate::redis::RedisServer;
+
+/// The room (group, channel) every fan-out member joins.
+pub const ROOM: &str = "bench";
+
+/// How long a system may take to come up.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Run-wide settings the systems need.
+#[derive(Clone, Debug)]
+pub struct Env {
+    /// Where process logs and generated configs go.
+    pub log_dir: PathBuf,
+    /// The Node.js peer's directory (`tests/bench/node-ws`).
+    pub node_dir: PathBuf,
+    /// The HTTP client for control requests.
+    pub http: reqwest::Client,
+}
+
+/// How a fan-out is published.
+#[derive(Clone, Debug)]
+pub enum Publisher {
+    /// The gateway's send-back API (`POST /@groups/{room}` or `POST /@connections`).
+    Switchboard {
+        /// `http://127.0.0.1:PORT`.
+        sendback: String,
+        /// The bearer token.
+        token: String,
+    },
+    /// Pushpin's publish endpoint (`POST /publish/`, GRIP `ws-message` items).
+    Pushpin {
+        /// `http://127.0.0.1:PORT/publish/`.
+        url: String,
+    },
+    /// A plain `POST url` whose body is the message (Node and the raw floor).
+    Plain {
+        /// The URL.
+        url: String,
+    },
+}
+
+/// A started system.
+pub struct Target {
+    /// Which system.
+    pub system: System,
+    /// The gateway's store (Switchboard only).
+    pub store: Option<StoreKind>,
+    /// WebSocket URL for idle, echo and churn clients.
+    pub ws_url: String,
+    /// WebSocket URL of a fan-out member (joins [`ROOM`]).
+    pub room_url: String,
+    /// HTTP echo URL (the floor's bare HTTP round trip).
+    pub http_echo_url: Option<String>,
+    /// How to publish to the room.
+    pub publisher: Publisher,
+    /// The benchmark function's base URL, when the system calls it.
+    pub function_url: Option<String>,
+    /// Processes measured as the system (their whole trees).
+    measured: Vec<u32>,
+    /// The benchmark function's pid.
+    function_pid: Option<u32>,
+    /// Stopped in reverse order.
+    procs: Vec<Proc>,
+    redis: Option<RedisServer>,
+    scratch: Option<PathBuf>,
+}
+
+impl Target {
+    /// Starts `system` (on `store` for Switchboard).
+    pub async fn start(
+        system: System,
+        store: Option<StoreKind>,
+        env: &Env,
+    ) -> anyhow::Result<Target> {
+        match system {
+            System::Switchboard => {
+                switchboard::start(store.unwrap_or(StoreKind::Memory), env).await
+            }
+            System::Pushpin => pushpin::start(env).await,
+            System::Node => node::start(env).await,
+            System::Floor => floor::start(env).await,
+        }
+    }
+
+    /// Why `system` cannot run on this machine, if it cannot.
+    pub fn unavailable(system: System, store: Option<StoreKind>, env: &Env) -> Option<String> {
+        if store == Some(StoreKind::Redis) && !crate::redis::redis_available() {
+            return Some("redis-server not installed".to_owned());
+        }
+        match system {
+            System::Pushpin => pushpin::unavailable(),
+            System::Node => node::unavailable(env),
+            System::Switchboard | System::Floor => None,
+        }
+    }
+
+    /// Memory and CPU of the system's processes now.
+    pub fn usage(&self) -> Usage {
+        usage(&self.measured)
+    }
+
+    /// Memory and CPU of the benchmark function now.
+    pub fn function_usage(&self) -> Option<Usage> {
+        self.function_pid.map(|pid| usage(&[pid]))
+    }
+
+    /// The function's counters.
+    pub async fn function_stats(&self, http: &reqwest::Client) -> Option<FunctionStats> {
+        let url = format!("{}/stats", self.function_url.as_ref()?);
+        http.get(url).send().await.ok()?.json().await.ok()
+    }
+
+    /// Fails if a process of the system has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for p in &mut self.procs {
+            if let Some(status) = p.exited() {
+                bail!("{} exited ({status}); log:\n{}", p.name(), p.log_tail());
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every process (gracefully where it matters) and removes scratch files.
+    pub async fn stop(mut self) {
+        while let Some(p) = self.procs.pop() {
+            p.terminate(Duration::from_secs(5)).await;
+        }
+        if let Some(mut redis) = self.redis.take() {
+            let _ = tokio::task::spawn_blocking(move || redis.stop()).await;
+        }
+        if let Some(dir) = self.scratch.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(crate::redis::free_port()?)
+}
+
+/// Polls until `port` on 127.0.0.1 accepts TCP connections, failing early if `proc` exits.
+pub async fn wait_port(port: u16, proc: &mut Proc) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    loop {
+        if let Some(status) = proc.exited() {
+            bail!(
+                "{} exited ({status}) before listening on {port}; log:\n{}",
+                proc.name(),
+                proc.log_tail()
+            );
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} did not listen on {port} within {START_TIMEOUT:?}; log:\n{}",
+                proc.name(),
+                proc.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts `bench-function` (with a send-back API for room joins, if given) and returns it
+/// with its base URL.
+pub async fn start_function(
+    env: &Env,
+    sendback: Option<(&str, &str)>,
+) -> anyhow::Result<(Proc, String)> {
+    let mut cmd = tokio::process::Command::new(super::sibling("bench-function")?);
+    if let Some((url, token)) = sendback {
+        cmd.args(["--sendback", url, "--token", token]);
+    }
+    let mut proc = Proc::spawn("bench-function", cmd, &env.log_dir)?;
+    #[derive(serde::Deserialize)]
+    struct Port {
+        port: u16,
+    }
+    let Port { port } = proc.read_json_line(START_TIMEOUT).await?;
+    Ok((proc, format!("http://127.0.0.1:{port}")))
+}

@@ -1,0 +1,182 @@
+//! The targets, checked as ratios within one run: each line says what was
+//! measured, the target, and met / missed / not measured. Reported, never asserted.
+
+use super::report::Row;
+
+/// One target's verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// What is compared.
+    pub what: String,
+    /// The measured value or ratio, in words.
+    pub measured: String,
+    /// The target, in words.
+    pub target: String,
+    /// `Some(true)` met, `Some(false)` missed, `None` not measured.
+    pub met: Option<bool>,
+}
+
+impl Verdict {
+    /// One line for stdout and the README.
+    pub fn line(&self) -> String {
+        let mark = match self.met {
+            Some(true) => "MET   ",
+            Some(false) => "MISSED",
+            None => "n/a   ",
+        };
+        format!(
+            "{mark} {}: {} (target {})",
+            self.what, self.measured, self.target
+        )
+    }
+}
+
+fn find<'a>(rows: &'a [Row], scenario: &str, system: &str, store: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| {
+        r.scenario == scenario
+            && r.system == system
+            && r.store == store
+            && r.skipped.is_none()
+            && r.ops > 0
+    })
+}
+
+fn verdict(
+    what: String,
+    target: &str,
+    value: Option<(f64, String)>,
+    ok: fn(f64) -> bool,
+) -> Verdict {
+    match value {
+        Some((v, measured)) => Verdict {
+            what,
+            measured,
+            target: target.to_owned(),
+            met: Some(ok(v)),
+        },
+        None => Verdict {
+            what,
+            measured: "not measured".to_owned(),
+            target: target.to_owned(),
+            met: None,
+        },
+    }
+}
+
+/// The combined floor of one gateway round trip: one WebSocket echo plus one HTTP round
+/// trip per message, so the rates combine harmonically: `1 / (1/ws + 1/http)`.
+pub fn combined_floor(ws: f64, http: f64) -> f64 {
+    1.0 / (1.0 / ws + 1.0 / http)
+}
+
+/// Every target for the gateway on `store`.
+pub fn check(rows: &[Row], store: &str) -> Vec<Verdict> {
+    let sb = |sc: &str| find(rows, sc, "switchboard", store);
+    let peer = |sc: &str, sy: &str| find(rows, sc, sy, "-");
+    let rate = |r: Option<&Row>| r.and_then(|r| r.rate);
+    let mut out = Vec::new();
+
+    let idle = sb("idle");
+    out.push(verdict(
+        format!("idle [{store}]: gateway RSS per connection"),
+        "<= 4 KiB at 15,000 connections",
+        idle.and_then(|r| {
+            r.rss_kib_per_conn
+                .map(|k| (k, format!("{k:.2} KiB at {} connections", r.ops)))
+        }),
+        |k| k <= 4.0,
+    ));
+
+    let echo = rate(sb("echo"));
+    out.push(verdict(
+        format!("echo [{store}]: vs Pushpin"),
+        ">= 5x",
+        echo.zip(rate(peer("echo", "pushpin")))
+            .map(|(s, p)| (s / p, format!("{:.2}x ({s:.0} vs {p:.0} rt/s)", s / p))),
+        |x| x >= 5.0,
+    ));
+    let floor = rate(peer("echo", "floor"))
+        .zip(rate(peer("echo", "floor-http")))
+        .map(|(w, h)| combined_floor(w, h));
+    out.push(verdict(
+        format!("echo [{store}]: vs the floor (WS echo + HTTP round trip combined)"),
+        ">= 50%",
+        echo.zip(floor).map(|(s, f)| {
+            (
+                s / f,
+                format!("{:.0}% ({s:.0} vs {f:.0} rt/s combined)", 100.0 * s / f),
+            )
+        }),
+        |x| x >= 0.5,
+    ));
+    out.push(verdict(
+        format!("echo [{store}]: p99 round trip"),
+        "< 10 ms at 100 connections",
+        sb("echo").and_then(|r| {
+            r.latency.map(|l| {
+                (
+                    l.p99_ms,
+                    format!("{:.2} ms at {} connections", l.p99_ms, r.conns),
+                )
+            })
+        }),
+        |ms| ms < 10.0,
+    ));
+
+    let fan = sb("fanout").and_then(|r| r.latency.map(|l| l.p99_ms));
+    let raw = peer("fanout", "floor").and_then(|r| r.latency.map(|l| l.p99_ms));
+    out.push(verdict(
+        format!("fanout [{store}]: p99 time to the last member vs the raw floor"),
+        "<= 1.25x",
+        fan.zip(raw)
+            .map(|(s, f)| (s / f, format!("{:.2}x ({s:.1} vs {f:.1} ms)", s / f))),
+        |x| x <= 1.25,
+    ));
+    out.push(verdict(
+        format!("fanout [{store}]: deliveries per second in bursts"),
+        ">= 500,000/s",
+        rate(sb("fanout")).map(|d| (d, format!("{d:.0}/s"))),
+        |d| d >= 500_000.0,
+    ));
+    if store == "memory" {
+        out.push(verdict(
+            "churn [memory]: cycles per second".to_owned(),
+            ">= 5,000/s",
+            rate(sb("churn")).map(|c| (c, format!("{c:.0}/s"))),
+            |c| c >= 5_000.0,
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(scenario: &str, system: &str, store: &str, rate: f64) -> Row {
+        let mut r = Row::new(scenario, system, store);
+        r.rate = Some(rate);
+        r.ops = 1;
+        r
+    }
+
+    #[test]
+    fn ratios_and_missing_rows() {
+        assert!((combined_floor(98_000.0, 64_000.0) - 38_716.0).abs() < 1.0);
+        let rows = vec![
+            row("echo", "switchboard", "memory", 20_000.0),
+            row("echo", "pushpin", "-", 1_000.0),
+            row("echo", "floor", "-", 98_000.0),
+            row("echo", "floor-http", "-", 64_000.0),
+            row("churn", "switchboard", "memory", 4_000.0),
+        ];
+        let v = check(&rows, "memory");
+        let get = |w: &str| v.iter().find(|v| v.what.contains(w)).unwrap().clone();
+        assert_eq!(get("vs Pushpin").met, Some(true));
+        assert_eq!(get("vs the floor").met, Some(true));
+        assert_eq!(get("cycles").met, Some(false));
+        assert_eq!(get("RSS").met, None);
+        assert!(get("RSS").line().starts_with("n/a"));
+        assert!(check(&rows, "redis").iter().all(|v| v.met.is_none()));
+    }
+}
