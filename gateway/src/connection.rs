@@ -78,15 +78,21 @@ pub(crate) async fn run(
                 End::new(DisconnectReason::UpgradeFailed, None, e.to_string())
             }
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(shared.ws_config),
-                )
-                .await;
+                // On the heap, borrowed by the socket loop: passed by value, it would be
+                // stored twice in the loop's future (argument and local).
+                // (The setup future is boxed too: it is large, short-lived, and would
+                // otherwise size this task's state for the connection's whole life.)
+                let mut ws = Box::new(
+                    Box::pin(WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(shared.ws_config),
+                    ))
+                    .await,
+                );
                 // Boxed, like `finish` below: this task's state is the union of every
                 // await point, and an idle connection should pay only for the socket loop.
-                Box::pin(session.run(ws)).await
+                Box::pin(session.run(&mut ws)).await
             }
         },
     };
@@ -202,7 +208,7 @@ impl Session {
     }
 
     /// The socket loop. Returns how the connection ended.
-    async fn run(&mut self, mut ws: Ws) -> End {
+    async fn run(&mut self, ws: &mut Ws) -> End {
         // Borrowed through an Arc of our own, not cloned: this future lives as long as
         // the connection, so every byte of its state is paid per idle connection.
         let shared = Arc::clone(&self.shared);
@@ -227,16 +233,16 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = self.shared.shutdown.cancelled() => {
-                    close(&mut ws, &self.conn.outbox, 1001, "server shutting down").await;
+                    Box::pin(close(ws, &self.conn.outbox, 1001, "server shutting down")).await;
                     return End::new(DisconnectReason::Shutdown, Some(1001), "server shutting down");
                 }
                 _ = self.conn.outbox.wait() => {
                     let close_request = self.conn.outbox.drain(&mut batch);
-                    if let Err(e) = write_all(&mut ws, &mut batch).await {
+                    if let Err(e) = write_all(ws, &mut batch).await {
                         return lost(e);
                     }
                     if let Some(request) = close_request {
-                        close(&mut ws, &self.conn.outbox, request.code, &request.reason).await;
+                        Box::pin(close(ws, &self.conn.outbox, request.code, &request.reason)).await;
                         return End::new(DisconnectReason::ServerDisconnect, Some(request.code), request.reason);
                     }
                 }
@@ -264,7 +270,7 @@ impl Session {
                             }
                             FailureAction::Close(code, reason) => {
                                 error!(cause = %e, code, "transport function failed; closing the connection");
-                                close(&mut ws, &self.conn.outbox, code, reason).await;
+                                Box::pin(close(ws, &self.conn.outbox, code, reason)).await;
                                 let dropped = self.pending.len();
                                 if dropped > 0 {
                                     warn!(dropped, "client messages not delivered after transport failure");
@@ -279,7 +285,7 @@ impl Session {
                 frame = ws.next(), if read_more => {
                     let message = match frame {
                         None => return End::new(DisconnectReason::ConnectionLost, None, "connection closed without a close frame"),
-                        Some(Err(e)) => return protocol_end(&mut ws, &self.conn.outbox, e).await,
+                        Some(Err(e)) => return Box::pin(protocol_end(ws, &self.conn.outbox, e)).await,
                         Some(Ok(message)) => message,
                     };
                     last_rx = Instant::now();
@@ -302,7 +308,7 @@ impl Session {
                             if functions.transport.is_none()
                                 && dialect::select_route(functions, &message).is_none()
                             {
-                                close(&mut ws, &self.conn.outbox, 1003, "this gateway accepts no messages").await;
+                                Box::pin(close(ws, &self.conn.outbox, 1003, "this gateway accepts no messages")).await;
                                 return End::new(DisconnectReason::ProtocolError, Some(1003), "this gateway accepts no messages");
                             }
                             self.pending.push_back(message);
@@ -316,7 +322,7 @@ impl Session {
                             // tungstenite queued the close reply; let it reach the client.
                             // (SinkExt::close flushes it; the inherent `close` would try to
                             // send a second close frame and fail with SendAfterClosing.)
-                            let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(&mut ws)).await;
+                            let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(ws)).await;
                             return End::new(DisconnectReason::ClientClose, code, text);
                         }
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
@@ -330,16 +336,16 @@ impl Session {
                 _ = timer.as_mut() => {
                     let now = Instant::now();
                     if now >= started + limits.max_duration {
-                        close(&mut ws, &self.conn.outbox, 1001, "maximum connection duration reached").await;
+                        Box::pin(close(ws, &self.conn.outbox, 1001, "maximum connection duration reached")).await;
                         return End::new(DisconnectReason::MaxDuration, Some(1001), "maximum connection duration reached");
                     }
                     if now >= last_activity + limits.idle_timeout {
-                        close(&mut ws, &self.conn.outbox, 1001, "idle timeout").await;
+                        Box::pin(close(ws, &self.conn.outbox, 1001, "idle timeout")).await;
                         return End::new(DisconnectReason::IdleTimeout, Some(1001), "idle timeout");
                     }
                     match ping_sent {
                         Some(sent) if now >= sent + limits.ping_interval => {
-                            close(&mut ws, &self.conn.outbox, 1001, "ping timeout").await;
+                            Box::pin(close(ws, &self.conn.outbox, 1001, "ping timeout")).await;
                             return End::new(DisconnectReason::PingTimeout, Some(1001), "ping timeout");
                         }
                         Some(_) => {}

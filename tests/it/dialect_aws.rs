@@ -9,34 +9,26 @@
 //! or redis-server skip loudly when they are missing, and fail under
 //! `SWITCHBOARD_REQUIRE_ALL`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use futures_util::SinkExt;
 use gateway::config::{AwsCredential, Dialect, Target};
-use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tests::gateway::{
     Client, TestGateway, expect_close, next_json, next_message, send_text, test_config,
 };
+use tests::process::{GatewayProcess, Process};
+use tests::recorder::{Recorded, RecordingFunction};
 use tests::redis::{RedisServer, Resp, require_redis};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
-use tokio::sync::Notify;
+use tests::scripted::Scripted;
+use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_util::sync::CancellationToken;
 
 /// The key pair the gateway accepts on the management API in these tests.
 const ACCESS_KEY: &str = "AKIASWITCHBOARDTEST1";
@@ -45,137 +37,20 @@ const SECRET_KEY: &str = "switchboard/test+secret/0123456789abcdefghij";
 const REGION: &str = "eu-west-1";
 const WAIT: Duration = Duration::from_secs(15);
 
-// ------------------------------------------------------------------ recorder
+// ------------------------------------------------------------------ function
 
-/// A reply of the [`Recorder`]: status and JSON/text body.
-type Answer = (u16, String);
-type Script = Arc<dyn Fn(&str, &Value) -> Answer + Send + Sync>;
-
-/// A real HTTP function that records every event (the raw AWS-shaped JSON, with the path
-/// it was posted to) and answers what its script says. One recorder serves every route,
-/// each at its own path.
-struct Recorder {
-    addr: SocketAddr,
-    events: Arc<Mutex<Vec<(String, Value)>>>,
-    arrived: Arc<Notify>,
-    shutdown: CancellationToken,
+/// Waits for the first event of `event_type` for connection `id` (any id if `None`).
+async fn wait_event(rec: &RecordingFunction, event_type: &str, id: Option<&str>) -> Value {
+    rec.wait_event(&format!("a {event_type} event"), WAIT, |e| {
+        e["requestContext"]["eventType"] == event_type
+            && id.is_none_or(|id| e["requestContext"]["connectionId"] == id)
+    })
+    .await
 }
 
-impl Recorder {
-    async fn start(script: impl Fn(&str, &Value) -> Answer + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let events: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
-        let arrived = Arc::new(Notify::new());
-        let shutdown = CancellationToken::new();
-        let script: Script = Arc::new(script);
-        let (ev, ar, sd) = (events.clone(), arrived.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    _ = sd.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(_) => continue,
-                    },
-                };
-                let (ev, ar, script, sd) = (ev.clone(), ar.clone(), script.clone(), sd.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (ev, ar, script) = (ev.clone(), ar.clone(), script.clone());
-                        async move {
-                            let path = req.uri().path().to_owned();
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                            let (status, body) =
-                                match body.ok().and_then(|b| serde_json::from_slice(&b).ok()) {
-                                    Some(event) => {
-                                        let answer = script(&path, &event);
-                                        ev.lock().unwrap().push((path, event));
-                                        ar.notify_waiters();
-                                        answer
-                                    }
-                                    None => (400, "not JSON".to_owned()),
-                                };
-                            let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
-                            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                            response.headers_mut().insert(
-                                hyper::header::CONTENT_TYPE,
-                                hyper::header::HeaderValue::from_static("application/json"),
-                            );
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let conn =
-                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = sd.cancelled() => {}
-                    }
-                });
-            }
-        });
-        Recorder {
-            addr,
-            events,
-            arrived,
-            shutdown,
-        }
-    }
-
-    /// The URL of one route.
-    fn url(&self, route: &str) -> String {
-        format!("http://{}/{route}", self.addr)
-    }
-
-    /// Waits until `done(events)` holds; returns the events.
-    async fn wait_until(
-        &self,
-        what: &str,
-        done: impl Fn(&[(String, Value)]) -> bool,
-    ) -> Vec<(String, Value)> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let notified = self.arrived.notified();
-            {
-                let events = self.events.lock().unwrap();
-                if done(&events) {
-                    return events.clone();
-                }
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "timed out waiting for {what}; events so far: {:#?}",
-                    self.events.lock().unwrap()
-                );
-            }
-        }
-    }
-
-    /// Waits for the first event of `event_type` for connection `id` (any id if `None`).
-    async fn wait_event(&self, event_type: &str, id: Option<&str>) -> Value {
-        let matches = |e: &Value| {
-            e["requestContext"]["eventType"] == event_type
-                && id.is_none_or(|id| e["requestContext"]["connectionId"] == id)
-        };
-        self.wait_until(&format!("a {event_type} event"), |events| {
-            events.iter().any(|(_, e)| matches(e))
-        })
-        .await
-        .into_iter()
-        .map(|(_, e)| e)
-        .find(|e| matches(e))
-        .unwrap()
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-fn ok_result() -> Answer {
-    (200, json!({"statusCode": 200}).to_string())
+/// A Lambda proxy result with status 200 and no body.
+fn ok_result() -> Scripted {
+    Scripted::json(json!({"statusCode": 200}))
 }
 
 /// The aws dialect with the test key pair.
@@ -197,99 +72,50 @@ fn text(message: Option<Message>) -> String {
 
 // ------------------------------------------------------------------ python
 
-/// The Python interpreter that has the AWS SDK: `$PYTHON3`, `python3` on PATH, or Debian's
-/// `/usr/bin/python3` (where `apt-get install python3-boto3` puts it), checked by
-/// importing boto3. Probed once.
+/// The Python interpreter that has the AWS SDK (Debian's `python3-boto3`).
 fn python_with_boto3() -> Option<PathBuf> {
-    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let found = FOUND.get_or_init(|| {
-        let mut candidates: Vec<PathBuf> = Vec::new();
-        candidates.extend(tests::find_program("PYTHON3", "python3", &[]));
-        candidates.push("/usr/bin/python3".into());
-        candidates.into_iter().find(|python| {
-            std::process::Command::new(python)
-                .args(["-c", "import boto3"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-    });
-    if found.is_none() {
-        tests::skip_or_fail("python3 with boto3 (the AWS SDK; apt-get install python3-boto3)");
-    }
-    found.clone()
-}
-
-fn handlers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("handlers/aws")
+    tests::python::find_python3(
+        "import boto3",
+        "python3 with boto3 (the AWS SDK; apt-get install python3-boto3)",
+    )
 }
 
 /// A Python process with the environment a Lambda function gets (keys, region), and
 /// nothing from the machine's AWS configuration.
 fn python_command(python: &Path, extra_env: &[(&str, String)]) -> Command {
-    let mut cmd = Command::new(python);
-    cmd.current_dir(handlers_dir())
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    let mut cmd = tests::python::command(python, "aws", extra_env);
+    cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env("AWS_REGION", REGION)
         .env("AWS_DEFAULT_REGION", REGION)
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("NO_PROXY", "*")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1");
-    for var in [
-        "AWS_PROFILE",
-        "AWS_SESSION_TOKEN",
-        "AWS_ENDPOINT_URL",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "https_proxy",
-    ] {
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    for var in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"] {
         cmd.env_remove(var);
     }
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    cmd.kill_on_drop(true);
     cmd
 }
 
-/// `runtime.py` serving handler modules; each at `http://addr/<module>`.
+/// `runtime.py` serving handler modules; each at `http://addr/<module>`. What handlers
+/// print (e.g. "Found stale connection") shows with the test's output.
 struct Runtime {
-    _child: Child,
+    _process: Process,
     addr: String,
 }
 
 impl Runtime {
     async fn start(python: &Path, modules: &[&str], env: &[(&str, String)]) -> Runtime {
         let mut cmd = python_command(python, env);
-        cmd.arg("runtime.py")
-            .args(modules)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("spawn runtime.py");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("runtime.py is ready within 30 s")
-            .unwrap()
-            .expect("runtime.py exited before listening");
+        cmd.arg("runtime.py").args(modules);
+        let process = Process::spawn_echoing_stdout(&mut cmd, "handlers");
+        let line = process.output().first_line(Duration::from_secs(30)).await;
         let addr = line
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line from runtime.py: {line}"))
             .to_owned();
-        // What handlers print (e.g. "Found stale connection") shows with the test's output.
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[handlers] {line}");
-            }
-        });
         Runtime {
-            _child: child,
+            _process: process,
             addr,
         }
     }
@@ -466,7 +292,7 @@ async fn chat_room_on_the_aws_sample_handlers() {
 /// `$request.body.action` picks the route; anything else goes to `$default`.
 #[tokio::test]
 async fn messages_reach_the_route_their_action_names() {
-    let rec = Recorder::start(|_, _| ok_result()).await;
+    let rec = RecordingFunction::start(|_, _| ok_result()).await;
     let urls = [
         rec.url("connect"),
         rec.url("default"),
@@ -498,14 +324,14 @@ async fn messages_reach_the_route_their_action_names() {
     client.send(Message::binary(vec![0u8, 1, 2])).await.unwrap();
     let is_message = |e: &Value| e["requestContext"]["eventType"] == "MESSAGE";
     let events = rec
-        .wait_until("six MESSAGE events", |events| {
-            events.iter().filter(|(_, e)| is_message(e)).count() == 6
+        .wait_until("six MESSAGE events", WAIT, |events| {
+            events.iter().filter(|r| is_message(&r.event)).count() == 6
         })
         .await;
     let got: Vec<(String, String, String, bool)> = events
         .iter()
-        .filter(|(_, e)| is_message(e))
-        .map(|(path, e)| {
+        .filter(|r| is_message(&r.event))
+        .map(|Recorded { path, event: e }| {
             (
                 path.clone(),
                 e["requestContext"]["routeKey"].as_str().unwrap().to_owned(),
@@ -528,7 +354,7 @@ async fn messages_reach_the_route_their_action_names() {
             want("/default", "$default", "AAEC", true),
         ]
     );
-    for (_, e) in events.iter().filter(|(_, e)| is_message(e)) {
+    for e in events.iter().map(|r| &r.event).filter(|e| is_message(e)) {
         let rc = &e["requestContext"];
         assert!(rc["messageId"].is_string(), "{e}");
         assert_eq!(rc["messageDirection"], "IN");
@@ -536,19 +362,17 @@ async fn messages_reach_the_route_their_action_names() {
     }
     // A close frame without a status: AWS's 1005.
     client.close(None).await.unwrap();
-    let id = events[0].1["requestContext"]["connectionId"]
+    let id = events[0].event["requestContext"]["connectionId"]
         .as_str()
         .unwrap()
         .to_owned();
-    let disconnect = rec.wait_event("DISCONNECT", Some(&id)).await;
+    let disconnect = wait_event(&rec, "DISCONNECT", Some(&id)).await;
     assert_eq!(disconnect["requestContext"]["routeKey"], "$disconnect");
     assert_eq!(disconnect["requestContext"]["disconnectStatusCode"], 1005);
     assert!(
-        rec.events
-            .lock()
-            .unwrap()
+        rec.recorded()
             .iter()
-            .any(|(path, e)| path == "/disconnect" && e == &disconnect)
+            .any(|r| r.path == "/disconnect" && r.event == disconnect)
     );
     gw.shutdown().await;
 }
@@ -558,40 +382,30 @@ async fn messages_reach_the_route_their_action_names() {
 /// back; a failing route tells the client and keeps it connected.
 #[tokio::test]
 async fn connect_replies_routes_and_failures() {
-    let rec = Recorder::start(|path, e| {
+    let rec = RecordingFunction::start(|path, e| {
         let rc = &e["requestContext"];
         match (path, rc["eventType"].as_str().unwrap_or_default()) {
             ("/connect", _) => match e["queryStringParameters"]["token"].as_str() {
-                Some("good") => (
-                    200,
-                    json!({
-                        "statusCode": 200,
-                        "headers": {"Sec-WebSocket-Protocol": "v2"},
-                        "context": {"principalId": "user-1", "role": "admin"},
-                    })
-                    .to_string(),
-                ),
-                _ => (
-                    200,
-                    json!({"statusCode": 401, "body": "bad token"}).to_string(),
-                ),
+                Some("good") => Scripted::json(json!({
+                    "statusCode": 200,
+                    "headers": {"Sec-WebSocket-Protocol": "v2"},
+                    "context": {"principalId": "user-1", "role": "admin"},
+                })),
+                _ => Scripted::json(json!({"statusCode": 401, "body": "bad token"})),
             },
             ("/echo", _) => {
                 let body: Value = serde_json::from_str(e["body"].as_str().unwrap()).unwrap();
-                (
-                    200,
-                    json!({"statusCode": 200, "body": format!("echo: {}", body["data"])})
-                        .to_string(),
+                Scripted::json(
+                    json!({"statusCode": 200, "body": format!("echo: {}", body["data"])}),
                 )
             }
-            ("/quiet", _) => (
-                200,
-                json!({"statusCode": 200, "body": "not for the client"}).to_string(),
-            ),
-            ("/fail", _) => (
-                500,
-                json!({"errorMessage": "boom", "errorType": "Exception"}).to_string(),
-            ),
+            ("/quiet", _) => {
+                Scripted::json(json!({"statusCode": 200, "body": "not for the client"}))
+            }
+            ("/fail", _) => {
+                Scripted::json(json!({"errorMessage": "boom", "errorType": "Exception"}))
+                    .with_status(500)
+            }
             _ => ok_result(),
         }
     })
@@ -632,16 +446,10 @@ async fn connect_replies_routes_and_failures() {
     assert_eq!(response.headers()["sec-websocket-protocol"], "v2");
 
     let connect = rec
-        .wait_until("the accepted CONNECT", |events| {
-            events
-                .iter()
-                .any(|(_, e)| e["queryStringParameters"]["token"] == "good")
+        .wait_event("the accepted CONNECT", WAIT, |e| {
+            e["queryStringParameters"]["token"] == "good"
         })
-        .await
-        .into_iter()
-        .map(|(_, e)| e)
-        .find(|e| e["queryStringParameters"]["token"] == "good")
-        .unwrap();
+        .await;
     let rc = &connect["requestContext"];
     assert_eq!(rc["routeKey"], "$connect");
     assert_eq!(rc["eventType"], "CONNECT");
@@ -680,15 +488,14 @@ async fn connect_replies_routes_and_failures() {
         }))
         .await
         .unwrap();
-    let disconnect = rec.wait_event("DISCONNECT", Some(&id)).await;
+    let disconnect = wait_event(&rec, "DISCONNECT", Some(&id)).await;
     let authorizer = json!({"principalId": "user-1", "role": "admin"});
     assert_eq!(disconnect["requestContext"]["authorizer"], authorizer);
     assert_eq!(disconnect["requestContext"]["disconnectStatusCode"], 1000);
     assert_eq!(disconnect["requestContext"]["disconnectReason"], "bye");
-    let events = rec.events.lock().unwrap().clone();
+    let events = rec.events();
     let messages: Vec<&Value> = events
         .iter()
-        .map(|(_, e)| e)
         .filter(|e| e["requestContext"]["eventType"] == "MESSAGE")
         .collect();
     assert!(messages.len() >= 4, "{messages:#?}");
@@ -706,7 +513,7 @@ async fn management_api_through_the_aws_sdk() {
     let Some(python) = python_with_boto3() else {
         return;
     };
-    let rec = Recorder::start(|_, _| ok_result()).await;
+    let rec = RecordingFunction::start(|_, _| ok_result()).await;
     let (connect, disconnect) = (rec.url("connect"), rec.url("disconnect"));
     let gw = TestGateway::start(move |c| {
         aws(c);
@@ -724,7 +531,7 @@ async fn management_api_through_the_aws_sdk() {
         .headers_mut()
         .insert("user-agent", "aws-sdk-test-client/1".parse().unwrap());
     let (mut client, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let id = rec.wait_event("CONNECT", None).await["requestContext"]["connectionId"]
+    let id = wait_event(&rec, "CONNECT", None).await["requestContext"]["connectionId"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -832,16 +639,16 @@ async fn management_api_through_the_aws_sdk() {
     // A client that does not read: LimitExceededException once its queue is full; it stays.
     let _slow = gw.connect("/").await;
     let slow_id = rec
-        .wait_until("the second CONNECT", |events| {
+        .wait_until("the second CONNECT", WAIT, |events| {
             events
                 .iter()
-                .filter(|(_, e)| e["requestContext"]["eventType"] == "CONNECT")
+                .filter(|r| r.event["requestContext"]["eventType"] == "CONNECT")
                 .count()
                 == 2
         })
         .await
         .into_iter()
-        .map(|(_, e)| e)
+        .map(|r| r.event)
         .filter(|e| e["requestContext"]["eventType"] == "CONNECT")
         .map(|e| {
             e["requestContext"]["connectionId"]
@@ -871,7 +678,7 @@ async fn management_api_through_the_aws_sdk() {
     );
     let frame = expect_close(&mut client).await.expect("a close frame");
     assert_eq!(u16::from(frame.code), 1000);
-    let gone = rec.wait_event("DISCONNECT", Some(&id)).await;
+    let gone = wait_event(&rec, "DISCONNECT", Some(&id)).await;
     assert_eq!(gone["requestContext"]["disconnectStatusCode"], 1000);
 
     // Gone: the deleted connection, an id that never existed, an AWS-style id (its `=`
@@ -896,75 +703,28 @@ async fn management_api_through_the_aws_sdk() {
 /// and says why in the log; the gateway keeps serving everyone else.
 #[tokio::test]
 async fn broken_connect_replies_are_502_with_a_clear_log() {
-    let rec = Recorder::start(|_, e| {
+    let rec = RecordingFunction::start(|_, e| {
         match e["queryStringParameters"]["case"]
             .as_str()
             .unwrap_or("fine")
         {
-            "garbage" => (200, "this is not json".to_owned()),
-            "shape" => (200, r#"{"statusCode":"x"}"#.to_owned()),
-            "array" => (200, "[200]".to_owned()),
-            "huge" => (
-                200,
-                json!({"statusCode": 200, "body": "x".repeat(100 * 1024)}).to_string(),
-            ),
+            "garbage" => Scripted::json_text("this is not json"),
+            "shape" => Scripted::json_text(r#"{"statusCode":"x"}"#),
+            "array" => Scripted::json_text("[200]"),
+            "huge" => Scripted::json(json!({"statusCode": 200, "body": "x".repeat(100 * 1024)})),
             _ => ok_result(),
         }
     })
     .await;
-    let dir = std::env::temp_dir().join(format!("sb-aws-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("gateway.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[public]\nlisten = \"127.0.0.1:0\"\n[sendback]\nlisten = \"127.0.0.1:0\"\n\
-             token = \"{}\"\n[functions]\ndialect = \"aws\"\nregister = \"{}\"\n\
-             max_reply_bytes = 65536\n",
-            tests::gateway::TOKEN,
-            rec.url("connect")
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(crate::switchboard_bin())
-        .arg("--config")
-        .arg(&config_path)
-        .env("SWITCHBOARD_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the gateway");
-    let log: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let log_writer = log.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            log_writer.lock().unwrap().push(line);
-        }
-    });
-    let log_line = |needle: String| {
-        let log = log.clone();
-        async move {
-            tests::wait::eventually_some(&format!("a log line with `{needle}`"), WAIT, || {
-                let found = log
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|l| l.contains(&needle))
-                    .cloned();
-                async move { found }
-            })
-            .await
-        }
-    };
-    let listening = log_line("gateway listening".into()).await;
-    let public = listening
-        .split("public=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no public= in {listening}"))
-        .to_owned();
+    let config = format!(
+        "[public]\nlisten = \"127.0.0.1:0\"\n[sendback]\nlisten = \"127.0.0.1:0\"\n\
+         token = \"{}\"\n[functions]\ndialect = \"aws\"\nregister = \"{}\"\n\
+         max_reply_bytes = 65536\n",
+        tests::gateway::TOKEN,
+        rec.url("connect")
+    );
+    let gateway = GatewayProcess::start(&crate::switchboard_bin(), &config).await;
+    let public = gateway.public();
     let try_connect = |case: &str| {
         let url = format!("ws://{public}/?case={case}");
         async move {
@@ -984,7 +744,7 @@ async fn broken_connect_replies_are_502_with_a_clear_log() {
         ("huge", "function reply larger than 65536 bytes"),
     ] {
         assert_eq!(try_connect(case).await.err(), Some(502), "case {case}");
-        let line = log_line(why.to_owned()).await;
+        let line = gateway.log().line_with(&[why], WAIT).await;
         assert!(line.contains("register function failed"), "{line}");
     }
     // Everyone else is still served.
@@ -992,15 +752,5 @@ async fn broken_connect_replies_are_502_with_a_clear_log() {
     assert_eq!(text(next_message(&mut bystander).await), "pong");
     assert!(try_connect("fine").await.is_ok());
 
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("the gateway exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status}");
-    let _ = std::fs::remove_dir_all(&dir);
+    gateway.terminate().await;
 }

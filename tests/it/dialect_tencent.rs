@@ -10,168 +10,46 @@
 //! `SWITCHBOARD_REQUIRE_ALL` (tests/run.sh installs both).
 
 use std::collections::{BTreeSet, HashMap};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::Bytes;
 use futures_util::SinkExt;
 use gateway::config::Dialect;
-use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tests::gateway::{
     Client, TOKEN, TestGateway, expect_close, next_message, send_text, test_config,
 };
+use tests::process::{GatewayProcess, Process};
+use tests::recorder::RecordingFunction;
 use tests::redis::{RedisServer, Resp, require_redis};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
-use tokio::sync::Notify;
+use tests::scripted::Scripted;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-// ------------------------------------------------------------------ recorder
+// ------------------------------------------------------------------ function
 
-/// What the [`Recorder`] answers: status, body, and how long it takes.
-type Answer = (u16, String, Duration);
-type Script = Arc<dyn Fn(&Value) -> Answer + Send + Sync>;
+/// The path of the recording function: register, transport and cleanup all point at it.
+const FUNCTION_PATH: &str = "scf";
 
-/// A real HTTP function that records every event (the raw Tencent-shaped JSON) and answers
-/// what its script says. Register, transport and cleanup all point at it.
-struct Recorder {
-    addr: SocketAddr,
-    events: Arc<Mutex<Vec<Value>>>,
-    arrived: Arc<Notify>,
-    shutdown: CancellationToken,
+/// Waits for the first event with `websocket.action == action` matching `pred`.
+async fn wait_event(rec: &RecordingFunction, action: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    rec.wait_event(&format!("a `{action}` event"), WAIT, |e| {
+        e["websocket"]["action"] == action && pred(e)
+    })
+    .await
 }
 
-impl Recorder {
-    async fn start(script: impl Fn(&Value) -> Answer + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let events: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let arrived = Arc::new(Notify::new());
-        let shutdown = CancellationToken::new();
-        let script: Script = Arc::new(script);
-        let (ev, ar, sd) = (events.clone(), arrived.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    _ = sd.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(_) => continue,
-                    },
-                };
-                let (ev, ar, script, sd) = (ev.clone(), ar.clone(), script.clone(), sd.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (ev, ar, script) = (ev.clone(), ar.clone(), script.clone());
-                        async move {
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                            let (status, body, delay) =
-                                match body.ok().and_then(|b| serde_json::from_slice(&b).ok()) {
-                                    Some(event) => {
-                                        let answer = script(&event);
-                                        ev.lock().unwrap().push(event);
-                                        ar.notify_waiters();
-                                        answer
-                                    }
-                                    None => (400, "not JSON".to_owned(), Duration::ZERO),
-                                };
-                            if !delay.is_zero() {
-                                tokio::time::sleep(delay).await; // a slow function, not a wait
-                            }
-                            let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
-                            *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                            response.headers_mut().insert(
-                                hyper::header::CONTENT_TYPE,
-                                hyper::header::HeaderValue::from_static("application/json"),
-                            );
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let conn =
-                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = sd.cancelled() => {}
-                    }
-                });
-            }
-        });
-        Recorder {
-            addr,
-            events,
-            arrived,
-            shutdown,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/scf", self.addr)
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.events.lock().unwrap().clone()
-    }
-
-    /// Waits until `done(events)` holds; returns the events.
-    async fn wait_until(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let notified = self.arrived.notified();
-            {
-                let events = self.events.lock().unwrap();
-                if done(&events) {
-                    return events.clone();
-                }
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!(
-                    "timed out waiting for {what}; events so far: {:#?}",
-                    self.events()
-                );
-            }
-        }
-    }
-
-    /// Waits for the first event with `websocket.action == action` matching `pred`.
-    async fn wait_event(&self, action: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let matches = |e: &Value| e["websocket"]["action"] == action && pred(e);
-        self.wait_until(&format!("a `{action}` event"), |events| {
-            events.iter().any(matches)
-        })
-        .await
+/// Events of one action for one connection.
+fn events_of(rec: &RecordingFunction, action: &str, id: &str) -> Vec<Value> {
+    rec.events()
         .into_iter()
-        .find(matches)
-        .unwrap()
-    }
-
-    /// Events of one action for one connection.
-    fn events_of(&self, action: &str, id: &str) -> Vec<Value> {
-        self.events()
-            .into_iter()
-            .filter(|e| e["websocket"]["action"] == action && id_of(e) == id)
-            .collect()
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
+        .filter(|e| e["websocket"]["action"] == action && id_of(e) == id)
+        .collect()
 }
 
 fn id_of(event: &Value) -> &str {
@@ -180,16 +58,8 @@ fn id_of(event: &Value) -> &str {
         .unwrap_or_default()
 }
 
-fn ok() -> Answer {
-    (
-        200,
-        json!({"errNo": 0, "errMsg": "ok"}).to_string(),
-        Duration::ZERO,
-    )
-}
-
-fn answer(value: Value) -> Answer {
-    (200, value.to_string(), Duration::ZERO)
+fn ok() -> Scripted {
+    Scripted::json(json!({"errNo": 0, "errMsg": "ok"}))
 }
 
 fn tencent(c: &mut gateway::Config) {
@@ -233,96 +103,40 @@ async fn open(
 
 // ------------------------------------------------------------------ python
 
-/// `python3` (`$PYTHON3`, `PATH`, `/usr/bin/python3`), probed once. The handlers use the
-/// standard library only.
+/// `python3`, 3.7 or later. The handlers use the standard library only.
 fn python3() -> Option<PathBuf> {
-    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let found = FOUND.get_or_init(|| {
-        tests::find_program("PYTHON3", "python3", &["/usr/bin/python3"]).filter(|python| {
-            std::process::Command::new(python)
-                .args(["-c", "import sys; sys.exit(sys.version_info < (3, 7))"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-    });
-    if found.is_none() {
-        tests::skip_or_fail("python3 (3.7 or later) not installed");
-    }
-    found.clone()
-}
-
-fn handlers_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("handlers/tencent")
+    tests::python::find_python3(
+        "import sys; sys.exit(sys.version_info < (3, 7))",
+        "python3 (3.7 or later) not installed",
+    )
 }
 
 /// `runtime.py` serving one handler module, killed when dropped. What the handler prints is
 /// kept (and echoed to the test's output).
 struct Runtime {
-    _child: Child,
+    process: Process,
     url: String,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Runtime {
     async fn start(python: &Path, module: &'static str, env: &[(&str, String)]) -> Runtime {
-        let mut cmd = Command::new(python);
-        cmd.current_dir(handlers_dir())
-            .arg("runtime.py")
-            .arg(module)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("PYTHONUNBUFFERED", "1")
-            .env("NO_PROXY", "*")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-            cmd.env_remove(var);
-        }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn runtime.py");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = tokio::time::timeout(WAIT, lines.next_line())
-            .await
-            .expect("runtime.py prints its port within 15 s")
-            .unwrap()
-            .expect("runtime.py exited before listening");
+        let mut cmd = tests::python::command(python, "tencent", env);
+        cmd.arg("runtime.py").arg(module);
+        let process = Process::spawn_echoing_stdout(&mut cmd, module);
+        let first = process.output().first_line(WAIT).await;
         let port: u16 = first
             .trim()
             .parse()
             .unwrap_or_else(|_| panic!("runtime.py's first line is not a port: {first}"));
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        let writer = log.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[{module}] {line}");
-                writer.lock().unwrap().push(line);
-            }
-        });
         Runtime {
-            _child: child,
+            process,
             url: format!("http://127.0.0.1:{port}/"),
-            log,
         }
     }
 
     /// Waits for a printed line containing every one of `needles`.
     async fn wait_line(&self, needles: &[&str]) -> String {
-        tests::wait::eventually_some(&format!("a handler line with {needles:?}"), WAIT, || {
-            let found = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-                .cloned();
-            async move { found }
-        })
-        .await
+        self.process.output().line_with(needles, WAIT).await
     }
 }
 
@@ -532,13 +346,15 @@ async fn seed_chat_on_the_tencent_handlers() {
 /// 500 closes the client with 1011 and cleanup follows once.
 #[tokio::test]
 async fn register_replies_event_shapes_and_a_failing_transport() {
-    let rec = Recorder::start(|e| {
+    let rec = RecordingFunction::start(|_, e| {
         let ws = &e["websocket"];
         match ws["action"].as_str().unwrap_or_default() {
             "connecting" => match e["queryString"]["case"].as_str().unwrap_or_default() {
-                "refuse" => answer(json!({"errNo": 4001, "errMsg": "no entry without a ticket"})),
-                "status" => (401, "bad token".to_owned(), Duration::ZERO),
-                "pick" => answer(json!({
+                "refuse" => {
+                    Scripted::json(json!({"errNo": 4001, "errMsg": "no entry without a ticket"}))
+                }
+                "status" => Scripted::json_text("bad token").with_status(401),
+                "pick" => Scripted::json(json!({
                     "errNo": 0,
                     "errMsg": "ok",
                     "websocket": {
@@ -547,14 +363,14 @@ async fn register_replies_event_shapes_and_a_failing_transport() {
                         "secWebSocketProtocol": "binary",
                     },
                 })),
-                "unoffered" => answer(json!({
+                "unoffered" => Scripted::json(json!({
                     "errNo": 0,
                     "websocket": {"secWebSocketProtocol": "v9"},
                 })),
-                "slow" => (ok().0, ok().1, Duration::from_secs(5)),
+                "slow" => ok().after(Duration::from_secs(5)),
                 // As Tencent's register sample does: echo the offer (a list) back.
                 _ => match ws.get("secWebSocketProtocol") {
-                    Some(offer) => answer(json!({
+                    Some(offer) => Scripted::json(json!({
                         "errNo": 0,
                         "errMsg": "ok",
                         "websocket": {
@@ -566,16 +382,14 @@ async fn register_replies_event_shapes_and_a_failing_transport() {
                     None => ok(),
                 },
             },
-            "data recv" if ws["data"] == "fail" => (
-                500,
-                json!({"errorCode": -1, "errorMessage": "boom"}).to_string(),
-                Duration::ZERO,
-            ),
+            "data recv" if ws["data"] == "fail" => {
+                Scripted::json(json!({"errorCode": -1, "errorMessage": "boom"})).with_status(500)
+            }
             _ => ok(),
         }
     })
     .await;
-    let url = rec.url();
+    let url = rec.url(FUNCTION_PATH);
     let gw = TestGateway::start(move |c| {
         tencent(c);
         tests::gateway::route_all(c, &url);
@@ -623,9 +437,7 @@ async fn register_replies_event_shapes_and_a_failing_transport() {
         Some("chat"),
         "the echoed offer picks its first"
     );
-    let register = rec
-        .wait_event("connecting", |e| e["queryString"]["case"] == "fine")
-        .await;
+    let register = wait_event(&rec, "connecting", |e| e["queryString"]["case"] == "fine").await;
     let id = id_of(&register).to_owned();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "{register}");
     let rc = &register["requestContext"];
@@ -654,16 +466,17 @@ async fn register_replies_event_shapes_and_a_failing_transport() {
         .await
         .unwrap();
     let recv = rec
-        .wait_until("two data recv events", |events| {
+        .wait_until("two data recv events", WAIT, |events| {
             events
                 .iter()
-                .filter(|e| e["websocket"]["action"] == "data recv" && id_of(e) == id)
+                .filter(|r| r.event["websocket"]["action"] == "data recv" && id_of(&r.event) == id)
                 .count()
                 == 2
         })
         .await;
     let recv: Vec<&Value> = recv
         .iter()
+        .map(|r| &r.event)
         .filter(|e| e["websocket"]["action"] == "data recv")
         .collect();
     assert_eq!(
@@ -680,7 +493,7 @@ async fn register_replies_event_shapes_and_a_failing_transport() {
     let frame = expect_close(&mut client).await.expect("a close frame");
     assert_eq!(u16::from(frame.code), 1011);
     assert_eq!(frame.reason.as_str(), "transport function failed");
-    let closing = rec.wait_event("closing", |e| id_of(e) == id).await;
+    let closing = wait_event(&rec, "closing", |e| id_of(e) == id).await;
     assert_eq!(
         closing,
         json!({"websocket": {"action": "closing", "secConnectionID": id}})
@@ -689,9 +502,8 @@ async fn register_replies_event_shapes_and_a_failing_transport() {
     gw.shutdown().await;
     // After shutdown (every cleanup sent): exactly one cleanup for it, the failing message
     // tried twice (once and one retry), and no cleanup for a refused connection.
-    assert_eq!(rec.events_of("closing", &id).len(), 1);
-    let tries = rec
-        .events_of("data recv", &id)
+    assert_eq!(events_of(&rec, "closing", &id).len(), 1);
+    let tries = events_of(&rec, "data recv", &id)
         .into_iter()
         .filter(|e| e["websocket"]["data"] == "fail")
         .count();
@@ -765,8 +577,8 @@ fn data_send(id: &str, data_type: &str, data: &str) -> String {
 /// bearer, and every error in the `{"errNo", "errMsg"}` shape with errNo = the status.
 #[tokio::test]
 async fn the_sendback_url_answers_in_tencent_shape() {
-    let rec = Recorder::start(|_| ok()).await;
-    let url = rec.url();
+    let rec = RecordingFunction::start(|_, _| ok()).await;
+    let url = rec.url(FUNCTION_PATH);
     let gw = TestGateway::start(move |c| {
         tencent(c);
         tests::gateway::route_all(c, &url);
@@ -777,7 +589,7 @@ async fn the_sendback_url_answers_in_tencent_shape() {
     let base = format!("{}/@tencent", gw.sendback_url());
     let with_token = format!("{base}/{TOKEN}");
     let mut client = gw.connect("/").await;
-    let id = id_of(&rec.wait_event("connecting", |_| true).await).to_owned();
+    let id = id_of(&wait_event(&rec, "connecting", |_| true).await).to_owned();
 
     // data send: text, text by default, binary from base64.
     let ok_body = json!({"errNo": 0, "errMsg": "ok"});
@@ -887,7 +699,7 @@ async fn the_sendback_url_answers_in_tencent_shape() {
     );
     let frame = expect_close(&mut client).await.expect("a close frame");
     assert_eq!(u16::from(frame.code), 1000);
-    rec.wait_event("closing", |e| id_of(e) == id).await;
+    wait_event(&rec, "closing", |e| id_of(e) == id).await;
     let (status, value) = push(&with_token, None, closing).await;
     assert_eq!(status, 410, "{value}");
     assert_eq!(value["errNo"], 410);
@@ -895,84 +707,40 @@ async fn the_sendback_url_answers_in_tencent_shape() {
     assert_eq!(status, 410);
 
     gw.shutdown().await;
-    assert_eq!(rec.events_of("closing", &id).len(), 1);
+    assert_eq!(events_of(&rec, "closing", &id).len(), 1);
 }
 
 /// Register replies the dialect cannot use, against the real binary: each refuses that
 /// upgrade with 502 and says why in the log; the gateway keeps serving everyone else.
 #[tokio::test]
 async fn broken_register_replies_are_502_with_a_clear_log() {
-    let rec = Recorder::start(|e| {
+    let rec = RecordingFunction::start(|_, e| {
         if e["websocket"]["action"] != "connecting" {
             return ok();
         }
-        let raw = |body: &str| (200, body.to_owned(), Duration::ZERO);
+        let raw = Scripted::json_text;
         match e["queryString"]["case"].as_str().unwrap_or("fine") {
             "garbage" => raw("this is not json"),
             "empty" => raw(""),
             "no-errno" => raw(r#"{"errMsg":"ok"}"#),
             "string-errno" => raw(r#"{"errNo":"0","errMsg":"ok"}"#),
             "array" => raw("[0]"),
-            "huge" => answer(json!({"errNo": 0, "errMsg": "x".repeat(100 * 1024)})),
-            "unoffered" => answer(json!({"errNo": 0, "websocket": {"secWebSocketProtocol": "v9"}})),
+            "huge" => Scripted::json(json!({"errNo": 0, "errMsg": "x".repeat(100 * 1024)})),
+            "unoffered" => {
+                Scripted::json(json!({"errNo": 0, "websocket": {"secWebSocketProtocol": "v9"}}))
+            }
             _ => ok(),
         }
     })
     .await;
-    let dir = std::env::temp_dir().join(format!("sb-tencent-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("gateway.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[public]\nlisten = \"127.0.0.1:0\"\n[sendback]\nlisten = \"127.0.0.1:0\"\n\
-             token = \"{TOKEN}\"\n[functions]\ndialect = \"tencent\"\nregister = \"{}\"\n\
-             max_reply_bytes = 65536\n",
-            rec.url()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(crate::switchboard_bin())
-        .arg("--config")
-        .arg(&config_path)
-        .env("SWITCHBOARD_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn the gateway");
-    let log: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let writer = log.clone();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            writer.lock().unwrap().push(line);
-        }
-    });
-    // Waits for the `n`th log line containing `needle`.
-    let nth_line = |needle: String, n: usize| {
-        let log = log.clone();
-        async move {
-            tests::wait::eventually_some(&format!("log line #{n} with `{needle}`"), WAIT, || {
-                let found = log
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .filter(|l| l.contains(&needle))
-                    .nth(n - 1)
-                    .cloned();
-                async move { found }
-            })
-            .await
-        }
-    };
-    let listening = nth_line("gateway listening".into(), 1).await;
-    let public = listening
-        .split("public=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no public= in {listening}"))
-        .to_owned();
+    let config = format!(
+        "[public]\nlisten = \"127.0.0.1:0\"\n[sendback]\nlisten = \"127.0.0.1:0\"\n\
+         token = \"{TOKEN}\"\n[functions]\ndialect = \"tencent\"\nregister = \"{}\"\n\
+         max_reply_bytes = 65536\n",
+        rec.url(FUNCTION_PATH)
+    );
+    let gateway = GatewayProcess::start(&crate::switchboard_bin(), &config).await;
+    let public = gateway.public();
     let ws_url = |case: &str| format!("ws://{public}/?case={case}");
 
     let (mut bystander, _) = open(&ws_url("fine"), &[]).await.expect("a fine connect");
@@ -993,7 +761,7 @@ async fn broken_register_replies_are_502_with_a_clear_log() {
         assert_eq!(status, 502, "case {case}");
         let n = seen.entry(why).or_default();
         *n += 1;
-        let line = nth_line(why.to_owned(), *n).await;
+        let line = gateway.log().nth_line_with(*n, &[why], WAIT).await;
         assert!(line.contains("register function failed"), "{line}");
     }
     // Everyone else is still served.
@@ -1003,15 +771,5 @@ async fn broken_register_replies_are_502_with_a_clear_log() {
     send_text(&mut late, "ping").await;
     assert_eq!(text(next_message(&mut late).await), "pong");
 
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("the gateway exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status}");
-    let _ = std::fs::remove_dir_all(&dir);
+    gateway.terminate().await;
 }

@@ -2,7 +2,6 @@
 //! to thousands of members, and a Redis restart under live connections. Every test ends by
 //! checking that no key of a closed connection is left in Redis.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,10 +12,10 @@ use tests::gateway::{
     Client, TestGateway, expect_close, next_json, next_message, route_all, send_text,
     sendback_request,
 };
+use tests::process::{GatewayProcess, Process};
 use tests::redis::{RedisServer, Resp};
 use tests::scripted::ScriptedFunction;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -70,84 +69,6 @@ fn unique_prefix(name: &str) -> String {
     )
 }
 
-/// Starts a binary and waits for its log line containing `marker`; returns the child and
-/// that line (later lines are drained in the background).
-async fn spawn_and_wait(cmd: &mut Command, marker: &str) -> (Child, String) {
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = loop {
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("no `{marker}` line within 20 s"))
-            .unwrap()
-            .unwrap_or_else(|| panic!("process exited before printing `{marker}`"));
-        if line.contains(marker) {
-            break line;
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, line)
-}
-
-/// The value of `name=value` in a log line.
-fn log_field(line: &str, name: &str) -> String {
-    line.split(&format!("{name}="))
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no {name}= in {line}"))
-        .to_owned()
-}
-
-/// Runs the gateway binary with `config`; returns it with its public and send-back addresses.
-async fn start_gateway_process(config: &str) -> (Child, String, String, tempdir::Dir) {
-    let dir = tempdir::Dir::new();
-    let path = dir.0.join("gateway.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut cmd = Command::new(crate::switchboard_bin());
-    cmd.args(["--config", path.to_str().unwrap()])
-        .env("SWITCHBOARD_LOG", "info");
-    let (child, line) = spawn_and_wait(&mut cmd, "gateway listening").await;
-    let (public, sendback) = (log_field(&line, "public"), log_field(&line, "sendback"));
-    (child, public, sendback, dir)
-}
-
-mod tempdir {
-    /// A temporary directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-
-    impl Dir {
-        pub fn new() -> Self {
-            let dir = std::env::temp_dir().join(format!("sb-it-{}", uuid::Uuid::new_v4()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Dir(dir)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-async fn terminate(mut child: Child) {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("process exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "exit status {status}");
-}
-
 #[tokio::test]
 async fn separate_processes_share_redis_rooms_stay_isolated() {
     let Some(redis) = tests::redis::require_redis() else {
@@ -166,7 +87,8 @@ async fn separate_processes_share_redis_rooms_stay_isolated() {
         a = replica_ports[0],
         b = replica_ports[1],
     );
-    let (gateway, public, sendback, _dir) = start_gateway_process(&config).await;
+    let gateway = GatewayProcess::start(&crate::switchboard_bin(), &config).await;
+    let (public, sendback) = (gateway.public(), gateway.sendback());
     let mut replicas = Vec::new();
     for port in &replica_ports {
         let mut cmd = Command::new(crate::chat_functions_bin());
@@ -182,8 +104,12 @@ async fn separate_processes_share_redis_rooms_stay_isolated() {
             "--sendback-token",
             token,
         ]);
-        let (child, _) = spawn_and_wait(&mut cmd, "listening").await;
-        replicas.push(child);
+        let replica = Process::spawn(&mut cmd);
+        replica
+            .output()
+            .line_with(&["listening"], Duration::from_secs(20))
+            .await;
+        replicas.push(replica);
     }
 
     // Three rooms, twenty clients.
@@ -249,9 +175,9 @@ async fn separate_processes_share_redis_rooms_stay_isolated() {
         client.close(None).await.ok();
     }
     assert_no_connection_keys(&redis, &prefix).await;
-    terminate(gateway).await;
+    gateway.terminate().await;
     for replica in replicas {
-        terminate(replica).await;
+        replica.terminate().await;
     }
 }
 
@@ -271,7 +197,8 @@ async fn group_send_reaches_five_thousand_members() {
         token = tests::gateway::TOKEN,
         f = function.url(),
     );
-    let (gateway, public, sendback, _dir) = start_gateway_process(&config).await;
+    let gateway = GatewayProcess::start(&crate::switchboard_bin(), &config).await;
+    let (public, sendback) = (gateway.public(), gateway.sendback());
     let mut clients = Vec::with_capacity(MEMBERS);
     for _ in 0..MEMBERS {
         let (client, _) = tokio_tungstenite::connect_async(format!("ws://{public}/"))
@@ -322,7 +249,7 @@ async fn group_send_reaches_five_thousand_members() {
     assert_eq!(got, MEMBERS);
     drop(clients);
     assert_no_connection_keys(&redis, &prefix).await;
-    terminate(gateway).await;
+    gateway.terminate().await;
 }
 
 #[tokio::test]

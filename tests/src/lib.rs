@@ -10,7 +10,11 @@
 //! set (as `tests/run.sh` does under CI), in which case they fail.
 
 pub mod bench;
+pub mod function_server;
 pub mod gateway;
+pub mod process;
+pub mod python;
+pub mod recorder;
 pub mod redis;
 pub mod redis_cluster;
 pub mod scripted;

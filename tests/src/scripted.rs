@@ -2,20 +2,14 @@
 //! gateway sends and answers each with what the script says (status, body, delay), so
 //! tests can make a function refuse, stall, break or flood.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use functions::event::{Event, EventKind};
 use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+
+use crate::function_server::{FunctionServer, Response};
 
 /// What the function answers to one event.
 #[derive(Debug, Clone)]
@@ -75,93 +69,64 @@ impl Scripted {
         self.status = status;
         self
     }
-}
 
-type Script = Arc<dyn Fn(&Event) -> Scripted + Send + Sync>;
+    /// 200 with `body` as it is, labelled `application/json` whatever it holds (for
+    /// replies that are broken on purpose).
+    pub fn json_text(body: impl Into<String>) -> Self {
+        Scripted {
+            content_type: Some("application/json"),
+            body: Bytes::from(body.into()),
+            ..Scripted::ok()
+        }
+    }
+
+    /// The HTTP response, after the delay.
+    pub(crate) async fn into_response(self) -> Response {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await; // a slow function, not a wait
+        }
+        let mut response = hyper::Response::new(Full::new(self.body));
+        *response.status_mut() = hyper::StatusCode::from_u16(self.status).unwrap();
+        if let Some(ct) = self.content_type {
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(ct),
+            );
+        }
+        response
+    }
+}
 
 /// A running scripted function.
+#[derive(Debug)]
 pub struct ScriptedFunction {
-    addr: SocketAddr,
-    events: Arc<Mutex<Vec<Event>>>,
-    arrived: Arc<Notify>,
-    shutdown: CancellationToken,
-}
-
-impl std::fmt::Debug for ScriptedFunction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScriptedFunction")
-            .field("addr", &self.addr)
-            .finish()
-    }
+    server: FunctionServer<Event>,
 }
 
 impl ScriptedFunction {
     /// Starts one on 127.0.0.1:0 that answers every event with `script(event)`.
     pub async fn start(script: impl Fn(&Event) -> Scripted + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-        let arrived = Arc::new(Notify::new());
-        let shutdown = CancellationToken::new();
-        let script: Script = Arc::new(script);
-        let (ev, ar, sd) = (events.clone(), arrived.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    _ = sd.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(_) => continue,
-                    },
-                };
-                let (ev, ar, script, sd) = (ev.clone(), ar.clone(), script.clone(), sd.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (ev, ar, script) = (ev.clone(), ar.clone(), script.clone());
-                        async move {
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                            let reply = match body
-                                .ok()
-                                .and_then(|b| serde_json::from_slice::<Event>(&b).ok())
-                            {
-                                Some(event) => {
-                                    let reply = script(&event);
-                                    ev.lock().unwrap().push(event);
-                                    ar.notify_waiters();
-                                    reply
-                                }
-                                None => Scripted::status(400),
-                            };
-                            if !reply.delay.is_zero() {
-                                tokio::time::sleep(reply.delay).await;
-                            }
-                            let mut response = hyper::Response::new(Full::new(reply.body));
-                            *response.status_mut() =
-                                hyper::StatusCode::from_u16(reply.status).unwrap();
-                            if let Some(ct) = reply.content_type {
-                                response.headers_mut().insert(
-                                    hyper::header::CONTENT_TYPE,
-                                    hyper::header::HeaderValue::from_static(ct),
-                                );
-                            }
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let conn =
-                        http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = sd.cancelled() => {}
+        let script = Arc::new(script);
+        let server = FunctionServer::start(move |request, log| {
+            let script = script.clone();
+            async move {
+                let body = request.into_body().collect().await.map(|b| b.to_bytes());
+                let reply = match body
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Event>(&b).ok())
+                {
+                    Some(event) => {
+                        let reply = script(&event);
+                        log.push(event);
+                        reply
                     }
-                });
+                    None => Scripted::status(400),
+                };
+                reply.into_response().await
             }
-        });
-        ScriptedFunction {
-            addr,
-            events,
-            arrived,
-            shutdown,
-        }
+        })
+        .await;
+        ScriptedFunction { server }
     }
 
     /// A function that accepts every register and answers every other event with 204.
@@ -171,12 +136,12 @@ impl ScriptedFunction {
 
     /// Its URL.
     pub fn url(&self) -> String {
-        format!("http://{}/fn", self.addr)
+        format!("http://{}/fn", self.server.addr())
     }
 
     /// Every event received so far, in arrival order.
     pub fn events(&self) -> Vec<Event> {
-        self.events.lock().unwrap().clone()
+        self.server.events().snapshot()
     }
 
     /// Events of one type (`register`, `transport`, `cleanup`) for one connection.
@@ -194,22 +159,7 @@ impl ScriptedFunction {
         timeout: Duration,
         done: impl Fn(&[Event]) -> bool,
     ) -> Vec<Event> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.arrived.notified();
-            {
-                let events = self.events.lock().unwrap();
-                if done(&events) {
-                    return events.clone();
-                }
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let events = self.events();
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}; events so far: {events:#?}"
-                );
-            }
-        }
+        self.server.events().wait_until(what, timeout, done).await
     }
 
     /// Waits for the first register event and returns its connection id.
@@ -234,11 +184,5 @@ impl ScriptedFunction {
         })
         .await;
         self.events_of("cleanup", connection_id).remove(0)
-    }
-}
-
-impl Drop for ScriptedFunction {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
     }
 }
