@@ -2,7 +2,10 @@
 # tests/bench/install-peers.sh — installs the benchmark peers, from Debian's packages and npm
 # only, for loopback use:
 #   pushpin          apt package `pushpin` (its service is not started: the harness runs
-#                    its own instance with a private config on free loopback ports)
+#                    its own instance with a private config on free loopback ports), with
+#                    `condure` (its connection manager) and `zurl` (the HTTP client its
+#                    WebSocket-over-HTTP mode calls the function through), which the
+#                    harness starts as services of that instance
 #   node + ws        apt `nodejs`/`npm` if missing, then `npm ci` in tests/bench/node-ws
 # Idempotent: skips what is already there. Needs root (or sudo) for apt.
 set -euo pipefail
@@ -16,6 +19,8 @@ as_root() {
 
 missing=()
 have pushpin || missing+=(pushpin)
+have condure || missing+=(condure)
+have zurl || missing+=(zurl)
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -34,4 +39,4 @@ if [ ! -f "$STAMP" ] || [ node-ws/package-lock.json -nt "$STAMP" ]; then
     (cd node-ws && npm ci --no-audit --no-fund)
 fi
 
-echo "peers: $(pushpin --version 2>/dev/null | head -1), node $(node --version), ws $(node -p "require('./node-ws/node_modules/ws/package.json').version")"
+echo "peers: $(pushpin --version 2>/dev/null | head -1) ($(condure --version 2>/dev/null | head -1), $(zurl --version 2>/dev/null | head -1)), node $(node --version), ws $(node -p "require('./node-ws/node_modules/ws/package.json').version")"

@@ -8,6 +8,12 @@
 //!
 //! The gateway gets two rows: `fanout` (`POST /@groups/{room}`) and `fanout-batch`
 //! (`POST /@connections` naming every member).
+//!
+//! Every system also gets a `fanout-burst` row: rounds of [`BURST`] publishes sent back to
+//! back (each waits only for its publish reply, not for the deliveries), timed from the
+//! first publish to the moment the last member has the last message. Messages queue up per
+//! socket, so this measures deliveries per second when writes can be batched per socket
+//! (one flush per wake-up); its latency columns are per round, not per message.
 
 use std::time::Duration;
 
@@ -28,6 +34,9 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 const WARMUP_WAIT: Duration = Duration::from_secs(2);
 /// Warm-up publishes before giving up on reaching every member.
 const WARMUP_ATTEMPTS: usize = 10;
+
+/// Publishes per burst round.
+pub const BURST: usize = 20;
 
 /// How one publish is sent.
 #[derive(Clone, Debug)]
@@ -221,6 +230,75 @@ async fn measure(
     row
 }
 
+/// Measures the `fanout-burst` row: rounds of [`BURST`] back-to-back publishes.
+async fn measure_bursts(
+    ctx: &Ctx,
+    target: &Target,
+    pool: &mut WorkerPool,
+    members: usize,
+    tag: &mut u64,
+) -> Row {
+    let mut row = ctx.row("fanout-burst", target);
+    row.conns = members;
+    row.rate_unit = "deliv/s".to_owned();
+    let rounds = ctx.sizes.fanout_publishes.div_ceil(BURST).max(2);
+    let mut round_times = Vec::new();
+    let mut delivered_total = 0u64;
+    let before = target.usage();
+    let fn_before = target.function_usage();
+    'rounds: for _ in 0..rounds {
+        let first = *tag + 1;
+        let t0 = unix_us();
+        for _ in 0..BURST {
+            *tag += 1;
+            match publish(&ctx.env.http, &target.publisher, &Via::Room, &message(*tag)).await {
+                Ok(Some(n)) if n < members => {
+                    row.error(1, format!("publish reported {n} of {members} delivered"));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    row.error(1, format!("{e:#}"));
+                    break 'rounds;
+                }
+            }
+        }
+        let mut last_us = 0;
+        for t in first..=*tag {
+            let receipt = match pool.expect(t, DELIVERY_TIMEOUT).await {
+                Ok(r) => r,
+                Err(e) => {
+                    row.error(1, format!("{e:#}"));
+                    break 'rounds;
+                }
+            };
+            if receipt.count < members {
+                row.error(
+                    (members - receipt.count) as u64,
+                    format!(
+                        "{} of {members} members received publish {t} ({} connections dropped)",
+                        receipt.count, receipt.dropped
+                    ),
+                );
+            }
+            delivered_total += receipt.count as u64;
+            last_us = last_us.max(receipt.last_us);
+        }
+        round_times.push(last_us.saturating_sub(t0));
+    }
+    let after = target.usage();
+    let busy_us: u64 = round_times.iter().sum();
+    row.ops = delivered_total;
+    row.rate = Some(delivered_total as f64 / (busy_us.max(1) as f64 / 1e6));
+    row.latency = Some(Percentiles::of(&mut round_times));
+    row.rss_kib = Some(after.rss_kib);
+    row.cpu_us_per_op = cpu_us_per(&before, &after, delivered_total);
+    if let (Some(a), Some(b)) = (fn_before, target.function_usage()) {
+        row.fn_cpu_us_per_op = cpu_us_per(&a, &b, delivered_total);
+    }
+    row.detail = serde_json::json!({ "rounds": rounds, "publishes_per_round": BURST });
+    row
+}
+
 /// Runs the scenario against `target`.
 pub async fn run(target: &mut Target, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let wanted = ctx.sizes.fanout_members;
@@ -260,6 +338,9 @@ pub async fn run(target: &mut Target, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     room.errors_from(setup.errors, &setup.error_samples);
     room.conns = wanted;
     rows.push(room);
+    let mut burst = measure_bursts(ctx, target, &mut pool, members, &mut tag).await;
+    burst.conns = wanted;
+    rows.push(burst);
     if let Publisher::Switchboard { sendback, token } = &target.publisher {
         let ids = member_ids(&ctx.env.http, sendback, token)
             .await

@@ -13,7 +13,9 @@
 //! - a private run directory; every internal ZeroMQ endpoint on IPC in it;
 //! - a private library directory (`global/libdir`) holding a copy of the installed
 //!   `internal.conf` and runner templates, with the proxy's zurl endpoints and zurl's own
-//!   (`zurl.conf.template`) both in the run directory;
+//!   (`zurl.conf.template`) both in the run directory, and the proxy connected to zurl
+//!   several times over ([`ZURL_REQUEST_PIPES`]: otherwise bursts drop connections when
+//!   the CPUs are saturated);
 //! - `zurl` among the runner's services, next to condure, proxy and handler;
 //! - clients on a free loopback port (`--port`), the publish endpoint on another;
 //! - `client_maxconn` within the open-files limit the runner and condure inherit;
@@ -217,17 +219,31 @@ const ZURL_SPECS: [(&str, &str, &str); 3] = [
     ("zurl_in_specs", "out_spec", "zurl-out"),
 ];
 
+/// Connections from the proxy to zurl's request endpoint (`zurl_out_specs` lists the one
+/// endpoint this many times).
+///
+/// The proxy queues new requests to zurl on one ZeroMQ PUSH socket with a fixed
+/// high-water mark of 100 messages, and fails a WebSocket-over-HTTP request outright (the
+/// client connection is dropped without a close frame) when that socket is not writable
+/// at the moment. With the machine's CPUs saturated, as echo and churn make them, the
+/// proxy's I/O thread falls behind a burst of requests and a few dozen connections drop
+/// at once. Each connection of the socket is a pipe with its own high-water mark, so
+/// several connections to the same endpoint give the burst room without changing
+/// anything else.
+const ZURL_REQUEST_PIPES: usize = 8;
+
 /// The installed `internal.conf` with the proxy's zurl endpoints in the run directory.
 fn internal_conf(installed: &str) -> String {
     ZURL_SPECS
         .iter()
         .fold(installed.to_owned(), |t, (key, _, name)| {
-            set_key(
-                &t,
-                "proxy",
-                key,
-                &format!("ipc://{{rundir}}/{{ipc_prefix}}{name}"),
-            )
+            let spec = format!("ipc://{{rundir}}/{{ipc_prefix}}{name}");
+            let value = if *key == "zurl_out_specs" {
+                vec![spec; ZURL_REQUEST_PIPES].join(",")
+            } else {
+                spec
+            };
+            set_key(&t, "proxy", key, &value)
         })
 }
 
@@ -462,9 +478,17 @@ mod tests {
         let internal = "[proxy]\n# list of connect PUSH\nzurl_out_specs=ipc:///var/run/zurl/zurl-in\nzurl_out_stream_specs=ipc:///var/run/zurl/zurl-in-stream\nzurl_in_specs=ipc:///var/run/zurl/zurl-out\n\n[handler]\nx=1\n";
         let i = internal_conf(internal);
         assert!(!i.contains("/var/run/zurl"), "{i}");
+        let out_specs = get_key(&i, "proxy", "zurl_out_specs").unwrap();
+        assert_eq!(out_specs.split(',').count(), ZURL_REQUEST_PIPES);
+        assert!(
+            out_specs
+                .split(',')
+                .all(|s| s == "ipc://{rundir}/{ipc_prefix}zurl-in"),
+            "{out_specs}"
+        );
         assert_eq!(
-            get_key(&i, "proxy", "zurl_out_specs").as_deref(),
-            Some("ipc://{rundir}/{ipc_prefix}zurl-in")
+            get_key(&i, "proxy", "zurl_in_specs").as_deref(),
+            Some("ipc://{rundir}/{ipc_prefix}zurl-out")
         );
         assert_eq!(get_key(&i, "handler", "x").as_deref(), Some("1"));
         let template =
