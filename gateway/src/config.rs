@@ -669,6 +669,28 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway.toml");
+        let config = Config::load(Some(&path), &BTreeMap::new(), &[]).expect("deploy/gateway.toml");
+        let defaults = Config::default();
+        assert_eq!(
+            config.limits.read_buffer_bytes,
+            defaults.limits.read_buffer_bytes
+        );
+        assert_eq!(
+            config.limits.max_message_bytes,
+            defaults.limits.max_message_bytes
+        );
+        assert_eq!(config.aws.stage, defaults.aws.stage);
+        assert_eq!(config.aws.region, defaults.aws.region);
+        assert_eq!(config.tencent.stage, defaults.tencent.stage);
+        assert_eq!(
+            config.functions.route_selection_expression,
+            defaults.functions.route_selection_expression
+        );
+    }
+
+    #[test]
     fn file_env_and_flags_layer_in_order() {
         let c = load_str(
             "[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nidle_timeout = \"5m\"\n",
