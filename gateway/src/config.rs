@@ -275,9 +275,8 @@ pub struct LimitsConfig {
     /// gateway stops reading that socket (TCP backpressure).
     pub inbound_queue_messages: usize,
     /// tungstenite's read buffer per connection (bytes): held by every connection, idle or
-    /// not, and the most one read call takes from the socket. Small messages (chat, JSON
-    /// events) fit; a larger message is read in several calls into a buffer grown for it.
-    /// Raise it for workloads of large messages; lower it to hold more idle connections.
+    /// not. Reads from the socket are 16 KiB each whatever this is (the read-ahead lives
+    /// only until tungstenite takes it), so a small buffer costs copies, not syscalls.
     pub read_buffer_bytes: usize,
     /// tungstenite's write buffer per connection (bytes).
     pub write_buffer_bytes: usize,
@@ -372,7 +371,7 @@ impl Default for LimitsConfig {
             outbound_queue_messages: 1024,
             outbound_queue_bytes: 1 << 20,
             inbound_queue_messages: 16,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 128,
             write_buffer_bytes: 4096,
         }
     }

@@ -28,9 +28,10 @@ use crate::dialect::{self, Facts, FailureAction};
 use crate::invoke::{Call, CallError, Reply};
 use crate::outbox::Outbox;
 use crate::registry::Connection;
+use crate::sockio::SocketIo;
 use crate::{Shared, Slot, clock, liveness};
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Ws = WebSocketStream<SocketIo<TokioIo<Upgraded>>>;
 type TransportCall = Pin<Box<dyn Future<Output = TransportResult> + Send>>;
 
 /// A finished transport call and how to read it.
@@ -84,7 +85,7 @@ pub(crate) async fn run(
                 // otherwise size this task's state for the connection's whole life.)
                 let mut ws = Box::new(
                     Box::pin(WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
+                        SocketIo::new(TokioIo::new(upgraded)),
                         Role::Server,
                         Some(shared.ws_config),
                     ))

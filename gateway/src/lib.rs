@@ -32,6 +32,7 @@ mod registry;
 mod respond;
 mod sendback;
 mod sigv4;
+mod sockio;
 mod tencent_sendback;
 
 use std::future::Future;

@@ -1,7 +1,11 @@
 //! The embedded in-memory backend: one process, no setup, the default.
+//!
+//! Records are kept compact, since a gateway node holds one per connection: the id is only
+//! the map's key, the node name is shared by every connection of that node, strings are
+//! exactly sized, and a connection in no group allocates nothing for its groups.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::{ConnectionRecord, MembersPage, Store, StoreError, names};
@@ -14,16 +18,46 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    connections: HashMap<String, Entry>,
+    connections: HashMap<Box<str>, Entry>,
     /// Ordered so that a cursor (the last id returned) can resume a walk.
     groups: HashMap<String, BTreeSet<String>>,
     nodes: HashMap<String, Instant>,
+    /// Every node name a record named, shared by the records.
+    node_names: HashSet<Arc<str>>,
 }
 
 #[derive(Debug)]
 struct Entry {
-    record: ConnectionRecord,
-    groups: HashSet<String>,
+    node: Arc<str>,
+    connected_at_ms: u64,
+    source_ip: Box<str>,
+    user_agent: Option<Box<str>>,
+    context: serde_json::Value,
+    groups: Vec<Box<str>>,
+}
+
+impl Entry {
+    fn record(&self, id: &str) -> ConnectionRecord {
+        ConnectionRecord {
+            id: id.to_owned(),
+            node: self.node.to_string(),
+            connected_at_ms: self.connected_at_ms,
+            source_ip: self.source_ip.to_string(),
+            user_agent: self.user_agent.as_deref().map(str::to_owned),
+            context: self.context.clone(),
+        }
+    }
+}
+
+impl Inner {
+    fn node_name(&mut self, node: &str) -> Arc<str> {
+        if let Some(name) = self.node_names.get(node) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(node);
+        self.node_names.insert(name.clone());
+        name
+    }
 }
 
 impl MemoryStore {
@@ -50,24 +84,29 @@ impl Store for MemoryStore {
         names::id(&record.id)?;
         names::node(&record.node)?;
         let mut inner = self.lock();
-        match inner.connections.get_mut(&record.id) {
-            Some(entry) => entry.record = record.clone(),
-            None => {
-                inner.connections.insert(
-                    record.id.clone(),
-                    Entry {
-                        record: record.clone(),
-                        groups: HashSet::new(),
-                    },
-                );
-            }
-        }
+        let node = inner.node_name(&record.node);
+        let groups = inner
+            .connections
+            .remove(record.id.as_str())
+            .map(|old| old.groups)
+            .unwrap_or_default();
+        inner.connections.insert(
+            record.id.as_str().into(),
+            Entry {
+                node,
+                connected_at_ms: record.connected_at_ms,
+                source_ip: record.source_ip.as_str().into(),
+                user_agent: record.user_agent.as_deref().map(Box::from),
+                context: record.context.clone(),
+                groups,
+            },
+        );
         Ok(())
     }
 
     async fn get(&self, id: &str) -> Result<Option<ConnectionRecord>, StoreError> {
         names::id(id)?;
-        Ok(self.lock().connections.get(id).map(|e| e.record.clone()))
+        Ok(self.lock().connections.get(id).map(|e| e.record(id)))
     }
 
     async fn unregister(&self, id: &str) -> Result<bool, StoreError> {
@@ -77,10 +116,10 @@ impl Store for MemoryStore {
             return Ok(false);
         };
         for group in entry.groups {
-            if let Some(members) = inner.groups.get_mut(&group) {
+            if let Some(members) = inner.groups.get_mut(&*group) {
                 members.remove(id);
                 if members.is_empty() {
-                    inner.groups.remove(&group);
+                    inner.groups.remove(&*group);
                 }
             }
         }
@@ -94,7 +133,9 @@ impl Store for MemoryStore {
         let Some(entry) = inner.connections.get_mut(id) else {
             return Err(StoreError::NotRegistered(id.to_owned()));
         };
-        entry.groups.insert(group.to_owned());
+        if !entry.groups.iter().any(|g| &**g == group) {
+            entry.groups.push(group.into());
+        }
         Ok(inner
             .groups
             .entry(group.to_owned())
@@ -107,7 +148,7 @@ impl Store for MemoryStore {
         names::id(id)?;
         let mut inner = self.lock();
         if let Some(entry) = inner.connections.get_mut(id) {
-            entry.groups.remove(group);
+            entry.groups.retain(|g| &**g != group);
         }
         let Some(members) = inner.groups.get_mut(group) else {
             return Ok(false);
@@ -161,7 +202,7 @@ impl Store for MemoryStore {
         let mut groups: Vec<String> = inner
             .connections
             .get(id)
-            .map(|e| e.groups.iter().cloned().collect())
+            .map(|e| e.groups.iter().map(|g| g.to_string()).collect())
             .unwrap_or_default();
         groups.sort_unstable();
         Ok(groups)

@@ -67,3 +67,66 @@ async fn binary_messages_are_base64() {
     }
     gw.shutdown().await;
 }
+
+/// Messages far larger than the per-connection read buffer (128 B by default), written
+/// back to back with small ones so several share one socket read, all arrive whole.
+#[tokio::test]
+async fn large_and_small_messages_arrive_whole() {
+    let function = ScriptedFunction::start(|_| Scripted::status(204)).await;
+    let url = function.url();
+    let gw = TestGateway::start(move |c| c.functions.transport = Some(url.into())).await;
+    let max = gw_max_message();
+    let sizes = [
+        1,
+        127,
+        128,
+        129,
+        1000,
+        16 * 1024 - 1,
+        16 * 1024 + 7,
+        70_000,
+        max,
+    ];
+    let sent: Vec<String> = sizes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| {
+            let big: String = (0..n)
+                .map(|j| char::from(b'a' + ((i + j) % 26) as u8))
+                .collect();
+            [big, format!("small {i}")]
+        })
+        .collect();
+    let mut client = gw.connect("/").await;
+    for text in &sent {
+        client.feed(Message::text(text.clone())).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    let events = function
+        .wait_until("every message", Duration::from_secs(30), |e| {
+            e.iter().filter(|e| e.kind.name() == "transport").count() >= sent.len()
+        })
+        .await;
+    let got: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Transport { data, .. } => Some(data.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), sent.len());
+    for (i, (got, sent)) in got.iter().zip(&sent).enumerate() {
+        assert!(
+            got == sent,
+            "message {i} ({} bytes) arrived as {} bytes",
+            sent.len(),
+            got.len()
+        );
+    }
+    gw.shutdown().await;
+}
+
+/// The gateway's default message size limit (the largest message that must pass).
+fn gw_max_message() -> usize {
+    tests::gateway::test_config().limits.max_message_bytes
+}
