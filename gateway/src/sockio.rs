@@ -10,6 +10,7 @@
 //! An idle connection therefore holds no read-ahead at all.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -73,8 +74,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for SocketIo<S> {
         if buf.remaining() >= READ_CHUNK {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        let mut chunk = [0u8; READ_CHUNK];
-        let mut chunk_buf = ReadBuf::new(&mut chunk);
+        // Uninitialised: the socket task polls its read side on every wake-up (an outbound
+        // message, a timer), and zeroing 16 KiB each time would cost more than the read.
+        let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut chunk_buf = ReadBuf::uninit(&mut chunk);
         match Pin::new(&mut this.inner).poll_read(cx, &mut chunk_buf) {
             Poll::Ready(Ok(())) => {
                 let read = chunk_buf.filled();
