@@ -21,7 +21,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 use super::cli::Ctx;
-use super::procs::cpu_us_per;
+use super::procs::{Usage, cpu_us_per};
 use super::report::Row;
 use super::stats::Percentiles;
 use super::systems::{Publisher, ROOM, Target};
@@ -159,6 +159,28 @@ async fn warm_up(
     bail!("only {got} of {members} members received a warm-up publish")
 }
 
+/// Fills a row's figures: `delivered` deliveries over the summed `times_us` (each timed
+/// until the last member had its message), and the CPU the system spent since `before`.
+fn record(
+    row: &mut Row,
+    target: &Target,
+    before: &Usage,
+    fn_before: Option<Usage>,
+    delivered: u64,
+    times_us: &mut [u64],
+) {
+    let after = target.usage();
+    let busy_us: u64 = times_us.iter().sum();
+    row.ops = delivered;
+    row.rate = Some(delivered as f64 / (busy_us.max(1) as f64 / 1e6));
+    row.latency = Some(Percentiles::of(times_us));
+    row.rss_kib = Some(after.rss_kib);
+    row.cpu_us_per_op = cpu_us_per(before, &after, delivered);
+    if let (Some(a), Some(b)) = (fn_before, target.function_usage()) {
+        row.fn_cpu_us_per_op = cpu_us_per(&a, &b, delivered);
+    }
+}
+
 /// Measures one row of publishes via `via`.
 async fn measure(
     ctx: &Ctx,
@@ -212,16 +234,14 @@ async fn measure(
             to_first.push(receipt.first_us.saturating_sub(t0));
         }
     }
-    let after = target.usage();
-    let busy_us: u64 = to_last.iter().sum();
-    row.ops = delivered_total;
-    row.rate = Some(delivered_total as f64 / (busy_us.max(1) as f64 / 1e6));
-    row.latency = Some(Percentiles::of(&mut to_last));
-    row.rss_kib = Some(after.rss_kib);
-    row.cpu_us_per_op = cpu_us_per(&before, &after, delivered_total);
-    if let (Some(a), Some(b)) = (fn_before, target.function_usage()) {
-        row.fn_cpu_us_per_op = cpu_us_per(&a, &b, delivered_total);
-    }
+    record(
+        &mut row,
+        target,
+        &before,
+        fn_before,
+        delivered_total,
+        &mut to_last,
+    );
     row.detail = serde_json::json!({
         "publishes": ctx.sizes.fanout_publishes,
         "time_to_first": Percentiles::of(&mut to_first),
@@ -285,16 +305,14 @@ async fn measure_bursts(
         }
         round_times.push(last_us.saturating_sub(t0));
     }
-    let after = target.usage();
-    let busy_us: u64 = round_times.iter().sum();
-    row.ops = delivered_total;
-    row.rate = Some(delivered_total as f64 / (busy_us.max(1) as f64 / 1e6));
-    row.latency = Some(Percentiles::of(&mut round_times));
-    row.rss_kib = Some(after.rss_kib);
-    row.cpu_us_per_op = cpu_us_per(&before, &after, delivered_total);
-    if let (Some(a), Some(b)) = (fn_before, target.function_usage()) {
-        row.fn_cpu_us_per_op = cpu_us_per(&a, &b, delivered_total);
-    }
+    record(
+        &mut row,
+        target,
+        &before,
+        fn_before,
+        delivered_total,
+        &mut round_times,
+    );
     row.detail = serde_json::json!({ "rounds": rounds, "publishes_per_round": BURST });
     row
 }

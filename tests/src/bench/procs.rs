@@ -153,7 +153,23 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd` with stdout piped (for [`Proc::read_json_line`]) and stderr appended
     /// to `<log_dir>/<name>.log`.
-    pub fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> anyhow::Result<Proc> {
+    pub fn spawn(name: &str, cmd: Command, log_dir: &Path) -> anyhow::Result<Proc> {
+        Self::start(name, cmd, log_dir, false)
+    }
+
+    /// Spawns `cmd` with stdout and stderr both appended to `<log_dir>/<name>.log`, for a
+    /// process that logs to stdout (nothing reads the pipe otherwise, and a full pipe
+    /// would block it).
+    pub fn spawn_logged(name: &str, cmd: Command, log_dir: &Path) -> anyhow::Result<Proc> {
+        Self::start(name, cmd, log_dir, true)
+    }
+
+    fn start(
+        name: &str,
+        mut cmd: Command,
+        log_dir: &Path,
+        stdout_to_log: bool,
+    ) -> anyhow::Result<Proc> {
         fs::create_dir_all(log_dir)?;
         let log = log_dir.join(format!("{name}.log"));
         let file = fs::OpenOptions::new()
@@ -161,8 +177,13 @@ impl Proc {
             .append(true)
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
+        let stdout = if stdout_to_log {
+            Stdio::from(file.try_clone()?)
+        } else {
+            Stdio::piped()
+        };
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::from(file))
             .kill_on_drop(true);
         let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
@@ -173,32 +194,6 @@ impl Proc {
             child,
             pid,
             stdout,
-            log,
-        })
-    }
-
-    /// Spawns `cmd` with stdout and stderr both appended to `<log_dir>/<name>.log`, for a
-    /// process that logs to stdout (nothing reads the pipe otherwise, and a full pipe
-    /// would block it).
-    pub fn spawn_logged(name: &str, mut cmd: Command, log_dir: &Path) -> anyhow::Result<Proc> {
-        fs::create_dir_all(log_dir)?;
-        let log = log_dir.join(format!("{name}.log"));
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(file.try_clone()?))
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true);
-        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        let pid = child.id().context("child has no pid")?;
-        Ok(Proc {
-            name: name.to_owned(),
-            child,
-            pid,
-            stdout: None,
             log,
         })
     }
