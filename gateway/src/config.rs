@@ -107,7 +107,8 @@ pub struct FunctionsConfig {
     pub max_reply_bytes: usize,
     /// The largest `context` a register reply may return (serialized JSON bytes).
     pub max_context_bytes: usize,
-    /// Keep-alive connections kept open per function host.
+    /// Keep-alive connections kept open per function host (idle ones close after 60 s).
+    /// Below the number of calls in flight at busy times, calls keep opening connections.
     pub pool_max_idle_per_host: usize,
 }
 
@@ -354,7 +355,7 @@ impl Default for FunctionsConfig {
             retry_backoff: Duration::from_millis(100),
             max_reply_bytes: 1 << 20,
             max_context_bytes: 4096,
-            pool_max_idle_per_host: 64,
+            pool_max_idle_per_host: 1024,
         }
     }
 }
@@ -492,11 +493,20 @@ impl Config {
             let Some(target) = target else { continue };
             let url = target.url();
             match url::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
+                Ok(u) if u.scheme() == "https" => {
+                    return bad(
+                        &field,
+                        format!(
+                            "`{url}`: https is not supported for functions; \
+                             call them over http:// on a private network or a sidecar"
+                        ),
+                    );
+                }
                 Ok(u) => {
                     return bad(
                         &field,
-                        format!("`{url}`: scheme `{}` is not http or https", u.scheme()),
+                        format!("`{url}`: scheme `{}` is not http", u.scheme()),
                     );
                 }
                 Err(e) => return bad(&field, format!("`{url}` is not a URL: {e}")),
@@ -724,6 +734,13 @@ mod tests {
         let m =
             msg("[sendback]\ntoken = \"0123456789abcdef\"\n[functions]\nregister = \"ftp://x/\"\n");
         assert!(m.contains("functions.register"), "{m}");
+        let m = msg(
+            "[sendback]\ntoken = \"0123456789abcdef\"\n[functions]\ntransport = \"https://x/\"\n",
+        );
+        assert!(
+            m.contains("functions.transport") && m.contains("https is not supported"),
+            "{m}"
+        );
         let m = msg("[sendback]\ninsecure_no_auth = true\nlisten = \"0.0.0.0:9\"\n");
         assert!(m.contains("insecure_no_auth"), "{m}");
         let m = msg("[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nmax_message_bytes = 0\n");

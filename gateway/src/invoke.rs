@@ -1,16 +1,20 @@
 //! Calls to functions: one HTTP POST of a JSON event per call, over pooled keep-alive
-//! connections, with a timeout, a cap on the reply size, and bounded retries for the
-//! failures that retrying can fix.
+//! connections ([`crate::http_client`]), with a timeout, a cap on the reply size, and
+//! bounded retries for the failures that retrying can fix.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tracing::{debug, warn};
 
 use crate::config::FunctionsConfig;
 use crate::error::GatewayError;
+use crate::http_client::{Endpoint, HttpClient, HttpError};
+
+/// How long an idle keep-alive connection to a function is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A function's reply: any status, its content type, and the body (at most
 /// `functions.max_reply_bytes`).
@@ -90,38 +94,33 @@ pub struct Call<'a> {
 /// The HTTP client for all functions.
 #[derive(Debug, Clone)]
 pub struct Invoker {
-    client: reqwest::Client,
+    client: Arc<HttpClient>,
     timeout: Duration,
     retries: u32,
     retry_backoff: Duration,
     max_reply_bytes: usize,
-    /// The configured function URLs, parsed once: parsing (with IDNA) on every call was
-    /// a measurable share of the gateway's CPU per message.
-    urls: Arc<HashMap<String, reqwest::Url>>,
+    /// The configured function URLs, parsed once.
+    endpoints: Arc<HashMap<String, Arc<Endpoint>>>,
 }
 
 impl Invoker {
     /// Builds the client from the functions config.
     pub fn new(config: &FunctionsConfig) -> Result<Self, GatewayError> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .connect_timeout(config.timeout)
-            .timeout(config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| GatewayError::Client(e.to_string()))?;
+        let client = HttpClient::new(config.pool_max_idle_per_host, POOL_IDLE_TIMEOUT);
         let targets = [&config.register, &config.transport, &config.cleanup]
             .into_iter()
             .flatten()
             .chain(config.routes.values());
-        let urls = targets
-            .filter_map(|t| Some((t.url().to_owned(), reqwest::Url::parse(t.url()).ok()?)))
-            .collect();
+        let mut endpoints = HashMap::new();
+        for target in targets {
+            let endpoint = client
+                .endpoint(target.url())
+                .map_err(|e| GatewayError::Client(e.to_string()))?;
+            endpoints.insert(target.url().to_owned(), Arc::new(endpoint));
+        }
         Ok(Invoker {
-            client,
-            urls: Arc::new(urls),
+            client: Arc::new(client),
+            endpoints: Arc::new(endpoints),
             timeout: config.timeout,
             retries: config.retries,
             retry_backoff: config.retry_backoff,
@@ -131,43 +130,35 @@ impl Invoker {
 
     /// One call, no retry. Any HTTP status is a reply; the caller judges it.
     pub async fn call_once(&self, url: &str, call: &Call<'_>) -> Result<Reply, CallError> {
-        let request = match self.urls.get(url) {
-            Some(parsed) => self.client.post(parsed.clone()),
-            None => self.client.post(url),
+        let endpoint = match self.endpoints.get(url) {
+            Some(endpoint) => endpoint.clone(),
+            None => Arc::new(
+                self.client
+                    .endpoint(url)
+                    .map_err(|e| CallError::Unreachable(e.to_string()))?,
+            ),
         };
-        let response = request
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header("x-switchboard-event", call.event)
-            .header("x-switchboard-connection-id", call.connection_id)
-            .body(call.body.clone())
-            .send()
-            .await
-            .map_err(|e| self.classify(e))?;
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if response
-            .content_length()
-            .is_some_and(|len| len > self.max_reply_bytes as u64)
-        {
-            return Err(CallError::TooLarge(self.max_reply_bytes));
-        }
-        let mut response = response;
-        let mut body = BytesMut::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.classify(e))? {
-            if body.len() + chunk.len() > self.max_reply_bytes {
-                return Err(CallError::TooLarge(self.max_reply_bytes));
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-switchboard-event", call.event),
+            ("x-switchboard-connection-id", call.connection_id),
+        ];
+        let exchange = endpoint.post(&headers, &call.body, self.max_reply_bytes);
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => Err(CallError::Timeout(self.timeout)),
+            Ok(Err(HttpError::TooLarge(cap))) => Err(CallError::TooLarge(cap)),
+            Ok(Err(e)) => {
+                if e.is_partial_reply() {
+                    warn!(cause = %e, "function reply broke off");
+                }
+                Err(CallError::Unreachable(e.to_string()))
             }
-            body.extend_from_slice(&chunk);
+            Ok(Ok(reply)) => Ok(Reply {
+                status: reply.status,
+                content_type: reply.content_type,
+                body: reply.body,
+            }),
         }
-        Ok(Reply {
-            status,
-            content_type,
-            body: body.freeze(),
-        })
     }
 
     /// A call that must end in a 2xx reply, retried (with doubling backoff) while the
@@ -191,24 +182,6 @@ impl Invoker {
             debug!(cause = %err, attempt, event = call.event, "retrying function call");
             tokio::time::sleep(backoff).await;
             backoff = backoff.saturating_mul(2);
-        }
-    }
-
-    fn classify(&self, e: reqwest::Error) -> CallError {
-        if e.is_timeout() {
-            CallError::Timeout(self.timeout)
-        } else {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                source = s.source();
-            }
-            if e.is_decode() || e.is_body() {
-                warn!(cause = %msg, "function reply broke off");
-            }
-            CallError::Unreachable(msg)
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod demo;
 mod dialect;
 mod error;
 mod handshake;
+mod http_client;
 mod invoke;
 mod listener;
 mod liveness;

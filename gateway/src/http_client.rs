@@ -1,0 +1,753 @@
+//! The HTTP/1.1 client under [`crate::invoke`]: keep-alive connections pooled per origin.
+//! A call checks a connection out, writes the request and reads the reply on the calling
+//! task (no connection task, no channel hand-off, no extra wake-up), then checks the
+//! connection back in if the reply was read whole and the function keeps it open.
+//!
+//! What it speaks: `POST` with a `Content-Length` body to `http://` URLs; replies framed
+//! by `Content-Length`, `Transfer-Encoding: chunked`, or the end of the connection; interim
+//! `1xx` replies are skipped. No TLS, no redirects, no proxies. Timeouts are the caller's
+//! (dropping a call drops its connection).
+//!
+//! A pooled connection the function has closed is noticed before use when its FIN has
+//! arrived (it reads as ready). If it closes at the very moment of reuse and the reply
+//! breaks off before its first byte, the request is sent once more on a new connection,
+//! as browsers and hyper do: a function that closed an idle connection did not read the
+//! request on it.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The longest reply head (status line and headers) read.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most reply headers read.
+const MAX_HEADERS: usize = 64;
+/// The longest chunk-size or trailer line of a chunked reply.
+const MAX_LINE_BYTES: usize = 4096;
+/// Bodies up to this size are copied behind the head and written with one syscall.
+const COALESCE_BODY_BYTES: usize = 64 * 1024;
+/// The first read of a reply reads up to this much.
+const FIRST_READ_BYTES: usize = 4096;
+
+/// Why a request got no complete reply.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The URL is not an `http://` URL with a host.
+    #[error("`{0}` is not an http:// URL with a host")]
+    BadUrl(String),
+    /// No connection could be made.
+    #[error("connect to {authority}: {source}")]
+    Connect {
+        /// `host:port`.
+        authority: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Writing the request or reading the reply failed.
+    #[error("connection to the function failed: {0}")]
+    Io(#[from] io::Error),
+    /// The function closed the connection before the reply was complete.
+    #[error("function closed the connection {0}")]
+    Closed(&'static str),
+    /// The reply is not HTTP/1.x as RFC 9112 frames it.
+    #[error("malformed HTTP reply: {0}")]
+    Malformed(String),
+    /// The reply body is larger than the caller's cap.
+    #[error("reply body larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+impl HttpError {
+    /// Whether part of a reply had arrived when the connection broke.
+    pub fn is_partial_reply(&self) -> bool {
+        matches!(self, HttpError::Closed(PARTIAL))
+    }
+}
+
+const BEFORE_REPLY: &str = "before replying";
+const PARTIAL: &str = "in the middle of its reply";
+
+/// A complete reply.
+#[derive(Debug)]
+pub struct HttpReply {
+    /// The status code.
+    pub status: u16,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The body, de-chunked.
+    pub body: Bytes,
+}
+
+/// A parsed `http://` URL: where to connect and what to put in the request line.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The host to connect to: a name or an IP literal without brackets.
+    connect_host: String,
+    port: u16,
+    /// `Host` header value: `host[:port]`, IPv6 in brackets.
+    authority: String,
+    /// Path and query.
+    target: String,
+    pool: Arc<Pool>,
+}
+
+/// Keep-alive connections to one origin.
+#[derive(Debug)]
+struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Idle {
+    stream: TcpStream,
+    since: Instant,
+}
+
+/// The client: one pool per origin (`host:port`), shared by every URL on that origin.
+#[derive(Debug)]
+pub struct HttpClient {
+    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl HttpClient {
+    /// A client keeping at most `max_idle` idle connections per origin, each for at most
+    /// `idle_timeout`.
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+        HttpClient {
+            pools: Mutex::new(HashMap::new()),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// Parses `url` into an endpoint sharing this client's pool for its origin.
+    pub fn endpoint(&self, url: &str) -> Result<Endpoint, HttpError> {
+        let bad = || HttpError::BadUrl(url.to_owned());
+        let parsed = url::Url::parse(url).map_err(|_| bad())?;
+        if parsed.scheme() != "http" {
+            return Err(bad());
+        }
+        let host = parsed.host_str().ok_or_else(bad)?;
+        let port = parsed.port_or_known_default().ok_or_else(bad)?;
+        let authority = match parsed.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        let connect_host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let mut target = parsed.path().to_owned();
+        if let Some(q) = parsed.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        let origin = format!("{connect_host}:{port}");
+        let pool = self
+            .pools
+            .lock()
+            .expect("pool map lock")
+            .entry(origin)
+            .or_insert_with(|| {
+                Arc::new(Pool {
+                    idle: Mutex::new(Vec::new()),
+                    max_idle: self.max_idle,
+                    idle_timeout: self.idle_timeout,
+                })
+            })
+            .clone();
+        Ok(Endpoint {
+            connect_host,
+            port,
+            authority,
+            target,
+            pool,
+        })
+    }
+}
+
+impl Endpoint {
+    /// POSTs `body` with `headers` (plus `Host` and `Content-Length`) and reads the whole
+    /// reply, its body capped at `max_body` bytes.
+    pub async fn post(
+        &self,
+        headers: &[(&str, &str)],
+        body: &Bytes,
+        max_body: usize,
+    ) -> Result<HttpReply, HttpError> {
+        let request = self.encode(headers, body);
+        if let Some(stream) = self.pool.take() {
+            match self.exchange(stream, &request, body, max_body).await {
+                // The function closed the idle connection as we reused it: it never
+                // read this request, so send it on a fresh connection.
+                Err(HttpError::Closed(BEFORE_REPLY)) => {}
+                Err(HttpError::Io(e)) if is_reset(&e) => {}
+                other => return other,
+            }
+        }
+        let stream = self.connect().await?;
+        self.exchange(stream, &request, body, max_body).await
+    }
+
+    async fn connect(&self) -> Result<TcpStream, HttpError> {
+        let stream = TcpStream::connect((self.connect_host.as_str(), self.port))
+            .await
+            .map_err(|source| HttpError::Connect {
+                authority: self.authority.clone(),
+                source,
+            })?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// The request head, with the body behind it when it is small.
+    fn encode(&self, headers: &[(&str, &str)], body: &Bytes) -> Vec<u8> {
+        let coalesce = body.len() <= COALESCE_BODY_BYTES;
+        let extra: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+        let mut out = Vec::with_capacity(
+            64 + self.target.len()
+                + self.authority.len()
+                + extra
+                + if coalesce { body.len() } else { 0 },
+        );
+        out.extend_from_slice(b"POST ");
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(self.authority.as_bytes());
+        out.extend_from_slice(b"\r\ncontent-length: ");
+        out.extend_from_slice(body.len().to_string().as_bytes());
+        for (name, value) in headers {
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n\r\n");
+        if coalesce {
+            out.extend_from_slice(body);
+        }
+        out
+    }
+
+    async fn exchange(
+        &self,
+        mut stream: TcpStream,
+        request: &[u8],
+        body: &Bytes,
+        max_body: usize,
+    ) -> Result<HttpReply, HttpError> {
+        stream.write_all(request).await?;
+        if body.len() > COALESCE_BODY_BYTES {
+            stream.write_all(body).await?;
+        }
+        let (reply, reusable) = read_reply(&mut stream, max_body).await?;
+        if reusable {
+            self.pool.put(stream);
+        }
+        Ok(reply)
+    }
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+impl Pool {
+    /// The most recently used idle connection that is still open, if any.
+    fn take(&self) -> Option<TcpStream> {
+        let now = Instant::now();
+        let mut stale = Vec::new();
+        let found = {
+            let mut idle = self.idle.lock().expect("pool lock");
+            loop {
+                let Some(c) = idle.pop() else { break None };
+                if now.duration_since(c.since) > self.idle_timeout {
+                    // The rest are older still.
+                    stale.push(c);
+                    stale.append(&mut idle);
+                    break None;
+                }
+                if is_idle_open(&c.stream) {
+                    break Some(c.stream);
+                }
+                stale.push(c);
+            }
+        };
+        drop(stale);
+        found
+    }
+
+    fn put(&self, stream: TcpStream) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < self.max_idle {
+            idle.push(Idle { stream, since: now });
+        }
+    }
+}
+
+/// Whether an idle connection has neither been closed by the peer nor received stray
+/// bytes. Costs no syscall unless the socket has signalled readiness.
+fn is_idle_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// How a reply body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+/// What the head of a reply says.
+#[derive(Debug)]
+struct Head {
+    status: u16,
+    content_type: Option<String>,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// Reads one reply; also says whether the connection may carry another request.
+async fn read_reply(
+    stream: &mut TcpStream,
+    max_body: usize,
+) -> Result<(HttpReply, bool), HttpError> {
+    let mut buf = BytesMut::with_capacity(FIRST_READ_BYTES);
+    let head = loop {
+        let head = read_head(stream, &mut buf).await?;
+        if !(100..200).contains(&head.status) {
+            break head;
+        }
+        if head.status == 101 {
+            return Err(HttpError::Malformed(
+                "101 Switching Protocols to a POST".into(),
+            ));
+        }
+    };
+    let body = match head.framing {
+        Framing::None => Bytes::new(),
+        Framing::Length(len) => {
+            if len > max_body {
+                return Err(HttpError::TooLarge(max_body));
+            }
+            fill(stream, &mut buf, len).await?;
+            buf.split_to(len).freeze()
+        }
+        Framing::Chunked => read_chunked(stream, &mut buf, max_body).await?,
+        Framing::UntilClose => {
+            while read_more(stream, &mut buf).await? > 0 {
+                if buf.len() > max_body {
+                    return Err(HttpError::TooLarge(max_body));
+                }
+            }
+            buf.split().freeze()
+        }
+    };
+    let reusable = head.keep_alive && head.framing != Framing::UntilClose && buf.is_empty();
+    Ok((
+        HttpReply {
+            status: head.status,
+            content_type: head.content_type,
+            body,
+        },
+        reusable,
+    ))
+}
+
+/// Reads and parses a reply head, leaving what follows it in `buf`.
+async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Head, HttpError> {
+    loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut reply = httparse::Response::new(&mut headers);
+            match reply.parse(buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let head = interpret(&reply)?;
+                    buf.advance(len);
+                    return Ok(head);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => return Err(HttpError::Malformed(e.to_string())),
+            }
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(HttpError::Malformed(format!(
+                    "reply head longer than {MAX_HEAD_BYTES} bytes"
+                )));
+            }
+        }
+        let was_empty = buf.is_empty();
+        if read_more(stream, buf).await? == 0 {
+            return Err(HttpError::Closed(if was_empty {
+                BEFORE_REPLY
+            } else {
+                PARTIAL
+            }));
+        }
+    }
+}
+
+/// The framing, keep-alive and content type of a parsed head (RFC 9112 §6.3, §9.3).
+fn interpret(reply: &httparse::Response<'_, '_>) -> Result<Head, HttpError> {
+    let status = reply.code.unwrap_or(0);
+    let http11 = reply.version == Some(1);
+    let mut content_type = None;
+    let mut length: Option<usize> = None;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut close = false;
+    let mut keep_alive = false;
+    for h in reply.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<usize>().ok())
+                .ok_or_else(|| HttpError::Malformed("invalid Content-Length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HttpError::Malformed("conflicting Content-Length".into()));
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = Some(h.value);
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_type = std::str::from_utf8(h.value).ok().map(str::to_owned);
+        }
+    }
+    let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
+        Framing::None
+    } else if let Some(te) = transfer_encoding {
+        let last = te.rsplit(|&b| b == b',').next().unwrap_or_default();
+        if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else if let Some(len) = length {
+        Framing::Length(len)
+    } else {
+        Framing::UntilClose
+    };
+    // A reply with both framings is a smuggling risk: read it, but not the next one.
+    let both = transfer_encoding.is_some() && length.is_some();
+    let keep_alive = !close && !both && (http11 || keep_alive);
+    Ok(Head {
+        status,
+        content_type,
+        framing,
+        keep_alive,
+    })
+}
+
+/// Reads a chunked body, leaving what follows its trailers in `buf`.
+async fn read_chunked(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    max_body: usize,
+) -> Result<Bytes, HttpError> {
+    let mut body = BytesMut::new();
+    loop {
+        let line = read_line(stream, buf).await?;
+        let size = line
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        let size = std::str::from_utf8(size)
+            .ok()
+            .filter(|s| !s.is_empty() && s.len() <= 15)
+            .and_then(|s| usize::from_str_radix(s, 16).ok())
+            .ok_or_else(|| HttpError::Malformed("invalid chunk size".into()))?;
+        if size == 0 {
+            // Trailers, up to the empty line.
+            while !read_line(stream, buf).await?.is_empty() {}
+            return Ok(body.freeze());
+        }
+        if body.len() + size > max_body {
+            return Err(HttpError::TooLarge(max_body));
+        }
+        fill(stream, buf, size + 2).await?;
+        if &buf[size..size + 2] != b"\r\n" {
+            return Err(HttpError::Malformed("chunk not followed by CRLF".into()));
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.advance(size + 2);
+    }
+}
+
+/// One CRLF-terminated line from `buf` (reading more as needed), without the CRLF.
+async fn read_line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, HttpError> {
+    loop {
+        if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = buf.split_to(at).freeze();
+            buf.advance(2);
+            return Ok(line);
+        }
+        if buf.len() > MAX_LINE_BYTES {
+            return Err(HttpError::Malformed("chunk line too long".into()));
+        }
+        if read_more(stream, buf).await? == 0 {
+            return Err(HttpError::Closed(PARTIAL));
+        }
+    }
+}
+
+/// Reads until `buf` holds at least `need` bytes.
+async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, need: usize) -> Result<(), HttpError> {
+    if buf.len() < need {
+        buf.reserve(need - buf.len());
+    }
+    while buf.len() < need {
+        if read_more(stream, buf).await? == 0 {
+            return Err(HttpError::Closed(PARTIAL));
+        }
+    }
+    Ok(())
+}
+
+/// One read into the spare capacity of `buf` (growing it when full); 0 at EOF.
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<usize, HttpError> {
+    if buf.capacity() == buf.len() {
+        buf.reserve(FIRST_READ_BYTES.max(buf.len()));
+    }
+    Ok(stream.read_buf(buf).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+    use tokio::net::TcpListener;
+
+    /// What the raw server does with the next request.
+    #[derive(Clone, Copy)]
+    enum Step {
+        /// Writes these bytes and keeps the connection.
+        Reply(&'static [u8]),
+        /// Writes these bytes and closes the connection.
+        ReplyAndClose(&'static [u8]),
+        /// Closes the connection without a reply.
+        Close,
+    }
+    use Step::*;
+
+    /// A raw TCP server doing the next scripted step for each request it reads (head +
+    /// Content-Length body). Returns its URL and how many connections it accepted.
+    async fn raw_server(replies: Vec<Step>) -> (String, Arc<Mutex<usize>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/fn?x=1", listener.local_addr().unwrap());
+        let accepted = Arc::new(Mutex::new(0));
+        let count = accepted.clone();
+        let replies = Arc::new(Mutex::new(replies.into_iter()));
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                *count.lock().unwrap() += 1;
+                let replies = replies.clone();
+                tokio::spawn(async move {
+                    let mut reader = tokio::io::BufReader::new(stream);
+                    loop {
+                        let mut len = 0;
+                        let mut first = true;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if first {
+                                assert_eq!(line, "POST /fn?x=1 HTTP/1.1\r\n");
+                                first = false;
+                            }
+                            if let Some(v) = line.strip_prefix("content-length: ") {
+                                len = v.trim().parse().unwrap();
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut body = vec![0; len];
+                        reader.read_exact(&mut body).await.unwrap();
+                        let next = replies.lock().unwrap().next().unwrap_or(Close);
+                        match next {
+                            Reply(reply) => reader.get_mut().write_all(reply).await.unwrap(),
+                            ReplyAndClose(reply) => {
+                                reader.get_mut().write_all(reply).await.unwrap();
+                                return;
+                            }
+                            Close => return,
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    async fn post(client: &HttpClient, url: &str) -> Result<HttpReply, HttpError> {
+        let endpoint = client.endpoint(url).unwrap();
+        endpoint
+            .post(&[("x-test", "1")], &Bytes::from_static(b"{}"), 1024)
+            .await
+    }
+
+    fn client() -> HttpClient {
+        HttpClient::new(4, Duration::from_secs(60))
+    }
+
+    #[tokio::test]
+    async fn content_length_replies_reuse_the_connection() {
+        let reply: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}";
+        let (url, accepted) = raw_server(vec![Reply(reply), Reply(reply)]).await;
+        let c = client();
+        for _ in 0..2 {
+            let r = post(&c, &url).await.unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.content_type.as_deref(), Some("application/json"));
+            assert_eq!(&r.body[..], b"{\"a\":1}");
+        }
+        assert_eq!(*accepted.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn chunked_replies_with_extensions_and_trailers_are_joined() {
+        let reply: &[u8] = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n";
+        let (url, accepted) = raw_server(vec![Reply(reply), Reply(reply)]).await;
+        let c = client();
+        for _ in 0..2 {
+            let r = post(&c, &url).await.unwrap();
+            assert_eq!((r.status, &r.body[..]), (201, &b"abcde"[..]));
+        }
+        assert_eq!(*accepted.lock().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn interim_replies_are_skipped_and_204_has_no_body() {
+        let reply: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
+        let (url, _) = raw_server(vec![Reply(reply)]).await;
+        let r = post(&client(), &url).await.unwrap();
+        assert_eq!((r.status, r.body.len()), (204, 0));
+    }
+
+    #[tokio::test]
+    async fn replies_without_length_end_with_the_connection_and_are_not_reused() {
+        let reply: &[u8] = b"HTTP/1.0 200 OK\r\n\r\nall of it";
+        let (url, accepted) = raw_server(vec![ReplyAndClose(reply), ReplyAndClose(reply)]).await;
+        let c = client();
+        // The server closes after writing: the end of the connection frames the body.
+        let r = post(&c, &url).await.unwrap();
+        assert_eq!(&r.body[..], b"all of it");
+        let r = post(&c, &url).await.unwrap();
+        assert_eq!(&r.body[..], b"all of it");
+        assert_eq!(*accepted.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_honoured() {
+        let reply: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok";
+        let (url, accepted) = raw_server(vec![Reply(reply), Reply(reply)]).await;
+        let c = client();
+        post(&c, &url).await.unwrap();
+        post(&c, &url).await.unwrap();
+        assert_eq!(*accepted.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_closed_pooled_connection_is_replaced_without_losing_the_request() {
+        let reply: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        // First connection: one reply, then the server closes it on the next request.
+        let (url, accepted) = raw_server(vec![Reply(reply), Close, Reply(reply)]).await;
+        let c = client();
+        post(&c, &url).await.unwrap();
+        let r = post(&c, &url).await.unwrap();
+        assert_eq!(&r.body[..], b"ok");
+        assert_eq!(*accepted.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn oversized_and_malformed_replies_are_errors() {
+        let (url, _) = raw_server(vec![Reply(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n".as_slice(),
+        )])
+        .await;
+        assert!(matches!(
+            post(&client(), &url).await,
+            Err(HttpError::TooLarge(1024))
+        ));
+
+        let big_chunks: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n";
+        let (url, _) = raw_server(vec![ReplyAndClose(big_chunks)]).await;
+        // 0x400 = 1024 bytes fits the cap, but the body never comes: a partial reply.
+        let err = post(&client(), &url).await.unwrap_err();
+        assert!(err.is_partial_reply(), "{err}");
+
+        for garbage in [
+            b"SMTP ready\r\n\r\n".as_slice(),
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            let (url, _) = raw_server(vec![Reply(garbage)]).await;
+            let err = post(&client(), &url).await.unwrap_err();
+            assert!(matches!(err, HttpError::Malformed(_)), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_function_that_closes_without_replying_is_an_error() {
+        let (url, accepted) = raw_server(vec![Close, Close]).await;
+        let err = post(&client(), &url).await.unwrap_err();
+        assert!(matches!(err, HttpError::Closed(_)), "{err}");
+        // A fresh connection is not retried: only a reused one is.
+        assert_eq!(*accepted.lock().unwrap(), 1);
+    }
+
+    #[test]
+    fn urls_are_parsed_into_authority_and_target() {
+        let c = client();
+        let e = c.endpoint("http://[::1]:8080/a/b?c=d").unwrap();
+        assert_eq!(
+            (
+                e.connect_host.as_str(),
+                e.port,
+                e.authority.as_str(),
+                e.target.as_str()
+            ),
+            ("::1", 8080, "[::1]:8080", "/a/b?c=d")
+        );
+        let e = c.endpoint("http://example.com").unwrap();
+        assert_eq!(
+            (e.port, e.authority.as_str(), e.target.as_str()),
+            (80, "example.com", "/")
+        );
+        // Two URLs on one origin share a pool.
+        let a = c.endpoint("http://127.0.0.1:9/a").unwrap();
+        let b = c.endpoint("http://127.0.0.1:9/b").unwrap();
+        assert!(Arc::ptr_eq(&a.pool, &b.pool));
+        assert!(c.endpoint("https://example.com/").is_err());
+        assert!(c.endpoint("not a url").is_err());
+    }
+}
