@@ -8,12 +8,14 @@
 //!
 //! Messages the clients get are JSON text:
 //! - `{"type":"message","from":name,"text":text,"online":N}`
-//! - `{"type":"presence","event":"join"|"leave","name":name,"online":N,"members":[...]}`
-//! - `{"type":"presence","event":"who","online":N,"members":[...]}`
+//! - `{"type":"presence","event":"join"|"leave","name":name,"online":N,"members":[...],"at":ms}`
+//! - `{"type":"presence","event":"who","online":N,"members":[...],"at":ms}`
 //! - `{"type":"error","message":...}`
 //!
 //! `online` is the room's size (the store's count); `members` lists the names of at most
-//! [`MAX_LISTED_MEMBERS`] of them, read from their records.
+//! [`MAX_LISTED_MEMBERS`] of them, read from their records. `at` is when the list was read
+//! (Unix ms): a `who` answer read before a join can reach the client after that join's
+//! message, so the page keeps the newest list, not the last to arrive.
 //!
 //! When the store is down (or the gateway answers a group send with 503 because its store
 //! is down), a message is not delivered, but the transport event does not fail (that would
@@ -199,6 +201,9 @@ impl Chat {
         online: u64,
         joiner: Option<(&str, &str)>,
     ) -> Result<String, StoreError> {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let names = self.member_names(room, joiner).await?;
         let mut presence = json!({"type": "presence", "event": event});
         if let Some(name) = name {
@@ -206,6 +211,7 @@ impl Chat {
         }
         presence["online"] = json!(online);
         presence["members"] = json!(names);
+        presence["at"] = json!(at);
         Ok(presence.to_string())
     }
 
@@ -601,6 +607,18 @@ mod tests {
         serde_json::from_str(message.as_text().expect("a text reply")).unwrap()
     }
 
+    /// A presence message without its `at`, which must be a plausible Unix time in ms.
+    fn without_at(mut presence: serde_json::Value) -> serde_json::Value {
+        let at = presence.as_object_mut().and_then(|m| m.remove("at"));
+        assert!(
+            at.as_ref()
+                .and_then(serde_json::Value::as_u64)
+                .is_some_and(|ms| ms > 1_700_000_000_000),
+            "presence `at`: {at:?}"
+        );
+        presence
+    }
+
     #[tokio::test]
     async fn register_checks_room_and_name() {
         let (chat, store, api) = setup(Api::Ok).await;
@@ -648,7 +666,7 @@ mod tests {
         let (group, excluded, presence) = group_send(&requests[0]);
         assert_eq!((group.as_str(), excluded), ("r", vec!["b".to_owned()]));
         assert_eq!(
-            presence,
+            without_at(presence),
             json!({"type": "presence", "event": "join", "name": "Bob", "online": 2,
                 "members": ["Ann", "Bob"]})
         );
@@ -721,7 +739,7 @@ mod tests {
 
         let who = json_of(say(&chat, "a", &ann, "/who").await);
         assert_eq!(
-            who,
+            without_at(who),
             json!({"type": "presence", "event": "who", "online": 2, "members": ["Ann", "Bob"]})
         );
         assert_eq!(
@@ -796,7 +814,7 @@ mod tests {
         let (group, excluded, presence) = group_send(&requests[before]);
         assert_eq!((group.as_str(), excluded), ("r", vec!["b".to_owned()]));
         assert_eq!(
-            presence,
+            without_at(presence),
             json!({"type": "presence", "event": "leave", "name": "Bob", "online": 1,
                 "members": ["Ann"]})
         );

@@ -91,7 +91,6 @@ pub(crate) async fn admit(
         }
         let fut = connection::run(shared.clone(), conn, upgrade, slot)
             .instrument(tracing::Span::current());
-        eprintln!("DEBUGSIZE run future {}", std::mem::size_of_val(&fut));
         shared.tracker.spawn(fut);
         response
     }

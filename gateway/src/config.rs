@@ -268,6 +268,13 @@ pub struct LimitsConfig {
     /// The longest a connection may last (closed with 1001 after it).
     #[serde(with = "humantime_serde")]
     pub max_duration: Duration,
+    /// How long a connection collects messages sent to it through the send-back API
+    /// before writing them (all in one flush). 0, the default, writes at once. A few
+    /// milliseconds trade that much latency for far fewer writes when clients get bursts
+    /// of messages (like Centrifugo's `client_write_delay`). Function replies to a
+    /// client's own message are never delayed.
+    #[serde(with = "humantime_serde")]
+    pub write_delay: Duration,
     /// The most messages queued for one client; a send beyond it gets 429.
     pub outbound_queue_messages: usize,
     /// The most bytes queued for one client; a send beyond it gets 429.
@@ -369,6 +376,7 @@ impl Default for LimitsConfig {
             idle_timeout: Duration::from_secs(10 * 60),
             ping_interval: Duration::from_secs(30),
             max_duration: Duration::from_secs(2 * 60 * 60),
+            write_delay: Duration::ZERO,
             outbound_queue_messages: 1024,
             outbound_queue_bytes: 1 << 20,
             inbound_queue_messages: 16,
@@ -586,6 +594,9 @@ impl Config {
                 "limits.outbound_queue_bytes",
                 "must be at least limits.max_message_bytes".into(),
             );
+        }
+        if l.write_delay > Duration::from_secs(1) {
+            return bad("limits.write_delay", "must be at most 1s".into());
         }
         let durations = [
             ("limits.handshake_timeout", l.handshake_timeout),

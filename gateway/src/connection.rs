@@ -221,14 +221,19 @@ impl Session {
         let mut ping_sent: Option<Instant> = None;
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(started));
         let mut batch = Vec::new();
+        // With `limits.write_delay`: when the queued messages are due to be written.
+        let mut flush_at: Option<Instant> = None;
         loop {
             let ping_due = match ping_sent {
                 Some(sent) => sent + limits.ping_interval,
                 None => last_rx + limits.ping_interval,
             };
-            let deadline = (started + limits.max_duration)
+            let mut deadline = (started + limits.max_duration)
                 .min(last_activity + limits.idle_timeout)
                 .min(ping_due);
+            if let Some(at) = flush_at {
+                deadline = deadline.min(at);
+            }
             timer.as_mut().reset(deadline);
             let read_more = self.pending.len() < limits.inbound_queue_messages;
             tokio::select! {
@@ -237,14 +242,13 @@ impl Session {
                     Box::pin(close(ws, &self.conn.outbox, 1001, "server shutting down")).await;
                     return End::new(DisconnectReason::Shutdown, Some(1001), "server shutting down");
                 }
-                _ = self.conn.outbox.wait() => {
-                    let close_request = self.conn.outbox.drain(&mut batch);
-                    if let Err(e) = write_all(ws, &mut batch).await {
-                        return lost(e);
+                _ = self.conn.outbox.wait(), if flush_at.is_none() => {
+                    if !limits.write_delay.is_zero() {
+                        flush_at = Some(Instant::now() + limits.write_delay);
+                        continue;
                     }
-                    if let Some(request) = close_request {
-                        Box::pin(close(ws, &self.conn.outbox, request.code, &request.reason)).await;
-                        return End::new(DisconnectReason::ServerDisconnect, Some(request.code), request.reason);
+                    if let Some(end) = flush_outbox(ws, &self.conn.outbox, &mut batch).await {
+                        return end;
                     }
                 }
                 done = in_flight(&mut self.inflight), if self.inflight.is_some() => {
@@ -336,6 +340,12 @@ impl Session {
                 }
                 _ = timer.as_mut() => {
                     let now = Instant::now();
+                    if flush_at.is_some_and(|at| now >= at) {
+                        flush_at = None;
+                        if let Some(end) = flush_outbox(ws, &self.conn.outbox, &mut batch).await {
+                            return end;
+                        }
+                    }
                     if now >= started + limits.max_duration {
                         Box::pin(close(ws, &self.conn.outbox, 1001, "maximum connection duration reached")).await;
                         return End::new(DisconnectReason::MaxDuration, Some(1001), "maximum connection duration reached");
@@ -422,6 +432,22 @@ async fn in_flight(call: &mut Option<TransportCall>) -> TransportResult {
         Some(call) => call.await,
         None => std::future::pending().await,
     }
+}
+
+/// Writes everything queued in `outbox` with one flush, then performs a requested close.
+/// Returns how the connection ended, if it did.
+async fn flush_outbox(ws: &mut Ws, outbox: &Outbox, batch: &mut Vec<Message>) -> Option<End> {
+    let close_request = outbox.drain(batch);
+    if let Err(e) = write_all(ws, batch).await {
+        return Some(lost(e));
+    }
+    let request = close_request?;
+    Box::pin(close(ws, outbox, request.code, &request.reason)).await;
+    Some(End::new(
+        DisconnectReason::ServerDisconnect,
+        Some(request.code),
+        request.reason,
+    ))
 }
 
 async fn write_all(ws: &mut Ws, batch: &mut Vec<Message>) -> Result<(), WsError> {

@@ -1,6 +1,9 @@
 //! The `switchboard` binary: reads config, starts tracing, runs the gateway (or the
 //! one-command demo) until SIGINT or SIGTERM.
 
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

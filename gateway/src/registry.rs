@@ -2,6 +2,7 @@
 //! to reach a socket.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,11 +70,33 @@ impl Connection {
 /// The map of live connections.
 #[derive(Debug, Default)]
 pub struct Registry {
-    map: Mutex<HashMap<Uuid, std::sync::Arc<Connection>>>,
+    map: Mutex<IdMap>,
+}
+
+/// Connections by id. Ids are random (v4) and made by this gateway, never chosen by a
+/// client, so their own bits serve as the hash: no SipHash on the group-send hot path.
+type IdMap = HashMap<Uuid, std::sync::Arc<Connection>, BuildHasherDefault<IdHasher>>;
+
+/// Hashes a [`Uuid`] by folding its bytes: the key is already uniformly random.
+#[derive(Debug, Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
+        }
+    }
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, std::sync::Arc<Connection>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdMap> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -93,7 +116,69 @@ impl Registry {
     }
 
     /// How many connections are registered.
+    /// Calls `f` with the live connection (not closing) of each id, or `None`, all under
+    /// one lock: a group send reaches a page of members without a lock and a reference
+    /// count round trip per member.
+    pub fn with_each(&self, ids: &[Uuid], mut f: impl FnMut(Option<&Connection>)) {
+        let map = self.lock();
+        for id in ids {
+            f(map.get(id).map(|c| &**c).filter(|c| !c.outbox.is_closed()));
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn conn() -> Arc<Connection> {
+        Arc::new(Connection::new(
+            Uuid::new_v4(),
+            0,
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            None,
+            None,
+            serde_json::Value::Null,
+        ))
+    }
+
+    #[test]
+    fn with_each_sees_live_connections_only() {
+        let registry = Registry::default();
+        let (live, closed) = (conn(), conn());
+        registry.insert(live.clone());
+        registry.insert(closed.clone());
+        closed.outbox.mark_closed();
+        let mut seen = Vec::new();
+        registry.with_each(&[live.id, closed.id, Uuid::new_v4()], |c| {
+            seen.push(c.map(|c| c.id));
+        });
+        assert_eq!(seen, vec![Some(live.id), None, None]);
+        assert!(registry.get(&live.id).is_some());
+        assert!(registry.remove(&live.id));
+        assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn id_hashes_differ_for_ids_that_differ_in_any_half() {
+        let hash = |bytes: [u8; 16]| {
+            let mut h = IdHasher::default();
+            h.write(&bytes);
+            h.finish()
+        };
+        let mut a = [7u8; 16];
+        let base = hash(a);
+        a[3] ^= 1;
+        assert_ne!(hash(a), base);
+        a[3] ^= 1;
+        a[12] ^= 1;
+        assert_ne!(hash(a), base);
     }
 }

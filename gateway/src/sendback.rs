@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +30,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::outbox::{CloseRequest, PushError, QueueLimits};
-use crate::registry::Connection;
+use crate::registry::{Connection, IdHasher};
 use crate::respond::{self, Body, Failure};
 use crate::{Shared, aws_management, clock, listener, tencent_sendback};
 
@@ -426,28 +427,36 @@ async fn group_send(
     let message = read_message(shared, req).await?;
     let limits = limits(shared);
     let mut result = GroupSendResult::default();
-    let mut seen = HashSet::new();
+    let mut seen: HashSet<Uuid, BuildHasherDefault<IdHasher>> = HashSet::default();
     let mut cursor: Option<String> = None;
+    let mut ids = Vec::with_capacity(GROUP_PAGE);
     loop {
         let page = shared
             .store
             .members(group, cursor.as_deref(), GROUP_PAGE)
             .await
             .map_err(store_failure)?;
-        for id in page.members {
-            if excluded.contains(&id) {
+        ids.clear();
+        for id in &page.members {
+            if excluded.contains(id) {
                 result.excluded += 1;
                 continue;
             }
-            if !seen.insert(id.clone()) {
-                continue; // a walk may list a member twice
+            match Uuid::parse_str(id) {
+                // A walk may list a member twice.
+                Ok(uuid) if seen.insert(uuid) => ids.push(uuid),
+                Ok(_) => {}
+                // Not one of ours (another node's or a stale key): gone for this node.
+                Err(_) => result.gone += 1,
             }
-            match lookup(shared, &id).map(|conn| conn.outbox.push(message.clone(), limits)) {
+        }
+        shared.registry.with_each(&ids, |conn| {
+            match conn.map(|c| c.outbox.push(message.clone(), limits)) {
                 Some(Ok(())) => result.delivered += 1,
                 Some(Err(PushError::Full)) => result.throttled += 1,
                 Some(Err(PushError::Closed)) | None => result.gone += 1,
             }
-        }
+        });
         match page.cursor {
             Some(next) => cursor = Some(next),
             None => break,

@@ -243,3 +243,45 @@ async fn token_can_be_disabled_on_loopback_only() {
     assert_eq!(next_message(&mut client).await, Some(Message::text("open")));
     gw.shutdown().await;
 }
+
+/// `limits.write_delay`: messages sent through the send-back API are held for the delay and
+/// then written together, in order; the function's reply to the client's own message is not
+/// held.
+#[tokio::test]
+async fn write_delay_holds_send_backs_but_not_replies() {
+    const DELAY: Duration = Duration::from_secs(1);
+    let function = ScriptedFunction::start(|e| match e.kind.name() {
+        "transport" => tests::scripted::Scripted::text("reply"),
+        _ => tests::scripted::Scripted::ok(),
+    })
+    .await;
+    let url = function.url();
+    let gw = TestGateway::start(move |c| {
+        c.functions.register = Some(url.clone().into());
+        c.functions.transport = Some(url.into());
+        c.limits.write_delay = DELAY;
+    })
+    .await;
+    let mut client = gw.connect("/").await;
+    let id = function.wait_register().await;
+    let base = gw.sendback_url();
+    let sent = std::time::Instant::now();
+    for text in ["one", "two"] {
+        let r = sendback_request(Method::POST, format!("{base}/@connections/{id}"))
+            .body(text)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    tests::gateway::send_text(&mut client, "hi").await;
+    assert_eq!(
+        next_message(&mut client).await,
+        Some(Message::text("reply")),
+        "the transport reply overtakes the held send-backs"
+    );
+    assert_eq!(next_message(&mut client).await, Some(Message::text("one")));
+    assert!(sent.elapsed() >= DELAY, "held for {:?}", sent.elapsed());
+    assert_eq!(next_message(&mut client).await, Some(Message::text("two")));
+    gw.shutdown().await;
+}
