@@ -51,9 +51,12 @@ pub enum HttpError {
     /// Writing the request or reading the reply failed.
     #[error("connection to the function failed: {0}")]
     Io(#[from] io::Error),
-    /// The function closed the connection before the reply was complete.
-    #[error("function closed the connection {0}")]
-    Closed(&'static str),
+    /// The function closed the connection before sending any of its reply.
+    #[error("function closed the connection before replying")]
+    ClosedBeforeReply,
+    /// The function closed the connection in the middle of its reply.
+    #[error("function closed the connection in the middle of its reply")]
+    ClosedMidReply,
     /// The reply is not HTTP/1.x as RFC 9112 frames it.
     #[error("malformed HTTP reply: {0}")]
     Malformed(String),
@@ -65,12 +68,9 @@ pub enum HttpError {
 impl HttpError {
     /// Whether part of a reply had arrived when the connection broke.
     pub fn is_partial_reply(&self) -> bool {
-        matches!(self, HttpError::Closed(PARTIAL))
+        matches!(self, HttpError::ClosedMidReply)
     }
 }
-
-const BEFORE_REPLY: &str = "before replying";
-const PARTIAL: &str = "in the middle of its reply";
 
 /// A complete reply.
 #[derive(Debug)]
@@ -189,7 +189,7 @@ impl Endpoint {
             match self.exchange(stream, &request, body, max_body).await {
                 // The function closed the idle connection as we reused it: it never
                 // read this request, so send it on a fresh connection.
-                Err(HttpError::Closed(BEFORE_REPLY)) => {}
+                Err(HttpError::ClosedBeforeReply) => {}
                 Err(HttpError::Io(e)) if is_reset(&e) => {}
                 other => return other,
             }
@@ -395,11 +395,11 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Head, H
         }
         let was_empty = buf.is_empty();
         if read_more(stream, buf).await? == 0 {
-            return Err(HttpError::Closed(if was_empty {
-                BEFORE_REPLY
+            return Err(if was_empty {
+                HttpError::ClosedBeforeReply
             } else {
-                PARTIAL
-            }));
+                HttpError::ClosedMidReply
+            });
         }
     }
 }
@@ -511,7 +511,7 @@ async fn read_line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, 
             return Err(HttpError::Malformed("chunk line too long".into()));
         }
         if read_more(stream, buf).await? == 0 {
-            return Err(HttpError::Closed(PARTIAL));
+            return Err(HttpError::ClosedMidReply);
         }
     }
 }
@@ -523,7 +523,7 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, need: usize) -> Result
     }
     while buf.len() < need {
         if read_more(stream, buf).await? == 0 {
-            return Err(HttpError::Closed(PARTIAL));
+            return Err(HttpError::ClosedMidReply);
         }
     }
     Ok(())
@@ -720,7 +720,7 @@ mod tests {
     async fn a_function_that_closes_without_replying_is_an_error() {
         let (url, accepted) = raw_server(vec![Close, Close]).await;
         let err = post(&client(), &url).await.unwrap_err();
-        assert!(matches!(err, HttpError::Closed(_)), "{err}");
+        assert!(matches!(err, HttpError::ClosedBeforeReply), "{err}");
         // A fresh connection is not retried: only a reused one is.
         assert_eq!(*accepted.lock().unwrap(), 1);
     }
