@@ -22,6 +22,7 @@ mod connection;
 pub mod demo;
 mod dialect;
 mod error;
+mod group_cache;
 mod handshake;
 mod http_client;
 mod invoke;
@@ -52,6 +53,7 @@ use tracing::{info, warn};
 pub use config::Config;
 pub use error::{ConfigError, GatewayError};
 
+use crate::group_cache::GroupCache;
 use crate::invoke::Invoker;
 use crate::registry::Registry;
 
@@ -80,6 +82,8 @@ pub(crate) struct Shared {
     pub node: Arc<str>,
     pub store: SharedStore,
     pub registry: Registry,
+    /// Group members kept between group sends, by the store's version of each group.
+    pub groups: GroupCache,
     pub invoker: Invoker,
     /// Cancelled when shutdown starts: listeners stop accepting, sockets close with 1001.
     pub shutdown: CancellationToken,
@@ -157,6 +161,7 @@ impl Gateway {
             config,
             store,
             registry: Registry::default(),
+            groups: GroupCache::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             slots: AtomicUsize::new(0),

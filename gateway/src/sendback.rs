@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::group_cache::Members;
 use crate::outbox::{CloseRequest, PushError, QueueLimits};
 use crate::registry::{Connection, IdHasher};
 use crate::respond::{self, Body, Failure};
@@ -416,8 +417,9 @@ fn store_failure(e: StoreError) -> Failure {
     }
 }
 
-/// Sends one message to every member of a group held by this node, reading the members
-/// page by page.
+/// Sends one message to every member of a group held by this node. The members come from
+/// the node's [`GroupCache`] when the store's version of the group still matches, else from
+/// a walk of the group (then kept under that version).
 async fn group_send(
     shared: &Shared,
     group: &str,
@@ -425,42 +427,39 @@ async fn group_send(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Failure> {
     let message = read_message(shared, req).await?;
+    let members = group_members(shared, group).await?;
     let limits = limits(shared);
     let mut result = GroupSendResult::default();
-    let mut seen: HashSet<Uuid, BuildHasherDefault<IdHasher>> = HashSet::default();
-    let mut cursor: Option<String> = None;
-    let mut ids = Vec::with_capacity(GROUP_PAGE);
-    loop {
-        let page = shared
-            .store
-            .members(group, cursor.as_deref(), GROUP_PAGE)
-            .await
-            .map_err(store_failure)?;
-        ids.clear();
-        for id in &page.members {
-            if excluded.contains(id) {
-                result.excluded += 1;
-                continue;
-            }
-            match Uuid::parse_str(id) {
-                // A walk may list a member twice.
-                Ok(uuid) if seen.insert(uuid) => ids.push(uuid),
-                Ok(_) => {}
-                // Not one of ours (another node's or a stale key): gone for this node.
-                Err(_) => result.gone += 1,
-            }
+    let excluded_ids: HashSet<Uuid, BuildHasherDefault<IdHasher>> = excluded
+        .iter()
+        .filter_map(|id| Uuid::parse_str(id).ok())
+        .collect();
+    for other in &members.others {
+        if excluded.contains(other) {
+            result.excluded += 1;
+        } else {
+            // Not one of ours (another node's or a stale key): gone for this node.
+            result.gone += 1;
         }
-        shared.registry.with_each(&ids, |conn| {
+    }
+    let mut page = Vec::new();
+    for chunk in members.ids.chunks(GROUP_PAGE) {
+        let ids = if excluded_ids.is_empty() {
+            chunk
+        } else {
+            page.clear();
+            page.extend(chunk.iter().filter(|id| !excluded_ids.contains(id)));
+            result.excluded += chunk.len() - page.len();
+            &page[..]
+        };
+        // One lock of the registry per page, not per member.
+        shared.registry.with_each(ids, |conn| {
             match conn.map(|c| c.outbox.push(message.clone(), limits)) {
                 Some(Ok(())) => result.delivered += 1,
                 Some(Err(PushError::Full)) => result.throttled += 1,
                 Some(Err(PushError::Closed)) | None => result.gone += 1,
             }
         });
-        match page.cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
     }
     debug!(
         group,
@@ -469,6 +468,55 @@ async fn group_send(
         "group send"
     );
     Ok(respond::json(StatusCode::OK, &result))
+}
+
+/// The members of `group`: kept ones if the store's version of the group matches, else a
+/// walk (kept if the store gave a version).
+async fn group_members(shared: &Shared, group: &str) -> Result<Arc<Members>, Failure> {
+    let version = shared
+        .store
+        .group_version(group)
+        .await
+        .map_err(store_failure)?;
+    if let Some(members) = version.and_then(|v| shared.groups.get(group, v)) {
+        return Ok(members);
+    }
+    let members = Arc::new(walk_members(shared, group).await?);
+    if let Some(version) = version {
+        shared.groups.insert(group, version, members.clone());
+    }
+    Ok(members)
+}
+
+/// Reads every member of `group` from the store, page by page.
+async fn walk_members(shared: &Shared, group: &str) -> Result<Members, Failure> {
+    let mut members = Members::default();
+    let mut seen: HashSet<Uuid, BuildHasherDefault<IdHasher>> = HashSet::default();
+    let mut others: HashSet<String> = HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = shared
+            .store
+            .members(group, cursor.as_deref(), GROUP_PAGE)
+            .await
+            .map_err(store_failure)?;
+        for id in page.members {
+            // A walk may list a member twice.
+            match Uuid::parse_str(&id) {
+                Ok(uuid) if seen.insert(uuid) => members.ids.push(uuid),
+                Ok(_) => {}
+                Err(_) => {
+                    if others.insert(id.clone()) {
+                        members.others.push(id);
+                    }
+                }
+            }
+        }
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(members),
+        }
+    }
 }
 
 /// Members read per store round trip in a group walk.

@@ -69,6 +69,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         count: usize,
     ) -> Result<MembersPage, StoreError>;
 
+    /// A token for the current member set of a group: it changes whenever a member joins
+    /// or leaves, and never comes back once it has changed. `None` when the group is empty
+    /// (or the store keeps no token). If two calls return the same token, the members did
+    /// not change between them, so a member list read after the first call is still
+    /// current at the second: what lets a gateway node keep a group's members between
+    /// group sends and pay one round trip per send instead of a walk.
+    async fn group_version(&self, group: &str) -> Result<Option<u64>, StoreError> {
+        names::group(group)?;
+        Ok(None)
+    }
+
     /// How many connections a group has.
     async fn count(&self, group: &str) -> Result<u64, StoreError>;
 

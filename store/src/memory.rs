@@ -19,11 +19,20 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Inner {
     connections: HashMap<Box<str>, Entry>,
-    /// Ordered so that a cursor (the last id returned) can resume a walk.
-    groups: HashMap<String, BTreeSet<String>>,
+    groups: HashMap<String, Group>,
+    /// The last version a group was given; versions are never reused.
+    last_version: u64,
     nodes: HashMap<String, Instant>,
     /// Every node name a record named, shared by the records.
     node_names: HashSet<Arc<str>>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    /// Ordered so that a cursor (the last id returned) can resume a walk.
+    members: BTreeSet<String>,
+    /// Changes with every join and leave (see [`Store::group_version`]).
+    version: u64,
 }
 
 #[derive(Debug)]
@@ -57,6 +66,23 @@ impl Inner {
         let name: Arc<str> = Arc::from(node);
         self.node_names.insert(name.clone());
         name
+    }
+
+    /// Removes `id` from `group`, dropping the group when it empties. Whether it was there.
+    fn remove_member(&mut self, group: &str, id: &str) -> bool {
+        let Some(entry) = self.groups.get_mut(group) else {
+            return false;
+        };
+        if !entry.members.remove(id) {
+            return false;
+        }
+        if entry.members.is_empty() {
+            self.groups.remove(group);
+        } else {
+            self.last_version += 1;
+            entry.version = self.last_version;
+        }
+        true
     }
 }
 
@@ -116,12 +142,7 @@ impl Store for MemoryStore {
             return Ok(false);
         };
         for group in entry.groups {
-            if let Some(members) = inner.groups.get_mut(&*group) {
-                members.remove(id);
-                if members.is_empty() {
-                    inner.groups.remove(&*group);
-                }
-            }
+            inner.remove_member(&group, id);
         }
         Ok(true)
     }
@@ -136,11 +157,14 @@ impl Store for MemoryStore {
         if !entry.groups.iter().any(|g| &**g == group) {
             entry.groups.push(group.into());
         }
-        Ok(inner
-            .groups
-            .entry(group.to_owned())
-            .or_default()
-            .insert(id.to_owned()))
+        inner.last_version += 1;
+        let version = inner.last_version;
+        let entry = inner.groups.entry(group.to_owned()).or_default();
+        let added = entry.members.insert(id.to_owned());
+        if added {
+            entry.version = version;
+        }
+        Ok(added)
     }
 
     async fn leave(&self, group: &str, id: &str) -> Result<bool, StoreError> {
@@ -150,14 +174,7 @@ impl Store for MemoryStore {
         if let Some(entry) = inner.connections.get_mut(id) {
             entry.groups.retain(|g| &**g != group);
         }
-        let Some(members) = inner.groups.get_mut(group) else {
-            return Ok(false);
-        };
-        let removed = members.remove(id);
-        if members.is_empty() {
-            inner.groups.remove(group);
-        }
-        Ok(removed)
+        Ok(inner.remove_member(group, id))
     }
 
     async fn members(
@@ -168,7 +185,7 @@ impl Store for MemoryStore {
     ) -> Result<MembersPage, StoreError> {
         names::group(group)?;
         let inner = self.lock();
-        let Some(members) = inner.groups.get(group) else {
+        let Some(Group { members, .. }) = inner.groups.get(group) else {
             return Ok(MembersPage::default());
         };
         let count = count.max(1);
@@ -193,7 +210,16 @@ impl Store for MemoryStore {
 
     async fn count(&self, group: &str) -> Result<u64, StoreError> {
         names::group(group)?;
-        Ok(self.lock().groups.get(group).map_or(0, |m| m.len() as u64))
+        Ok(self
+            .lock()
+            .groups
+            .get(group)
+            .map_or(0, |g| g.members.len() as u64))
+    }
+
+    async fn group_version(&self, group: &str) -> Result<Option<u64>, StoreError> {
+        names::group(group)?;
+        Ok(self.lock().groups.get(group).map(|g| g.version))
     }
 
     async fn groups_of(&self, id: &str) -> Result<Vec<String>, StoreError> {

@@ -12,6 +12,7 @@
 //! | `<prefix>:conn:{<id>}` | hash | the connection record: `node`, `connectedAtMs`, `sourceIp`, `userAgent` (absent when the client sent none), `context` (JSON text) |
 //! | `<prefix>:conn:{<id>}:groups` | set | the groups the connection joined (same tag as its record) |
 //! | `<prefix>:group:{<name>}` | set | the group's member ids |
+//! | `<prefix>:group:{<name>}:v` | string | the group's version token (see [`Store::group_version`]); absent while the group is empty |
 //! | `<prefix>:node:{<node>}` | string with a TTL (`PX`) | the node's heartbeat |
 //! | `<prefix>:node:{<node>}:conns` | set | the ids registered by that node: what a cleanup after a dead node walks |
 //!
@@ -44,6 +45,12 @@
 //!   group sets are emptied before that step and once more after it.
 //! - **leave**: `SREM` from the group and from the groups set, in one pipeline (two parts
 //!   on a cluster).
+//! - Every add to or removal from a group set is a script on the `{group}` slot that also
+//!   gives the group a new random version token (or deletes the token when the set
+//!   empties), in the same step. **group_version** is a script too: it reads the token, and
+//!   gives a non-empty group without one (written by an older version) a new one. So a
+//!   reader that reads the token and then walks the members has a list at least as new as
+//!   the token: a change after the read changes the token.
 //! - **members** (`SSCAN` with `COUNT`), **count** (`SCARD`), **groups_of** (`SMEMBERS`),
 //!   **get** (`HGETALL`), **heartbeat** (`SET .. PX`), **node_alive** (`EXISTS`): one command.
 //!
@@ -133,6 +140,45 @@ local groups = redis.call('SMEMBERS', KEYS[2])
 local existed = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[2])
 return {existed, node or '', groups}
+";
+
+/// Adds a member to a group set; a new member gives the group a new version token.
+/// Returns 1 if added. KEYS: group set, version. ARGV: id, token.
+const GROUP_ADD_LUA: &str = r"
+local added = redis.call('SADD', KEYS[1], ARGV[1])
+if added == 1 then
+  redis.call('SET', KEYS[2], ARGV[2])
+end
+return added
+";
+
+/// Removes a member from a group set; a removal gives the group a new version token, or
+/// deletes the token with the last member. Returns 1 if removed.
+/// KEYS: group set, version. ARGV: id, token.
+const GROUP_REMOVE_LUA: &str = r"
+local removed = redis.call('SREM', KEYS[1], ARGV[1])
+if removed == 1 then
+  if redis.call('SCARD', KEYS[1]) == 0 then
+    redis.call('DEL', KEYS[2])
+  else
+    redis.call('SET', KEYS[2], ARGV[2])
+  end
+end
+return removed
+";
+
+/// The group's version token; a non-empty group without one gets `ARGV[1]`. Nil when the
+/// group is empty. KEYS: group set, version. ARGV: token.
+const GROUP_VERSION_LUA: &str = r"
+local version = redis.call('GET', KEYS[2])
+if version then
+  return version
+end
+if redis.call('SCARD', KEYS[1]) == 0 then
+  return false
+end
+redis.call('SET', KEYS[2], ARGV[1])
+return ARGV[1]
 ";
 
 /// How a [`RedisStore`] connects and names its keys.
@@ -239,6 +285,7 @@ impl RedisStore {
                 register: Script::new(REGISTER_LUA),
                 join: Script::new(JOIN_LUA),
                 unregister: Script::new(UNREGISTER_LUA),
+                group_version: Script::new(GROUP_VERSION_LUA),
             },
             address,
             round_trip_limit,
@@ -384,7 +431,7 @@ impl Store for RedisStore {
             .await?;
         let leaving = before
             .iter()
-            .map(|g| (g.as_str(), command("SREM", self.keys.group(g), id)))
+            .map(|g| (g.as_str(), self.keys.group_remove(g, id)))
             .collect();
         let _: Vec<i64> = self.batch(leaving).await?;
         // 3. Atomically: the record and its groups set go; what the set held by now comes
@@ -397,7 +444,7 @@ impl Store for RedisStore {
         // for good from now on: its script finds no record and takes the id out again.
         let mut last: Vec<(&str, Cmd)> = after
             .iter()
-            .map(|g| (g.as_str(), command("SREM", self.keys.group(g), id)))
+            .map(|g| (g.as_str(), self.keys.group_remove(g, id)))
             .collect();
         if !node.is_empty() {
             last.push((
@@ -428,8 +475,7 @@ impl Store for RedisStore {
     async fn join(&self, group: &str, id: &str) -> Result<bool, StoreError> {
         names::group(group)?;
         names::id(id)?;
-        let group_key = self.keys.group(group);
-        let added: i64 = self.query(&command("SADD", group_key.clone(), id)).await?;
+        let added: i64 = self.query(&self.keys.group_add(group, id)).await?;
         let mut note = self.scripts.join.key(self.keys.conn(id));
         note.key(self.keys.conn_groups(id)).arg(group);
         let registered: i64 = match self.eval(&note).await {
@@ -439,7 +485,7 @@ impl Store for RedisStore {
                 // if Redis is gone this fails too), so that the failed join leaves nothing.
                 if added > 0 {
                     let undo = vec![
-                        (group, command("SREM", group_key, id)),
+                        (group, self.keys.group_remove(group, id)),
                         (id, command("SREM", self.keys.conn_groups(id), group)),
                     ];
                     let _ = self.batch::<i64>(undo).await;
@@ -448,7 +494,7 @@ impl Store for RedisStore {
             }
         };
         if registered == 0 {
-            let _: i64 = self.query(&command("SREM", group_key, id)).await?;
+            let _: i64 = self.query(&self.keys.group_remove(group, id)).await?;
             return Err(StoreError::NotRegistered(id.to_owned()));
         }
         Ok(added > 0)
@@ -459,7 +505,7 @@ impl Store for RedisStore {
         names::id(id)?;
         let removed: Vec<i64> = self
             .batch(vec![
-                (group, command("SREM", self.keys.group(group), id)),
+                (group, self.keys.group_remove(group, id)),
                 (id, command("SREM", self.keys.conn_groups(id), group)),
             ])
             .await?;
@@ -492,6 +538,19 @@ impl Store for RedisStore {
         names::group(group)?;
         self.query(::redis::cmd("SCARD").arg(self.keys.group(group)))
             .await
+    }
+
+    async fn group_version(&self, group: &str) -> Result<Option<u64>, StoreError> {
+        names::group(group)?;
+        let mut read = self.scripts.group_version.key(self.keys.group(group));
+        read.key(self.keys.group_version(group)).arg(fresh_token());
+        let token: Option<String> = self.eval(&read).await?;
+        token
+            .map(|t| {
+                t.parse()
+                    .map_err(|_| StoreError::Backend(format!("group {group}: version {t:?}")))
+            })
+            .transpose()
     }
 
     async fn groups_of(&self, id: &str) -> Result<Vec<String>, StoreError> {
@@ -603,6 +662,7 @@ struct Scripts {
     register: Script,
     join: Script,
     unregister: Script,
+    group_version: Script,
 }
 
 /// Builds the keys (see the table in the module docs).
@@ -624,6 +684,28 @@ impl Keys {
         format!("{}:group:{{{group}}}", self.prefix)
     }
 
+    fn group_version(&self, group: &str) -> String {
+        format!("{}:group:{{{group}}}:v", self.prefix)
+    }
+
+    /// Adds `id` to the group and renews its version, in one script.
+    fn group_add(&self, group: &str, id: &str) -> Cmd {
+        group_script(
+            GROUP_ADD_LUA,
+            [self.group(group), self.group_version(group)],
+            id,
+        )
+    }
+
+    /// Removes `id` from the group and renews (or drops) its version, in one script.
+    fn group_remove(&self, group: &str, id: &str) -> Cmd {
+        group_script(
+            GROUP_REMOVE_LUA,
+            [self.group(group), self.group_version(group)],
+            id,
+        )
+    }
+
     fn node(&self, node: &str) -> String {
         format!("{}:node:{{{node}}}", self.prefix)
     }
@@ -638,6 +720,34 @@ fn command(name: &str, key: String, member: &str) -> Cmd {
     let mut cmd = ::redis::cmd(name);
     cmd.arg(key).arg(member);
     cmd
+}
+
+/// `EVAL` of a group script (a plain command, so that it fits in a pipeline).
+fn group_script(lua: &str, keys: [String; 2], id: &str) -> Cmd {
+    let mut cmd = ::redis::cmd("EVAL");
+    cmd.arg(lua)
+        .arg(2)
+        .arg(&keys[..])
+        .arg(id)
+        .arg(fresh_token());
+    cmd
+}
+
+/// A new random version token. Tokens only need to differ from the ones a group had
+/// before: 64 random bits (std's per-process random hash keys over a counter and the
+/// clock) are plenty.
+fn fresh_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
 }
 
 /// What to connect to.

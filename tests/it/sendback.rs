@@ -285,3 +285,114 @@ async fn write_delay_holds_send_backs_but_not_replies() {
     assert_eq!(next_message(&mut client).await, Some(Message::text("two")));
     gw.shutdown().await;
 }
+
+/// Group sends reach exactly the group's members as they are now, though members join and
+/// leave behind the gateway's back (functions write the store directly) and the gateway
+/// keeps each group's members between sends: on the embedded store and on Redis.
+#[tokio::test]
+async fn group_sends_follow_members_changed_in_the_store() {
+    group_sends_follow_the_store(std::sync::Arc::new(store::MemoryStore::new())).await;
+    if let Some(redis) = tests::redis::require_redis() {
+        let prefix = format!("it-groups-{}", uuid::Uuid::new_v4().simple());
+        let store = store::open(&redis.url(), &prefix).await.unwrap();
+        group_sends_follow_the_store(store).await;
+    }
+}
+
+async fn expect(client: &mut tests::gateway::Client, text: &str) {
+    assert_eq!(next_message(client).await, Some(Message::text(text)));
+}
+
+async fn group_sends_follow_the_store(store: store::SharedStore) {
+    let function = ScriptedFunction::accepting().await;
+    let url = function.url();
+    let options = gateway::Options {
+        store: Some(store.clone()),
+        ..gateway::Options::default()
+    };
+    let gw = TestGateway::start_with(
+        move |c| {
+            c.functions.register = Some(url.clone().into());
+            c.functions.cleanup = Some(url.into());
+        },
+        options,
+    )
+    .await;
+    let mut clients = Vec::new();
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        clients.push(gw.connect("/").await);
+        let events = function
+            .wait_until("a register", Duration::from_secs(10), |e| e.len() >= n)
+            .await;
+        ids.push(events[n - 1].connection_id.clone());
+    }
+    let base = gw.sendback_url();
+    let publish = |text: &'static str, query: String| {
+        let url = format!("{base}/@groups/room{query}");
+        async move {
+            let r = sendback_request(Method::POST, url)
+                .body(text)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<functions::api::GroupSendResult>().await.unwrap()
+        }
+    };
+
+    store.join("room", &ids[0]).await.unwrap();
+    store.join("room", &ids[1]).await.unwrap();
+    for text in ["m1", "m2"] {
+        let result = publish(text, String::new()).await;
+        assert_eq!(
+            (result.delivered, result.gone),
+            (2, 0),
+            "{text}: {result:?}"
+        );
+        expect(&mut clients[0], text).await;
+        expect(&mut clients[1], text).await;
+    }
+
+    // A join made elsewhere is seen by the next send.
+    store.join("room", &ids[2]).await.unwrap();
+    let result = publish("m3", String::new()).await;
+    assert_eq!(result.delivered, 3, "{result:?}");
+    for client in &mut clients {
+        expect(client, "m3").await;
+    }
+
+    // So is a leave; exclusions apply to the kept members too.
+    store.leave("room", &ids[0]).await.unwrap();
+    let result = publish("m4", format!("?exclude={}", ids[1])).await;
+    assert_eq!((result.delivered, result.excluded), (1, 1), "{result:?}");
+    expect(&mut clients[2], "m4").await;
+    let direct = |id: &str| format!("{base}/@connections/{id}");
+    for id in &ids[..2] {
+        let r = sendback_request(Method::POST, direct(id))
+            .body("direct")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    expect(&mut clients[0], "direct").await;
+    expect(&mut clients[1], "direct").await;
+
+    // And a member that disconnected (its cleanup leaves every group).
+    drop(clients.remove(1));
+    function.wait_cleanup(&ids[1]).await;
+    tests::wait::eventually("the store to forget it", Duration::from_secs(10), || {
+        let store = store.clone();
+        async move { store.count("room").await.unwrap() == 1 }
+    })
+    .await;
+    let result = publish("m5", String::new()).await;
+    assert_eq!((result.delivered, result.gone), (1, 0), "{result:?}");
+    expect(&mut clients[1], "m5").await;
+    store.leave("room", &ids[2]).await.unwrap();
+    let result = publish("m6", String::new()).await;
+    assert_eq!(result.delivered, 0, "{result:?}");
+    drop(clients);
+    gw.shutdown().await;
+}

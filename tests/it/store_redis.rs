@@ -66,6 +66,7 @@ async fn key_layout_is_the_documented_one() {
             format!("{p}:conn:{{c1}}"),
             format!("{p}:conn:{{c1}}:groups"),
             format!("{p}:group:{{lobby}}"),
+            format!("{p}:group:{{lobby}}:v"),
             format!("{p}:node:{{n1}}:conns"),
         ]
     );

@@ -88,6 +88,39 @@ pub async fn behaviour_suite(store: SharedStore) {
     assert_eq!(store.count("h").await.unwrap(), 0);
     assert!(store.groups_of("c2").await.unwrap().is_empty());
 
+    // a group's version changes with every join and leave, and only then
+    assert_eq!(store.group_version("v").await.unwrap(), None, "empty group");
+    store.register(&record("c3")).await.unwrap();
+    store.join("v", "c1").await.unwrap();
+    let mut versions = vec![store.group_version("v").await.unwrap().expect("a version")];
+    let current = || async { store.group_version("v").await.unwrap().unwrap() };
+    assert_eq!(current().await, versions[0], "stable without changes");
+    store.join("v", "c1").await.unwrap();
+    store.leave("v", "c3").await.unwrap();
+    store.count("v").await.unwrap();
+    store.register(&record("c3")).await.unwrap();
+    assert_eq!(current().await, versions[0], "no-op joins, leaves, reads");
+    store.join("v", "c3").await.unwrap();
+    versions.push(current().await);
+    store.leave("v", "c3").await.unwrap();
+    versions.push(current().await);
+    store.join("v", "c3").await.unwrap();
+    versions.push(current().await);
+    store.unregister("c3").await.unwrap();
+    versions.push(current().await);
+    let mut distinct = versions.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), versions.len(), "never reused: {versions:?}");
+    store.leave("v", "c1").await.unwrap();
+    assert_eq!(store.group_version("v").await.unwrap(), None, "emptied");
+    store.join("v", "c1").await.unwrap();
+    assert!(
+        !versions.contains(&current().await),
+        "a group emptied and joined again has a new version"
+    );
+    store.leave("v", "c1").await.unwrap();
+
     // paging walks a large group completely
     for i in 0..2500 {
         let id = format!("m{i:05}");
@@ -151,7 +184,21 @@ async fn redis_backend() {
     let prefix = unique_prefix();
     let store = store::open(&redis.url(), &prefix).await.unwrap();
     assert!(format!("{store:?}").contains("RedisStore"), "{store:?}");
-    behaviour_suite(store).await;
+    behaviour_suite(store.clone()).await;
+    assert_eq!(keys_with_prefix(&redis, &prefix), Vec::<String>::new());
+
+    // A group written without a version (by an older Switchboard) gets one when asked,
+    // and keeps it until its members change.
+    let group_key = format!("{prefix}:group:{{old}}");
+    redis.command(&["SADD", &group_key, "c9"]).unwrap();
+    let first = store
+        .group_version("old")
+        .await
+        .unwrap()
+        .expect("a version");
+    assert_eq!(store.group_version("old").await.unwrap(), Some(first));
+    redis.command(&["DEL", &group_key]).unwrap();
+    redis.command(&["DEL", &format!("{group_key}:v")]).unwrap();
     assert_eq!(keys_with_prefix(&redis, &prefix), Vec::<String>::new());
 }
 
