@@ -2,35 +2,54 @@
 //!
 //! Order matters for "nothing half-registered": the connection's store record is written
 //! first (so a register function may join groups), then register is called; on refusal or
-//! failure the record is removed again (with any groups joined). On acceptance the socket
-//! task is spawned before the 101 goes out, and from then on cleanup is guaranteed: the
-//! socket task always ends with the cleanup call and the store unregister.
+//! failure the record is removed again (with any groups joined). On acceptance the caller
+//! (the public listener's task for this client) writes the 101 and then runs the socket
+//! task, `connection::run`, whatever became of the 101: from then on cleanup is guaranteed,
+//! since the socket task always ends with the cleanup call and the store unregister.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use functions::event::{Event, EventKind, HandshakeRequest, RegisterReply};
 use http::{Response, StatusCode, request::Parts};
-use hyper::upgrade::OnUpgrade;
 use store::ConnectionRecord;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, Span, debug, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::dialect::{self, Facts, Verdict};
 use crate::invoke::{Call, CallError};
 use crate::registry::Connection;
 use crate::respond::{self, Body};
-use crate::{Shared, Slot, clock, connection, handshake, liveness};
+use crate::{Shared, Slot, clock, handshake, liveness};
 
-/// Decides on one upgrade request and returns the reply (101 or a refusal).
+/// The register decision on one upgrade request.
+pub(crate) enum Admission {
+    /// Not admitted (refused, or register or the store failed): the reply to send. Nothing
+    /// is left to clean up.
+    Refused(Response<Body>),
+    /// Register accepted: the caller must send the reply, then run `connection::run`.
+    Accepted(Admitted),
+}
+
+/// A connection register accepted.
+pub(crate) struct Admitted {
+    pub conn: Arc<Connection>,
+    pub slot: Slot,
+    /// The connection's `conn` span.
+    pub span: Span,
+    /// The 101, or (the store failed after register accepted) the error reply: then the
+    /// socket task runs without a socket, to send cleanup.
+    pub reply: Result<Response<Body>, Response<Body>>,
+}
+
+/// Decides on one upgrade request.
 pub(crate) async fn admit(
     shared: Arc<Shared>,
     parts: Parts,
     remote: SocketAddr,
     accept: String,
-    on_upgrade: OnUpgrade,
     slot: Slot,
-) -> Response<Body> {
+) -> Admission {
     let id = Uuid::new_v4();
     let span = info_span!("conn", id = %id);
     async move {
@@ -48,17 +67,17 @@ pub(crate) async fn admit(
         };
         if let Err(e) = shared.store.register(&record).await {
             warn!(cause = %e, "refusing connection: store unavailable");
-            return respond::error(
+            return Admission::Refused(respond::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
                 "the gateway's store is unavailable",
-            );
+            ));
         }
         let reply = match decide(&shared, &record, request).await {
             Ok(reply) => reply,
             Err(refusal) => {
                 forget(&shared, &record.id).await;
-                return refusal;
+                return Admission::Refused(refusal);
             }
         };
         let conn = Arc::new(Connection::new(
@@ -69,30 +88,33 @@ pub(crate) async fn admit(
             host,
             reply.context.clone(),
         ));
-        let mut upgrade = Some(on_upgrade);
-        let mut response = handshake::switching_protocols(&accept, reply.subprotocol.as_deref());
+        let mut response = Ok(handshake::switching_protocols(
+            &accept,
+            reply.subprotocol.as_deref(),
+        ));
         if !reply.context.is_null() {
             record.context = reply.context;
             if let Err(e) = shared.store.register(&record).await {
                 // Register accepted, so the function may hold state for this id: the socket
                 // task still runs (without a socket) to send cleanup.
                 warn!(cause = %e, "store unavailable after register accepted; closing");
-                upgrade = None;
-                response = respond::error(
+                response = Err(respond::error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
                     "the gateway's store is unavailable",
-                );
+                ));
             }
         }
-        if upgrade.is_some() {
+        if response.is_ok() {
             shared.registry.insert(conn.clone());
             info!(source_ip = %remote.ip(), "connection accepted");
         }
-        let fut = connection::run(shared.clone(), conn, upgrade, slot)
-            .instrument(tracing::Span::current());
-        shared.tracker.spawn(fut);
-        response
+        Admission::Accepted(Admitted {
+            conn,
+            slot,
+            span: Span::current(),
+            reply: response,
+        })
     }
     .instrument(span)
     .await

@@ -13,8 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use functions::event::{DataType, DisconnectReason, Event, EventKind};
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -31,7 +30,7 @@ use crate::registry::Connection;
 use crate::sockio::SocketIo;
 use crate::{Shared, Slot, clock, liveness};
 
-type Ws = WebSocketStream<SocketIo<TokioIo<Upgraded>>>;
+type Ws = WebSocketStream<SocketIo<TcpStream>>;
 type TransportCall = Pin<Box<dyn Future<Output = TransportResult> + Send>>;
 
 /// A finished transport call and how to read it.
@@ -62,40 +61,37 @@ impl End {
     }
 }
 
-/// Runs an accepted connection to its end, then cleans up. `upgrade` is `None` when the
-/// connection was accepted but cannot proceed (cleanup still runs).
+/// Runs an accepted connection to its end, then cleans up. `socket` is the client's socket
+/// once the 101 went out, or why the connection cannot proceed (cleanup still runs).
 pub(crate) async fn run(
     shared: Arc<Shared>,
     conn: Arc<Connection>,
-    upgrade: Option<OnUpgrade>,
+    socket: Result<SocketIo<TcpStream>, String>,
     slot: Slot,
 ) {
     let mut session = Session::new(shared.clone(), conn.clone());
-    let end = match upgrade {
-        None => End::new(DisconnectReason::UpgradeFailed, None, "store unavailable"),
-        Some(upgrade) => match upgrade.await {
-            Err(e) => {
-                debug!(cause = %e, "upgrade did not complete");
-                End::new(DisconnectReason::UpgradeFailed, None, e.to_string())
-            }
-            Ok(upgraded) => {
-                // On the heap, borrowed by the socket loop: passed by value, it would be
-                // stored twice in the loop's future (argument and local).
-                // (The setup future is boxed too: it is large, short-lived, and would
-                // otherwise size this task's state for the connection's whole life.)
-                let mut ws = Box::new(
-                    Box::pin(WebSocketStream::from_raw_socket(
-                        SocketIo::new(TokioIo::new(upgraded)),
-                        Role::Server,
-                        Some(shared.ws_config),
-                    ))
-                    .await,
-                );
-                // Boxed, like `finish` below: this task's state is the union of every
-                // await point, and an idle connection should pay only for the socket loop.
-                Box::pin(session.run(&mut ws)).await
-            }
-        },
+    let end = match socket {
+        Err(why) => {
+            debug!(cause = %why, "upgrade did not complete");
+            End::new(DisconnectReason::UpgradeFailed, None, why)
+        }
+        Ok(socket) => {
+            // On the heap, borrowed by the socket loop: passed by value, it would be
+            // stored twice in the loop's future (argument and local).
+            // (The setup future is boxed too: it is large, short-lived, and would
+            // otherwise size this task's state for the connection's whole life.)
+            let mut ws = Box::new(
+                Box::pin(WebSocketStream::from_raw_socket(
+                    socket,
+                    Role::Server,
+                    Some(shared.ws_config),
+                ))
+                .await,
+            );
+            // Boxed, like `finish` below: this task's state is the union of every
+            // await point, and an idle connection should pay only for the socket loop.
+            Box::pin(session.run(&mut ws)).await
+        }
     };
     Box::pin(session.finish(end)).await;
     drop(slot);

@@ -87,8 +87,8 @@ pub(crate) struct Shared {
     pub invoker: Invoker,
     /// Cancelled when shutdown starts: listeners stop accepting, sockets close with 1001.
     pub shutdown: CancellationToken,
-    /// Every task that must finish before the gateway exits (HTTP connections, admissions,
-    /// socket tasks with their cleanup calls).
+    /// Every task that must finish before the gateway exits: one per TCP connection on
+    /// either listener (a public client's admission, socket loop and cleanup call).
     pub tracker: TaskTracker,
     /// Connections held or being admitted; bounded by `limits.max_connections`.
     slots: AtomicUsize,

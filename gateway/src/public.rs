@@ -1,59 +1,137 @@
-//! The public listener: plain HTTP/1.1 until a client asks to upgrade. Upgrade requests are
-//! checked (`handshake`), then admitted or refused (`admit`); other requests get the
-//! configured page, a health answer, or 426.
+//! The public listener: a small HTTP/1.1 server of its own, since all it ever answers is an
+//! upgrade, the page, `/healthz` or a short error. Request heads are parsed with `httparse`
+//! (at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] headers, within
+//! `limits.handshake_timeout`). Upgrade requests are checked (`handshake`), then admitted
+//! or refused (`admit`); once the 101 is written, the same task becomes the connection's
+//! socket task (`connection::run`) on the bare TCP stream, with any bytes the client sent
+//! after its request. Other requests get the page, a health answer or 426, on a keep-alive
+//! connection when the request allows it.
 
-use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, warn};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, warn};
 
+use crate::admit::{self, Admission};
+use crate::registry::Connection;
 use crate::respond::{self, Body};
-use crate::{Shared, admit, handshake, listener};
+use crate::sockio::SocketIo;
+use crate::{Shared, Slot, connection, handshake, listener};
+
+/// The largest request head read (request line and headers).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most headers a request may have.
+pub const MAX_HEADERS: usize = 100;
 
 /// Accepts clients until shutdown.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     listener::accept_loop(shared, listener, "public", serve_connection).await;
 }
 
-/// Serves one client's HTTP/1.1 connection, through its upgrade if it asks for one.
+/// Serves one client's TCP connection: HTTP requests until one is admitted as a WebSocket,
+/// then that WebSocket.
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
-    let service_shared = shared.clone();
-    let service = service_fn(move |req| handle(service_shared.clone(), req, remote));
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.config.limits.handshake_timeout)
-        .max_buf_size(64 * 1024)
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = shared.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+    // Boxed: the HTTP phase is short, and an open WebSocket should not carry its state.
+    let Some(accepted) = Box::pin(http_phase(&shared, stream, remote)).await else {
+        return;
     };
-    if let Err(e) = result {
-        // Garbage, a slow or abandoned handshake, a client gone: normal traffic.
-        debug!(%remote, cause = %e, "public connection ended with an error");
+    let Accepted {
+        conn,
+        slot,
+        socket,
+        span,
+    } = accepted;
+    connection::run(shared, conn, socket, slot)
+        .instrument(span)
+        .await;
+}
+
+/// An admitted connection: its socket once the 101 went out (else why not), its slot and
+/// its tracing span.
+struct Accepted {
+    conn: Arc<Connection>,
+    slot: Slot,
+    socket: Result<SocketIo<TcpStream>, String>,
+    span: tracing::Span,
+}
+
+/// Answers requests until one is admitted (`Some`) or the connection ends (`None`).
+async fn http_phase(
+    shared: &Arc<Shared>,
+    mut stream: TcpStream,
+    remote: SocketAddr,
+) -> Option<Accepted> {
+    // Bytes read and not yet parsed: the head being read, then what follows it.
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let (req, head_len) = match read_request(shared, &mut stream, &mut buf).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return None,
+            Err(rejection) => {
+                debug!(%remote, message = rejection.message, "bad request");
+                let reply = respond::error(rejection.status, "bad_request", rejection.message);
+                let _ = write_reply(&mut stream, reply, Framing::close()).await;
+                return None;
+            }
+        };
+        buf.drain(..head_len);
+        if !handshake::wants_websocket(&req) {
+            let framing = Framing {
+                keep_alive: keeps_alive(&req),
+                head_only: req.method() == http::Method::HEAD,
+            };
+            let reply = plain(shared, &req);
+            if write_reply(&mut stream, reply, framing).await.is_err() || !framing.keep_alive {
+                return None;
+            }
+            continue;
+        }
+        let admitted = match upgrade(shared, req, remote).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                let _ = write_reply(&mut stream, refusal, Framing::close()).await;
+                return None;
+            }
+        };
+        let admit::Admitted {
+            conn,
+            slot,
+            span,
+            reply,
+        } = admitted;
+        let socket = match reply {
+            Ok(switching) => match write_reply(&mut stream, switching, Framing::upgrade()).await {
+                Ok(()) => Ok(SocketIo::with_prefix(stream, std::mem::take(&mut buf))),
+                Err(e) => Err(format!("the 101 could not be sent: {e}")),
+            },
+            Err(failure) => {
+                let _ = write_reply(&mut stream, failure, Framing::close()).await;
+                Err("store unavailable".to_owned())
+            }
+        };
+        return Some(Accepted {
+            conn,
+            slot,
+            socket,
+            span,
+        });
     }
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    mut req: Request<Incoming>,
+/// Checks an upgrade request and runs admission: the admitted connection, or the reply
+/// refusing it.
+async fn upgrade(
+    shared: &Arc<Shared>,
+    req: Request<()>,
     remote: SocketAddr,
-) -> Result<Response<Body>, Infallible> {
-    if !handshake::wants_websocket(&req) {
-        return Ok(plain(&shared, &req));
-    }
+) -> Result<admit::Admitted, Response<Body>> {
     let accept = match handshake::check(&req) {
         Ok(accept) => accept,
         Err(rejection) => {
@@ -65,11 +143,11 @@ async fn handle(
                     HeaderValue::from_static("13"),
                 );
             }
-            return Ok(response);
+            return Err(response);
         }
     };
     if shared.shutdown.is_cancelled() {
-        return Ok(respond::error(
+        return Err(respond::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "the gateway is shutting down",
@@ -77,38 +155,200 @@ async fn handle(
     }
     let Some(slot) = shared.try_slot() else {
         warn!(%remote, max = shared.config.limits.max_connections, "refusing connection: at capacity");
-        return Ok(respond::error(
+        return Err(respond::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "at_capacity",
             "the gateway holds its maximum number of connections",
         ));
     };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let (parts, _body) = req.into_parts();
-    // Admission runs in its own tracked task: if the client goes away mid-register, the
-    // decision still completes, so nothing is left half-registered.
-    let admission = shared.tracker.spawn(admit::admit(
-        shared.clone(),
-        parts,
-        remote,
-        accept,
-        on_upgrade,
-        slot,
-    ));
-    Ok(admission.await.unwrap_or_else(|e| {
-        warn!(cause = %e, "admission task failed");
-        respond::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error while admitting the connection",
-        )
-    }))
+    let (parts, ()) = req.into_parts();
+    // This task is tracked and nothing cancels it: if the client goes away mid-register,
+    // the decision still completes, so nothing is left half-registered.
+    match admit::admit(shared.clone(), parts, remote, accept, slot).await {
+        Admission::Refused(reply) => Err(reply),
+        Admission::Accepted(admitted) => Ok(admitted),
+    }
 }
 
-fn plain(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
-    match (req.method(), req.uri().path()) {
-        (&http::Method::GET, "/healthz") => respond::text(StatusCode::OK, "ok\n"),
-        (&http::Method::GET, "/" | "/index.html") if shared.page.is_some() => {
+/// Reads and parses the next request head: `(request, head length)`, `None` when the
+/// client closed, stalled past the handshake timeout or shutdown started first.
+async fn read_request(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<Option<(Request<()>, usize)>, handshake::Rejection> {
+    let deadline = Instant::now() + shared.config.limits.handshake_timeout;
+    loop {
+        if !buf.is_empty() {
+            if let Some(parsed) = parse_head(buf)? {
+                return Ok(Some(parsed));
+            }
+            if buf.len() >= MAX_HEAD {
+                return Err(too_large());
+            }
+        }
+        buf.reserve(if buf.capacity() == 0 { 1024 } else { 4096 });
+        let read = tokio::select! {
+            _ = shared.shutdown.cancelled() => return Ok(None),
+            read = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => read,
+        };
+        match read {
+            Ok(Ok(0)) => return Ok(None),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                debug!(cause = %e, "public connection failed");
+                return Ok(None);
+            }
+            Err(_) => {
+                debug!("request head not complete within the handshake timeout");
+                return Ok(None);
+            }
+        }
+    }
+}
+
+fn too_large() -> handshake::Rejection {
+    handshake::Rejection {
+        status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        message: "the request head is too large",
+    }
+}
+
+/// Parses a complete request head at the start of `buf`; `None` if it is not complete yet.
+fn parse_head(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, handshake::Rejection> {
+    let bad = |message| handshake::Rejection {
+        status: StatusCode::BAD_REQUEST,
+        message,
+    };
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
+        Err(_) => return Err(bad("malformed HTTP request")),
+    };
+    let mut request = Request::builder()
+        .method(parsed.method.unwrap_or_default())
+        .uri(parsed.path.unwrap_or_default())
+        .version(match parsed.version {
+            Some(0) => http::Version::HTTP_10,
+            _ => http::Version::HTTP_11,
+        });
+    for h in parsed.headers.iter() {
+        request = request.header(h.name, h.value);
+    }
+    match request.body(()) {
+        Ok(request) => Ok(Some((request, head_len))),
+        Err(_) => Err(bad("malformed request line or header")),
+    }
+}
+
+/// Whether the connection may carry another request after this one: HTTP/1.1 unless
+/// `Connection: close` (HTTP/1.0 only with `keep-alive`), and no request body (the gateway
+/// reads none; a connection with one is closed after the reply).
+fn keeps_alive(req: &Request<()>) -> bool {
+    let headers = req.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let connection = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    let wanted = match req.version() {
+        http::Version::HTTP_10 => connection("keep-alive"),
+        _ => !connection("close"),
+    };
+    wanted && !has_body
+}
+
+/// How a reply is framed on the wire.
+#[derive(Clone, Copy, Debug)]
+struct Framing {
+    /// Another request may follow (else `Connection: close`, and the gateway closes).
+    keep_alive: bool,
+    /// A reply to HEAD: the headers only.
+    head_only: bool,
+}
+
+impl Framing {
+    fn close() -> Self {
+        Framing {
+            keep_alive: false,
+            head_only: false,
+        }
+    }
+
+    /// The 101: no length, the connection goes on as a WebSocket.
+    fn upgrade() -> Self {
+        Framing {
+            keep_alive: true,
+            head_only: true,
+        }
+    }
+}
+
+/// Writes `reply` in one write; closes the sending side after it unless kept alive.
+async fn write_reply(
+    stream: &mut TcpStream,
+    reply: Response<Body>,
+    framing: Framing,
+) -> io::Result<()> {
+    let bytes = encode_reply(reply, framing);
+    stream.write_all(&bytes).await?;
+    if !framing.keep_alive {
+        stream.shutdown().await?;
+    }
+    Ok(())
+}
+
+/// The reply as HTTP/1.1 bytes.
+fn encode_reply(reply: Response<Body>, framing: Framing) -> Vec<u8> {
+    let (parts, body) = reply.into_parts();
+    // A `Full` body is ready at once.
+    let body = body
+        .collect()
+        .now_or_never()
+        .and_then(Result::ok)
+        .map(|collected| collected.to_bytes())
+        .unwrap_or_default();
+    let status = parts.status;
+    let mut out = Vec::with_capacity(128 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+        if !framing.keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    if !framing.head_only {
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+fn plain(shared: &Shared, req: &Request<()>) -> Response<Body> {
+    let get = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+    match req.uri().path() {
+        "/healthz" if get => respond::text(StatusCode::OK, "ok\n"),
+        "/" | "/index.html" if get && shared.page.is_some() => {
             let mut response = Response::new(Body::new(shared.page.clone().unwrap_or_default()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -127,5 +367,91 @@ fn plain(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                 .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             response
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_parse_when_complete_and_not_before() {
+        let head = b"GET /chat?room=a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\nextra";
+        assert!(parse_head(&head[..20]).unwrap().is_none());
+        let (req, len) = parse_head(head).unwrap().unwrap();
+        assert_eq!(&head[len..], b"extra");
+        assert_eq!(req.uri().path(), "/chat");
+        assert_eq!(req.uri().query(), Some("room=a"));
+        assert_eq!(req.headers()["upgrade"], "websocket");
+        assert_eq!(req.version(), http::Version::HTTP_11);
+    }
+
+    #[test]
+    fn bad_heads_are_refused_with_a_status() {
+        let status = |head: &[u8]| parse_head(head).unwrap_err().status;
+        assert_eq!(
+            status(b"\x16\x03\x01 junk\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"),
+            StatusCode::BAD_REQUEST
+        );
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("x-{i}: y\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(status(&many), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn keep_alive_follows_version_connection_and_body() {
+        let req = |version, headers: &[(&str, &str)]| {
+            let mut b = Request::get("/").version(version);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap()
+        };
+        const HTTP_10: http::Version = http::Version::HTTP_10;
+        const HTTP_11: http::Version = http::Version::HTTP_11;
+        assert!(keeps_alive(&req(HTTP_11, &[])));
+        assert!(!keeps_alive(&req(HTTP_11, &[("connection", "close")])));
+        assert!(!keeps_alive(&req(HTTP_10, &[])));
+        assert!(keeps_alive(&req(HTTP_10, &[("connection", "Keep-Alive")])));
+        assert!(!keeps_alive(&req(HTTP_11, &[("content-length", "5")])));
+        assert!(keeps_alive(&req(HTTP_11, &[("content-length", "0")])));
+        assert!(!keeps_alive(&req(
+            HTTP_11,
+            &[("transfer-encoding", "chunked")]
+        )));
+    }
+
+    #[test]
+    fn replies_are_framed() {
+        let reply = respond::text(StatusCode::OK, "ok\n");
+        let bytes = encode_reply(reply, Framing::close());
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("content-length: 3\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nok\n"), "{text}");
+        let head = Framing {
+            keep_alive: true,
+            head_only: true,
+        };
+        let text =
+            String::from_utf8(encode_reply(respond::text(StatusCode::OK, "ok\n"), head)).unwrap();
+        assert!(text.ends_with("content-length: 3\r\n\r\n"), "{text}");
+        let switching = handshake::switching_protocols("abc", Some("chat"));
+        let text = String::from_utf8(encode_reply(switching, Framing::upgrade())).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{text}"
+        );
+        assert!(!text.contains("content-length"), "{text}");
+        assert!(text.contains("sec-websocket-accept: abc\r\n"), "{text}");
+        assert!(text.contains("sec-websocket-protocol: chat\r\n"), "{text}");
     }
 }

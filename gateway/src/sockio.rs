@@ -30,11 +30,11 @@ pub struct SocketIo<S> {
 }
 
 impl<S> SocketIo<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
+    /// Wraps `inner`, with `first` (bytes already read from it) to be read before it.
+    pub fn with_prefix(inner: S, first: Vec<u8>) -> Self {
         SocketIo {
             inner,
-            ahead: None,
+            ahead: (!first.is_empty()).then(|| first.into_boxed_slice()),
             taken: 0,
         }
     }
@@ -132,7 +132,7 @@ mod tests {
     #[tokio::test]
     async fn small_reads_of_a_large_write_hold_only_the_rest_then_nothing() {
         let (mut peer, socket) = tokio::io::duplex(64 * 1024);
-        let mut io = SocketIo::new(socket);
+        let mut io = SocketIo::with_prefix(socket, Vec::new());
         let sent: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
         peer.write_all(&sent).await.unwrap();
         let mut got = Vec::new();
@@ -153,7 +153,7 @@ mod tests {
     #[tokio::test]
     async fn large_reads_go_straight_to_the_caller_and_writes_pass_through() {
         let (mut peer, socket) = tokio::io::duplex(64 * 1024);
-        let mut io = SocketIo::new(socket);
+        let mut io = SocketIo::with_prefix(socket, Vec::new());
         peer.write_all(b"hello").await.unwrap();
         let mut big = vec![0u8; READ_CHUNK];
         let n = io.read(&mut big).await.unwrap();
@@ -165,5 +165,17 @@ mod tests {
         assert_eq!(&four, b"back");
         drop(peer);
         assert_eq!(io.read(&mut big).await.unwrap(), 0, "end of stream");
+    }
+
+    #[tokio::test]
+    async fn a_prefix_is_read_before_the_socket() {
+        let (mut peer, socket) = tokio::io::duplex(1024);
+        let mut io = SocketIo::with_prefix(socket, b"early".to_vec());
+        peer.write_all(b" late").await.unwrap();
+        drop(peer);
+        let mut got = Vec::new();
+        io.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"early late");
+        assert_eq!(io.held(), 0);
     }
 }

@@ -10,6 +10,7 @@ mod dialect_aws;
 mod dialect_tencent;
 mod limits;
 mod ordering;
+mod public_http;
 mod redis_e2e;
 mod register;
 mod sendback;

@@ -1,0 +1,133 @@
+//! The public listener's own HTTP, spoken over raw TCP: plain requests on a keep-alive
+//! connection (pipelined, HEAD, `Connection: close`), a WebSocket frame sent in the same
+//! write as the upgrade request, and the bound on a request head.
+
+use std::time::Duration;
+
+use tests::gateway::TestGateway;
+use tests::scripted::ScriptedFunction;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn setup() -> (ScriptedFunction, TestGateway) {
+    let function = ScriptedFunction::accepting().await;
+    let url = function.url();
+    let gw = TestGateway::start(move |c| c.functions.register = Some(url.into())).await;
+    (function, gw)
+}
+
+/// Everything the gateway sends until it closes (bounded).
+async fn read_to_close(tcp: &mut TcpStream) -> String {
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut reply))
+        .await
+        .expect("the gateway answers and closes")
+        .expect("read");
+    String::from_utf8_lossy(&reply).into_owned()
+}
+
+#[tokio::test]
+async fn plain_requests_share_a_keep_alive_connection() {
+    let (_function, gw) = setup().await;
+    let mut tcp = TcpStream::connect(gw.public).await.unwrap();
+    // Three requests in one write: the gateway answers each, in order, and closes after
+    // the one that asks for it.
+    tcp.write_all(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\
+          HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let reply = read_to_close(&mut tcp).await;
+    let answers: Vec<&str> = reply.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{reply}");
+    assert!(answers[0].starts_with("200 OK\r\n"), "{reply}");
+    assert!(
+        answers[0].ends_with("\r\n\r\nok\n"),
+        "GET has the body: {reply}"
+    );
+    assert!(answers[1].starts_with("200 OK\r\n"), "{reply}");
+    assert!(
+        answers[1].contains("content-length: 3\r\n") && answers[1].ends_with("\r\n\r\n"),
+        "HEAD has the length, not the body: {reply}"
+    );
+    assert!(
+        answers[2].starts_with("426 Upgrade Required\r\n"),
+        "{reply}"
+    );
+    assert!(answers[2].contains("connection: close\r\n"), "{reply}");
+
+    // HTTP/1.0 without keep-alive: one answer, then the gateway closes.
+    let mut tcp = TcpStream::connect(gw.public).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = read_to_close(&mut tcp).await;
+    assert_eq!(reply.matches("HTTP/1.1 200").count(), 1, "{reply}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_is_read() {
+    let (function, gw) = setup().await;
+    let mut tcp = TcpStream::connect(gw.public).await.unwrap();
+    // The handshake and a masked text frame "ping" (answered by the gateway's heartbeat
+    // with "pong") in one write, before any 101.
+    let mask = [1u8, 2, 3, 4];
+    let mut bytes = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    bytes.extend_from_slice(&[0x81, 0x80 | 4]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(b"ping".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    tcp.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    let pong = [0x81u8, 4, b'p', b'o', b'n', b'g'];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !got.windows(pong.len()).any(|w| w == pong) {
+            let mut chunk = [0u8; 1024];
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("the 101 and then the pong");
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{text}"
+    );
+    function.wait_register().await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_head_over_64_kib_gets_431() {
+    let (function, gw) = setup().await;
+    let mut tcp = TcpStream::connect(gw.public).await.unwrap();
+    // Exactly the bound, never ending: the gateway reads all of it, then refuses.
+    let mut head = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+    head.resize(64 * 1024, b'a');
+    tcp.write_all(&head).await.unwrap();
+    let reply = read_to_close(&mut tcp).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{reply}"
+    );
+    assert!(function.events().is_empty());
+    // A head just under the bound is served.
+    let mut tcp = TcpStream::connect(gw.public).await.unwrap();
+    let mut head = b"GET /healthz HTTP/1.1\r\nConnection: close\r\nX-Big: ".to_vec();
+    head.resize(60 * 1024, b'a');
+    head.extend_from_slice(b"\r\n\r\n");
+    tcp.write_all(&head).await.unwrap();
+    let reply = read_to_close(&mut tcp).await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    gw.shutdown().await;
+}
