@@ -469,13 +469,26 @@ mod tests {
             self.up()?;
             self.inner.groups_of(id).await
         }
-        async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+        async fn heartbeat(
+            &self,
+            node: &str,
+            address: &str,
+            ttl: Duration,
+        ) -> Result<(), StoreError> {
             self.up()?;
-            self.inner.heartbeat(node, ttl).await
+            self.inner.heartbeat(node, address, ttl).await
         }
         async fn node_alive(&self, node: &str) -> Result<bool, StoreError> {
             self.up()?;
             self.inner.node_alive(node).await
+        }
+        async fn node_address(&self, node: &str) -> Result<Option<String>, StoreError> {
+            self.up()?;
+            self.inner.node_address(node).await
+        }
+        async fn nodes(&self) -> Result<Vec<store::NodeInfo>, StoreError> {
+            self.up()?;
+            self.inner.nodes().await
         }
     }
 

@@ -31,7 +31,7 @@ use crate::outbox::{CloseRequest, PushError};
 use crate::respond::{self, Body};
 use crate::sendback::{limits, lookup, read_body};
 use crate::sigv4::{EXECUTE_API, SignedRequest, Verifier};
-use crate::{Shared, clock};
+use crate::{Shared, clock, forward};
 
 /// An error as the management API reports it.
 #[derive(Debug)]
@@ -139,6 +139,18 @@ async fn serve(
                 AwsError::forbidden(rejection.to_string())
             })?;
         debug!(access_key = %key, %method, connection = id, "management API request verified");
+    }
+    if lookup(shared, id).is_none() && !forward::is_forwarded(&headers) {
+        if let Some(base) = forward::owner(shared, id).await {
+            let target = if query.is_empty() {
+                path
+            } else {
+                format!("{path}?{query}")
+            };
+            return Ok(
+                forward::relay_reply(shared, &base, &method, &target, &headers, &body).await,
+            );
+        }
     }
     match method {
         Method::POST => post(shared, id, body),

@@ -72,6 +72,11 @@ pub struct SendbackConfig {
     /// The largest send-back request body (a single message is further limited by
     /// `limits.max_message_bytes`).
     pub max_body_bytes: usize,
+    /// The base URL (`http://host:port`) at which the other gateway nodes sharing the store
+    /// reach this node's send-back API, to forward requests for connections this node
+    /// holds. Default: `http://` + the bound `listen` address, unless that is a wildcard
+    /// (`0.0.0.0`, `::`): then this node's connections are reachable only through it.
+    pub advertise: Option<String>,
 }
 
 /// The functions the gateway calls, and how.
@@ -344,6 +349,7 @@ impl Default for SendbackConfig {
             token: None,
             insecure_no_auth: false,
             max_body_bytes: 4 << 20,
+            advertise: None,
         }
     }
 }
@@ -566,6 +572,23 @@ impl Config {
             }
             _ => {}
         }
+        if let Some(advertise) = &self.sendback.advertise {
+            match url::Url::parse(advertise) {
+                Ok(u)
+                    if u.scheme() == "http"
+                        && u.host().is_some()
+                        && u.port_or_known_default().is_some()
+                        && u.path() == "/"
+                        && u.query().is_none()
+                        && u.username().is_empty() => {}
+                _ => {
+                    return bad(
+                        "sendback.advertise",
+                        format!("`{advertise}`: expected `http://host:port`"),
+                    );
+                }
+            }
+        }
         if self.public.listen == self.sendback.listen && self.public.listen.port() != 0 {
             return bad("sendback.listen", "must differ from public.listen".into());
         }
@@ -761,5 +784,21 @@ mod tests {
         assert!(m.contains("`store`"), "{m}");
         let m = msg("store_prefix = \"a{b}\"\n[sendback]\ntoken = \"0123456789abcdef\"\n");
         assert!(m.contains("store_prefix"), "{m}");
+        for advertise in [
+            "https://x:1",
+            "http://x:1/path",
+            "gateway:9090",
+            "http://u@x:1",
+        ] {
+            let m = msg(&format!(
+                "[sendback]\ntoken = \"0123456789abcdef\"\nadvertise = \"{advertise}\"\n"
+            ));
+            assert!(m.contains("sendback.advertise"), "{advertise}: {m}");
+        }
+        load_str(
+            "[sendback]\ntoken = \"0123456789abcdef\"\nadvertise = \"http://10.0.0.5:9090\"\n",
+            &[],
+        )
+        .expect("a host and port are accepted");
     }
 }

@@ -79,6 +79,9 @@ pub struct HttpReply {
     pub status: u16,
     /// The `Content-Type` header, if any.
     pub content_type: Option<String>,
+    /// Headers a relayed send-back reply must keep: `x-amzn-*` (AWS error types) and
+    /// `www-authenticate`. Usually none.
+    pub kept: Vec<(String, String)>,
     /// The body, de-chunked.
     pub body: Bytes,
 }
@@ -184,7 +187,19 @@ impl Endpoint {
         body: &Bytes,
         max_body: usize,
     ) -> Result<HttpReply, HttpError> {
-        let request = self.encode(headers, body);
+        self.send("POST", headers, body, max_body).await
+    }
+
+    /// Sends a `method` request, otherwise as [`Endpoint::post`]; a `host` among `headers`
+    /// replaces the URL's.
+    pub async fn send(
+        &self,
+        method: &str,
+        headers: &[(&str, &str)],
+        body: &Bytes,
+        max_body: usize,
+    ) -> Result<HttpReply, HttpError> {
+        let request = self.encode(method, headers, body);
         if let Some(stream) = self.pool.take() {
             match self.exchange(stream, &request, body, max_body).await {
                 // The function closed the idle connection as we reused it: it never
@@ -210,7 +225,7 @@ impl Endpoint {
     }
 
     /// The request head, with the body behind it when it is small.
-    fn encode(&self, headers: &[(&str, &str)], body: &Bytes) -> Vec<u8> {
+    fn encode(&self, method: &str, headers: &[(&str, &str)], body: &Bytes) -> Vec<u8> {
         let coalesce = body.len() <= COALESCE_BODY_BYTES;
         let extra: usize = headers.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
         let mut out = Vec::with_capacity(
@@ -219,13 +234,21 @@ impl Endpoint {
                 + extra
                 + if coalesce { body.len() } else { 0 },
         );
-        out.extend_from_slice(b"POST ");
+        let host = headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("host"))
+            .map_or(self.authority.as_str(), |(_, value)| value);
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
         out.extend_from_slice(self.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-        out.extend_from_slice(self.authority.as_bytes());
+        out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\ncontent-length: ");
         out.extend_from_slice(body.len().to_string().as_bytes());
         for (name, value) in headers {
+            if name.eq_ignore_ascii_case("host") {
+                continue;
+            }
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
@@ -321,6 +344,7 @@ enum Framing {
 struct Head {
     status: u16,
     content_type: Option<String>,
+    kept: Vec<(String, String)>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -366,6 +390,7 @@ async fn read_reply(
         HttpReply {
             status: head.status,
             content_type: head.content_type,
+            kept: head.kept,
             body,
         },
         reusable,
@@ -409,6 +434,7 @@ fn interpret(reply: &httparse::Response<'_, '_>) -> Result<Head, HttpError> {
     let status = reply.code.unwrap_or(0);
     let http11 = reply.version == Some(1);
     let mut content_type = None;
+    let mut kept = Vec::new();
     let mut length: Option<usize> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut close = false;
@@ -436,6 +462,12 @@ fn interpret(reply: &httparse::Response<'_, '_>) -> Result<Head, HttpError> {
             }
         } else if name.eq_ignore_ascii_case("content-type") {
             content_type = std::str::from_utf8(h.value).ok().map(str::to_owned);
+        } else if (name.len() > 7 && name[..7].eq_ignore_ascii_case("x-amzn-"))
+            || name.eq_ignore_ascii_case("www-authenticate")
+        {
+            if let Ok(value) = std::str::from_utf8(h.value) {
+                kept.push((name.to_ascii_lowercase(), value.to_owned()));
+            }
         }
     }
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
@@ -458,6 +490,7 @@ fn interpret(reply: &httparse::Response<'_, '_>) -> Result<Head, HttpError> {
     Ok(Head {
         status,
         content_type,
+        kept,
         framing,
         keep_alive,
     })

@@ -22,6 +22,7 @@ mod connection;
 pub mod demo;
 mod dialect;
 mod error;
+mod forward;
 mod group_cache;
 mod handshake;
 mod http_client;
@@ -41,6 +42,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use store::SharedStore;
@@ -54,6 +56,7 @@ pub use config::Config;
 pub use error::{ConfigError, GatewayError};
 
 use crate::group_cache::GroupCache;
+use crate::http_client::HttpClient;
 use crate::invoke::Invoker;
 use crate::registry::Registry;
 
@@ -85,6 +88,10 @@ pub(crate) struct Shared {
     /// Group members kept between group sends, by the store's version of each group.
     pub groups: GroupCache,
     pub invoker: Invoker,
+    /// Where the other nodes reach this node's send-back API (empty: they cannot).
+    pub advertise: String,
+    /// Keep-alive connections to the other nodes' send-back APIs.
+    pub peers: HttpClient,
     /// Cancelled when shutdown starts: listeners stop accepting, sockets close with 1001.
     pub shutdown: CancellationToken,
     /// Every task that must finish before the gateway exits: one per TCP connection on
@@ -155,8 +162,21 @@ impl Gateway {
             .max_write_buffer_size(l.outbound_queue_bytes.saturating_add(l.write_buffer_bytes))
             .max_message_size(Some(l.max_message_bytes))
             .max_frame_size(Some(l.max_message_bytes));
+        let advertise = match &config.sendback.advertise {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let addr = sendback.local_addr()?;
+                if addr.ip().is_unspecified() {
+                    String::new()
+                } else {
+                    format!("http://{addr}")
+                }
+            }
+        };
         let shared = Arc::new(Shared {
             node: Arc::from(config.node_id.as_str()),
+            advertise,
+            peers: HttpClient::new(64, Duration::from_secs(30)),
             invoker: Invoker::new(&config.functions)?,
             config,
             store,
@@ -215,6 +235,11 @@ impl Gateway {
             node = %shared.node,
             "gateway listening"
         );
+        // Announce this node before it takes connections, so the other nodes can reach
+        // them from the start.
+        if let Err(e) = liveness::beat(&shared).await {
+            warn!(cause = %e, "store heartbeat failed");
+        }
         let listeners = TaskTracker::new();
         listeners.spawn(public::serve(shared.clone(), public));
         listeners.spawn(sendback::serve(shared.clone(), sendback));

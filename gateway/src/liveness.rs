@@ -1,5 +1,6 @@
-//! This node's presence in the store: a heartbeat key with a TTL (so another node can tell
-//! that this one died and clean up after it), and the retry of store removals that failed
+//! This node's presence in the store: a heartbeat key with a TTL and this node's send-back
+//! address (so another node can tell that this one died and clean up after it, and relay
+//! send-back requests to it), and the retry of store removals that failed
 //! while the store was down (so no record of a closed connection outlives an outage).
 
 use std::sync::Arc;
@@ -38,6 +39,15 @@ pub(crate) async fn retry_backlog(shared: &Shared) -> usize {
     left
 }
 
+/// One heartbeat: this node and its send-back address, alive for three intervals.
+pub(crate) async fn beat(shared: &Shared) -> Result<(), store::StoreError> {
+    let ttl = shared.config.node_heartbeat * 3;
+    shared
+        .store
+        .heartbeat(&shared.node, &shared.advertise, ttl)
+        .await
+}
+
 /// Refreshes the heartbeat every `node_heartbeat` (TTL three intervals) until shutdown.
 pub(crate) async fn run(shared: Arc<Shared>) {
     let interval = shared.config.node_heartbeat;
@@ -49,7 +59,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             _ = shared.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match shared.store.heartbeat(&shared.node, interval * 3).await {
+        match beat(&shared).await {
             Ok(()) => {
                 if !healthy {
                     info!("store reachable again");

@@ -2,7 +2,7 @@
 //! listener (loopback by default), every request authenticated by the bearer token.
 //! Routes and bodies are documented in `functions::api`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
@@ -33,7 +33,7 @@ use crate::group_cache::Members;
 use crate::outbox::{CloseRequest, PushError, QueueLimits};
 use crate::registry::{Connection, IdHasher};
 use crate::respond::{self, Body, Failure};
-use crate::{Shared, aws_management, clock, listener, tencent_sendback};
+use crate::{Shared, aws_management, clock, forward, listener, tencent_sendback};
 
 /// Serves the send-back API until shutdown.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
@@ -91,6 +91,16 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     }
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let (&Method::POST | &Method::GET | &Method::DELETE, ["@connections", id]) =
+        (req.method(), segments.as_slice())
+    {
+        let id = decode_id(id);
+        if lookup(shared, &id).is_none() && !forward::is_forwarded(req.headers()) {
+            if let Some(base) = forward::owner(shared, &id).await {
+                return relay(shared, &base, req).await;
+            }
+        }
+    }
     match (req.method().clone(), segments.as_slice()) {
         (Method::POST, ["@connections"]) => batch_send(shared, req).await,
         (Method::POST, ["@connections", id]) => {
@@ -222,12 +232,20 @@ pub(crate) async fn read_body(req: Request<Incoming>, max: usize) -> Result<Byte
 /// The message a send-back body carries: binary if the content type says
 /// `application/octet-stream`, else UTF-8 text; at most `limits.max_message_bytes`.
 async fn read_message(shared: &Shared, req: Request<Incoming>) -> Result<Message, Failure> {
-    let binary = req
-        .headers()
+    let binary = is_binary(req.headers());
+    let body = read_body(req, shared.config.limits.max_message_bytes).await?;
+    message_of(body, binary)
+}
+
+fn is_binary(headers: &http::HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/octet-stream"));
-    let body = read_body(req, shared.config.limits.max_message_bytes).await?;
+        .is_some_and(|ct| ct.starts_with("application/octet-stream"))
+}
+
+/// A body as a message: binary as is, else UTF-8 text.
+fn message_of(body: Bytes, binary: bool) -> Result<Message, Failure> {
     if binary {
         return Ok(Message::Binary(body));
     }
@@ -239,6 +257,23 @@ async fn read_message(shared: &Shared, req: Request<Incoming>) -> Result<Message
             "a text message must be UTF-8 (send binary with Content-Type: application/octet-stream)",
         )),
     }
+}
+
+/// Relays a request, body included, to the node at `base` and answers with its reply.
+async fn relay(shared: &Shared, base: &str, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let target = path_and_query(&req);
+    let headers = req.headers().clone();
+    match read_body(req, shared.config.sendback.max_body_bytes).await {
+        Ok(body) => forward::relay_reply(shared, base, &method, &target, &headers, &body).await,
+        Err(failure) => failure.into_response(),
+    }
+}
+
+fn path_and_query(req: &Request<Incoming>) -> String {
+    req.uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned())
 }
 
 async fn send_one(shared: &Shared, id: &str, req: Request<Incoming>) -> Response<Body> {
@@ -266,6 +301,8 @@ fn throttled(id: &str) -> Response<Body> {
 }
 
 async fn batch_send(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let forwarded = forward::is_forwarded(req.headers());
+    let headers = req.headers().clone();
     let body = match read_body(req, shared.config.sendback.max_body_bytes).await {
         Ok(body) => body,
         Err(failure) => return failure.into_response(),
@@ -281,7 +318,7 @@ async fn batch_send(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         }
     };
     let message = match batch.data_type {
-        DataType::Text => Message::text(batch.data),
+        DataType::Text => Message::text(batch.data.as_str()),
         DataType::Binary => match BASE64.decode(batch.data.as_bytes()) {
             Ok(bytes) => Message::Binary(Bytes::from(bytes)),
             Err(e) => {
@@ -304,27 +341,92 @@ async fn batch_send(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
         );
     }
     let limits = limits(shared);
-    let mut result = BatchResult::default();
-    for id in batch.connection_ids {
-        let status = match lookup(shared, &id) {
-            None => DeliveryStatus::Gone,
+    let mut items = Vec::with_capacity(batch.connection_ids.len());
+    // Positions of the ids this node does not hold.
+    let mut elsewhere = Vec::new();
+    for id in &batch.connection_ids {
+        let status = match lookup(shared, id) {
+            None => {
+                elsewhere.push(items.len());
+                DeliveryStatus::Gone
+            }
             Some(conn) => match conn.outbox.push(message.clone(), limits) {
                 Ok(()) => DeliveryStatus::Delivered,
                 Err(PushError::Closed) => DeliveryStatus::Gone,
                 Err(PushError::Full) => DeliveryStatus::Throttled,
             },
         };
-        match status {
+        items.push(BatchItem {
+            connection_id: id.clone(),
+            status,
+        });
+    }
+    if !forwarded && !elsewhere.is_empty() {
+        relay_batch(shared, &headers, &batch, &mut items, &elsewhere).await;
+    }
+    let mut result = BatchResult::default();
+    for item in &items {
+        match item.status {
             DeliveryStatus::Delivered => result.delivered += 1,
             DeliveryStatus::Gone => result.gone += 1,
             DeliveryStatus::Throttled => result.throttled += 1,
         }
-        result.results.push(BatchItem {
-            connection_id: id,
-            status,
-        });
     }
+    result.results = items;
     respond::json(StatusCode::OK, &result)
+}
+
+/// Sends the part of a batch for connections other nodes hold to those nodes (one batch
+/// per node, concurrently) and takes their statuses into `items`.
+async fn relay_batch(
+    shared: &Shared,
+    headers: &http::HeaderMap,
+    batch: &BatchSend,
+    items: &mut [BatchItem],
+    elsewhere: &[usize],
+) {
+    let owners = futures_util::future::join_all(
+        elsewhere
+            .iter()
+            .map(|&i| forward::owner(shared, &items[i].connection_id)),
+    )
+    .await;
+    let mut by_node: HashMap<String, Vec<usize>> = HashMap::new();
+    for (&i, owner) in elsewhere.iter().zip(owners) {
+        if let Some(base) = owner {
+            by_node.entry(base).or_default().push(i);
+        }
+    }
+    let sends = by_node.iter().map(|(base, positions)| {
+        let part = BatchSend {
+            connection_ids: positions
+                .iter()
+                .map(|&i| items[i].connection_id.clone())
+                .collect(),
+            data: batch.data.clone(),
+            data_type: batch.data_type,
+        };
+        async move {
+            let body = Bytes::from(serde_json::to_vec(&part).unwrap_or_default());
+            let reply =
+                forward::relay(shared, base, &Method::POST, "/@connections", headers, &body).await;
+            (positions, reply)
+        }
+    });
+    for (positions, reply) in futures_util::future::join_all(sends).await {
+        match forward::json_answer::<BatchResult>(reply) {
+            Ok(answer) => {
+                for (&i, item) in positions.iter().zip(answer.results) {
+                    if item.connection_id == items[i].connection_id {
+                        items[i].status = item.status;
+                    }
+                }
+            }
+            Err(cause) => {
+                warn!(%cause, "a node did not take its part of a batch send: reported as gone");
+            }
+        }
+    }
 }
 
 fn info(shared: &Shared, id: &str) -> Response<Body> {
@@ -426,8 +528,24 @@ async fn group_send(
     excluded: &HashSet<String>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Failure> {
-    let message = read_message(shared, req).await?;
-    let members = group_members(shared, group).await?;
+    let forwarded = forward::is_forwarded(req.headers());
+    let binary = is_binary(req.headers());
+    let target = path_and_query(&req);
+    let headers = req.headers().clone();
+    let body = read_body(req, shared.config.limits.max_message_bytes).await?;
+    let message = message_of(body.clone(), binary)?;
+    // The other nodes deliver to the members they hold; a relayed send stays here.
+    let (members, peers) = if forwarded {
+        (group_members(shared, group).await?, Vec::new())
+    } else {
+        let (members, peers) = tokio::join!(group_members(shared, group), forward::peers(shared));
+        (members?, peers)
+    };
+    let relayed = futures_util::future::join_all(
+        peers
+            .iter()
+            .map(|base| forward::relay(shared, base, &Method::POST, &target, &headers, &body)),
+    );
     let limits = limits(shared);
     let mut result = GroupSendResult::default();
     let excluded_ids: HashSet<Uuid, BuildHasherDefault<IdHasher>> = excluded
@@ -460,6 +578,22 @@ async fn group_send(
                 Some(Err(PushError::Closed)) | None => result.gone += 1,
             }
         });
+    }
+    if !peers.is_empty() {
+        for (base, reply) in peers.iter().zip(relayed.await) {
+            match forward::json_answer::<GroupSendResult>(reply) {
+                Ok(theirs) => {
+                    result.delivered += theirs.delivered;
+                    result.throttled += theirs.throttled;
+                }
+                Err(cause) => {
+                    warn!(node = %base, %cause, group, "a node did not take a group send: its members are reported as gone");
+                }
+            }
+        }
+        // Each node counts the members it does not hold as gone: count them once, here.
+        let listed = members.ids.len() + members.others.len();
+        result.gone = listed.saturating_sub(result.excluded + result.delivered + result.throttled);
     }
     debug!(
         group,

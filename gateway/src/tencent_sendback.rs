@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
-use crate::Shared;
 use crate::outbox::{CloseRequest, PushError};
 use crate::respond::{self, Body};
 use crate::sendback::{limits, lookup, read_body};
+use crate::{Shared, forward};
 
 #[derive(Deserialize)]
 struct Push {
@@ -94,6 +94,11 @@ pub(crate) async fn handle(
     if !authorized(shared, &req, path_token) {
         return answer(StatusCode::UNAUTHORIZED, "missing or wrong token");
     }
+    let headers = req.headers().clone();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned());
     let body = match read_body(req, shared.config.sendback.max_body_bytes).await {
         Ok(body) => body,
         Err(failure) => return answer(failure.status, &failure.message),
@@ -109,6 +114,12 @@ pub(crate) async fn handle(
     };
     let push = push.websocket;
     let id = push.sec_connection_id.as_str();
+    if lookup(shared, id).is_none() && !forward::is_forwarded(&headers) {
+        if let Some(base) = forward::owner(shared, id).await {
+            let method = http::Method::POST;
+            return forward::relay_reply(shared, &base, &method, &target, &headers, &body).await;
+        }
+    }
     match push.action.as_str() {
         "data send" => {
             let Some(data) = push.data else {

@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use self::redis::{RedisOptions, RedisStore};
 pub use error::StoreError;
 pub use memory::MemoryStore;
-pub use record::{ConnectionRecord, MembersPage};
+pub use record::{ConnectionRecord, MembersPage, NodeInfo};
 
 /// The key prefix a Redis-backed store uses unless told otherwise.
 pub const DEFAULT_PREFIX: &str = "switchboard";
@@ -86,11 +86,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The groups a connection has joined.
     async fn groups_of(&self, id: &str) -> Result<Vec<String>, StoreError>;
 
-    /// Records that gateway `node` is alive for the next `ttl`.
-    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Records that gateway `node` is alive for the next `ttl`, its send-back API at
+    /// `address` (a base URL other nodes can reach; empty for none).
+    async fn heartbeat(&self, node: &str, address: &str, ttl: Duration) -> Result<(), StoreError>;
 
     /// Whether gateway `node` has sent a heartbeat that has not yet expired.
     async fn node_alive(&self, node: &str) -> Result<bool, StoreError>;
+
+    /// The send-back address of a live node: `None` if its heartbeat expired or it gave
+    /// no address.
+    async fn node_address(&self, node: &str) -> Result<Option<String>, StoreError>;
+
+    /// Every live node (heartbeat not expired), sorted by name.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
 
     /// Every member of a group, read page by page (never one round trip per member).
     async fn all_members(&self, group: &str) -> Result<Vec<String>, StoreError> {

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{ConnectionRecord, MembersPage, Store, StoreError, names};
+use crate::{ConnectionRecord, MembersPage, NodeInfo, Store, StoreError, names};
 
 /// A store held in this process's memory. Cloning is not supported: share it in an `Arc`.
 #[derive(Debug, Default)]
@@ -22,7 +22,8 @@ struct Inner {
     groups: HashMap<String, Group>,
     /// The last version a group was given; versions are never reused.
     last_version: u64,
-    nodes: HashMap<String, Instant>,
+    /// Each node's heartbeat expiry and address.
+    nodes: HashMap<String, (Instant, String)>,
     /// Every node name a record named, shared by the records.
     node_names: HashSet<Arc<str>>,
 }
@@ -234,11 +235,11 @@ impl Store for MemoryStore {
         Ok(groups)
     }
 
-    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn heartbeat(&self, node: &str, address: &str, ttl: Duration) -> Result<(), StoreError> {
         names::node(node)?;
         self.lock()
             .nodes
-            .insert(node.to_owned(), Instant::now() + ttl);
+            .insert(node.to_owned(), (Instant::now() + ttl, address.to_owned()));
         Ok(())
     }
 
@@ -248,6 +249,32 @@ impl Store for MemoryStore {
             .lock()
             .nodes
             .get(node)
-            .is_some_and(|until| *until > Instant::now()))
+            .is_some_and(|(until, _)| *until > Instant::now()))
+    }
+
+    async fn node_address(&self, node: &str) -> Result<Option<String>, StoreError> {
+        names::node(node)?;
+        Ok(self
+            .lock()
+            .nodes
+            .get(node)
+            .filter(|(until, address)| *until > Instant::now() && !address.is_empty())
+            .map(|(_, address)| address.clone()))
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.nodes.retain(|_, (until, _)| *until > now);
+        let mut nodes: Vec<NodeInfo> = inner
+            .nodes
+            .iter()
+            .map(|(name, (_, address))| NodeInfo {
+                name: name.clone(),
+                address: address.clone(),
+            })
+            .collect();
+        nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
     }
 }

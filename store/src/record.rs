@@ -30,3 +30,12 @@ pub struct MembersPage {
     /// Where the next page starts; `None` after the last page.
     pub cursor: Option<String>,
 }
+
+/// A live gateway node and where its send-back API answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's name (`node_id`).
+    pub name: String,
+    /// The base URL of its send-back API (`http://host:port`); empty when it gave none.
+    pub address: String,
+}

@@ -13,7 +13,8 @@
 //! | `<prefix>:conn:{<id>}:groups` | set | the groups the connection joined (same tag as its record) |
 //! | `<prefix>:group:{<name>}` | set | the group's member ids |
 //! | `<prefix>:group:{<name>}:v` | string | the group's version token (see [`Store::group_version`]); absent while the group is empty |
-//! | `<prefix>:node:{<node>}` | string with a TTL (`PX`) | the node's heartbeat |
+//! | `<prefix>:node:{<node>}` | string with a TTL (`PX`) | the node's heartbeat: its send-back address (empty for none) |
+//! | `<prefix>:{nodes}` | sorted set with a TTL | live node names, scored by heartbeat expiry (Unix ms); expires with the longest heartbeat |
 //! | `<prefix>:node:{<node>}:conns` | set | the ids registered by that node: what a cleanup after a dead node walks |
 //!
 //! Ids, group names and node names must be non-empty and free of `{` and `}` (see
@@ -52,7 +53,10 @@
 //!   reader that reads the token and then walks the members has a list at least as new as
 //!   the token: a change after the read changes the token.
 //! - **members** (`SSCAN` with `COUNT`), **count** (`SCARD`), **groups_of** (`SMEMBERS`),
-//!   **get** (`HGETALL`), **heartbeat** (`SET .. PX`), **node_alive** (`EXISTS`): one command.
+//!   **get** (`HGETALL`), **node_alive** (`EXISTS`), **node_address** (`GET`): one command.
+//! - **heartbeat**: `SET .. PX` of the node's key and a script on `{nodes}` (add the node
+//!   with its expiry, drop expired ones, extend the set's TTL), in one pipeline.
+//!   **nodes**: `ZRANGEBYSCORE` of the unexpired names, then one pipeline of `GET`s.
 //!
 //! Multi-step operations are not atomic as a whole. Interrupted between two steps (the
 //! calling process dies, or Redis becomes unreachable in the middle of a call), they leave:
@@ -97,7 +101,7 @@ use ::redis::{
     ScriptInvocation, ServerErrorKind, Value,
 };
 
-use crate::{ConnectionRecord, DEFAULT_PREFIX, MembersPage, Store, StoreError, names};
+use crate::{ConnectionRecord, DEFAULT_PREFIX, MembersPage, NodeInfo, Store, StoreError, names};
 
 const STANDALONE_SCHEME: &str = "redis://";
 const CLUSTER_SCHEME: &str = "redis+cluster://";
@@ -179,6 +183,18 @@ if redis.call('SCARD', KEYS[1]) == 0 then
 end
 redis.call('SET', KEYS[2], ARGV[1])
 return ARGV[1]
+";
+
+/// Adds a node to the live set with its expiry, drops expired ones, and keeps the set
+/// alive at least as long as this heartbeat. KEYS: the set. ARGV: node, expiry ms, now ms,
+/// ttl ms.
+const NODES_LUA: &str = r"
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1
 ";
 
 /// How a [`RedisStore`] connects and names its keys.
@@ -562,17 +578,26 @@ impl Store for RedisStore {
         Ok(groups)
     }
 
-    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn heartbeat(&self, node: &str, address: &str, ttl: Duration) -> Result<(), StoreError> {
         names::node(node)?;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.query(
-            ::redis::cmd("SET")
-                .arg(self.keys.node(node))
-                .arg("alive")
-                .arg("PX")
-                .arg(ttl_ms),
-        )
-        .await
+        let now_ms = now_ms();
+        let mut beat = ::redis::cmd("SET");
+        beat.arg(self.keys.node(node))
+            .arg(address)
+            .arg("PX")
+            .arg(ttl_ms);
+        let mut listed = ::redis::cmd("EVAL");
+        listed
+            .arg(NODES_LUA)
+            .arg(1)
+            .arg(self.keys.nodes())
+            .arg(node)
+            .arg(now_ms.saturating_add(ttl_ms))
+            .arg(now_ms)
+            .arg(ttl_ms);
+        let _: Vec<Value> = self.batch(vec![(node, beat), ("nodes", listed)]).await?;
+        Ok(())
     }
 
     async fn node_alive(&self, node: &str) -> Result<bool, StoreError> {
@@ -581,6 +606,43 @@ impl Store for RedisStore {
             .query(::redis::cmd("EXISTS").arg(self.keys.node(node)))
             .await?;
         Ok(exists > 0)
+    }
+
+    async fn node_address(&self, node: &str) -> Result<Option<String>, StoreError> {
+        names::node(node)?;
+        let address: Option<String> = self
+            .query(::redis::cmd("GET").arg(self.keys.node(node)))
+            .await?;
+        Ok(address.filter(|a| !a.is_empty()))
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let mut names: Vec<String> = self
+            .query(
+                ::redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.keys.nodes())
+                    .arg(now_ms())
+                    .arg("+inf"),
+            )
+            .await?;
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        names.sort_unstable();
+        let reads = names
+            .iter()
+            .map(|name| {
+                let mut get = ::redis::cmd("GET");
+                get.arg(self.keys.node(name));
+                (name.as_str(), get)
+            })
+            .collect();
+        let addresses: Vec<Option<String>> = self.batch(reads).await?;
+        Ok(names
+            .into_iter()
+            .zip(addresses)
+            .filter_map(|(name, address)| address.map(|address| NodeInfo { name, address }))
+            .collect())
     }
 }
 
@@ -710,6 +772,10 @@ impl Keys {
         format!("{}:node:{{{node}}}", self.prefix)
     }
 
+    fn nodes(&self) -> String {
+        format!("{}:{{nodes}}", self.prefix)
+    }
+
     fn node_conns(&self, node: &str) -> String {
         format!("{}:node:{{{node}}}:conns", self.prefix)
     }
@@ -731,6 +797,13 @@ fn group_script(lua: &str, keys: [String; 2], id: &str) -> Cmd {
         .arg(id)
         .arg(fresh_token());
     cmd
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A new random version token. Tokens only need to differ from the ones a group had

@@ -699,6 +699,88 @@ async fn management_api_through_the_aws_sdk() {
     gw.shutdown().await;
 }
 
+/// The management API on a node that does not hold the connection: the AWS SDK's signed
+/// requests are relayed to the node that does, where the signature still verifies, and its
+/// answers (error types included) come back as they were.
+#[tokio::test]
+async fn management_api_reaches_a_connection_on_another_node() {
+    let Some(python) = python_with_boto3() else {
+        return;
+    };
+    let rec = RecordingFunction::start(|_, _| ok_result()).await;
+    let store: store::SharedStore = std::sync::Arc::new(store::MemoryStore::new());
+    let node = |name: &'static str| {
+        let (connect, disconnect) = (rec.url("connect"), rec.url("disconnect"));
+        let options = gateway::Options {
+            store: Some(store.clone()),
+            ..gateway::Options::default()
+        };
+        TestGateway::start_with(
+            move |c| {
+                aws(c);
+                c.node_id = name.to_owned();
+                c.functions.register = Some(connect.into());
+                c.functions.cleanup = Some(disconnect.into());
+                c.limits.outbound_queue_messages = 4;
+                c.limits.outbound_queue_bytes = 256 * 1024;
+            },
+            options,
+        )
+    };
+    let (a, b) = (node("node-a").await, node("node-b").await);
+    let mut client = a.connect("/").await;
+    let id = wait_event(&rec, "CONNECT", None).await["requestContext"]["connectionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let via_b = format!("{}/prod", b.sendback_url());
+
+    let r = sdk(&python, &via_b, &["post", &id, "--data", "relayed"]).await;
+    assert_eq!(
+        (r["ok"].as_bool(), r["status"].as_u64()),
+        (Some(true), Some(200)),
+        "{r}"
+    );
+    assert_eq!(text(next_message(&mut client).await), "relayed");
+    let r = sdk(&python, &via_b, &["get", &id]).await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["identity"]["SourceIp"], "127.0.0.1", "{r}");
+    // A wrong secret is refused by the node that received it, before any relay.
+    let r = sdk(
+        &python,
+        &via_b,
+        &[
+            "post",
+            &id,
+            "--data",
+            "x",
+            "--access-key",
+            ACCESS_KEY,
+            "--secret",
+            "wrong/secret/0123456789abcdefghij",
+        ],
+    )
+    .await;
+    assert_sdk_error(&r, "ForbiddenException", 403);
+    // An error type decided on the holding node comes back: its client is not reading.
+    let r = sdk(
+        &python,
+        &via_b,
+        &["flood", &id, "--size", "65536", "--max", "2000"],
+    )
+    .await;
+    assert_sdk_error(&r, "LimitExceededException", 429);
+    let r = sdk(&python, &via_b, &["delete", &id]).await;
+    assert_eq!(r["status"], 204, "{r}");
+    let frame = expect_close(&mut client).await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 1000);
+    wait_event(&rec, "DISCONNECT", Some(&id)).await;
+    let r = sdk(&python, &via_b, &["post", &id, "--data", "late"]).await;
+    assert_sdk_error(&r, "GoneException", 410);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Broken `$connect` replies, against the real binary: each refuses that upgrade with 502
 /// and says why in the log; the gateway keeps serving everyone else.
 #[tokio::test]

@@ -9,6 +9,7 @@ mod config;
 mod dialect_aws;
 mod dialect_tencent;
 mod limits;
+mod multi_node;
 mod ordering;
 mod public_http;
 mod redis_e2e;

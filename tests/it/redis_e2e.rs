@@ -19,19 +19,21 @@ use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-/// Every key under `prefix` except node heartbeats (which outlive connections by design).
+/// Every key under `prefix` except node heartbeats and the live node set (which outlive
+/// connections by design).
 fn connection_keys(redis: &RedisServer, prefix: &str) -> Vec<String> {
     let pattern = format!("{prefix}:*");
     let Ok(Resp::Array(Some(keys))) = redis.command(&["KEYS", &pattern]) else {
         panic!("KEYS failed");
     };
     let heartbeat = format!("{prefix}:node:");
+    let live_nodes = format!("{prefix}:{{nodes}}");
     keys.into_iter()
         .filter_map(|k| match k {
             Resp::Bulk(Some(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
             _ => None,
         })
-        .filter(|k| !(k.starts_with(&heartbeat) && k.ends_with('}')))
+        .filter(|k| !(k.starts_with(&heartbeat) && k.ends_with('}')) && *k != live_nodes)
         .collect()
 }
 
@@ -127,19 +129,9 @@ async fn separate_processes_share_redis_rooms_stay_isolated() {
     let sizes: Vec<usize> = (0..3).map(members).collect();
     // Everyone has registered once each room's count is right.
     for (room, size) in rooms.iter().zip(&sizes) {
-        let url = format!("http://{sendback}/@groups/{room}");
-        tests::wait::eventually("room sizes", Duration::from_secs(10), || {
-            let url = url.clone();
-            async move {
-                let info: functions::api::GroupInfo = sendback_request(Method::GET, &url)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                info.count == *size as u64
-            }
+        let base = format!("http://{sendback}");
+        tests::wait::eventually("room sizes", Duration::from_secs(10), || async {
+            tests::gateway::group_count(&base, room).await == *size as u64
         })
         .await;
     }
@@ -179,6 +171,82 @@ async fn separate_processes_share_redis_rooms_stay_isolated() {
     for replica in replicas {
         replica.terminate().await;
     }
+}
+
+/// The chat on two gateway processes sharing Redis, its functions sending through one of
+/// them only: a room with members on both nodes hears every message, whichever node the
+/// speaker is on.
+#[tokio::test]
+async fn a_room_spans_two_gateway_nodes() {
+    let Some(redis) = tests::redis::require_redis() else {
+        return;
+    };
+    let prefix = unique_prefix("nodes");
+    let token = tests::gateway::TOKEN;
+    let chat_port = tests::redis::free_port().unwrap();
+    let config = |node: &str| {
+        format!(
+            "node_id = \"{node}\"\nstore = \"{url}\"\nstore_prefix = \"{prefix}\"\n\
+             [public]\nlisten = \"127.0.0.1:0\"\n\
+             [sendback]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n[functions]\n\
+             register = \"http://127.0.0.1:{chat_port}/\"\ncleanup = \"http://127.0.0.1:{chat_port}/\"\n\
+             transport = \"http://127.0.0.1:{chat_port}/\"\n",
+            url = redis.url(),
+        )
+    };
+    let first = GatewayProcess::start(&crate::switchboard_bin(), &config("gw-1")).await;
+    let second = GatewayProcess::start(&crate::switchboard_bin(), &config("gw-2")).await;
+    let mut cmd = Command::new(crate::chat_functions_bin());
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{chat_port}"),
+        "--store",
+        &redis.url(),
+        "--store-prefix",
+        &prefix,
+        "--sendback-url",
+        &format!("http://{}", first.sendback()),
+        "--sendback-token",
+        token,
+    ]);
+    let chat = Process::spawn(&mut cmd);
+    chat.output()
+        .line_with(&["listening"], Duration::from_secs(20))
+        .await;
+
+    let connect = |public: String, name: &'static str| async move {
+        let url = format!("ws://{public}/chat?room=lobby&name={name}");
+        tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect")
+            .0
+    };
+    let mut ann = connect(first.public().to_owned(), "ann").await;
+    let mut bob = connect(second.public().to_owned(), "bob").await;
+    let base = format!("http://{}", first.sendback());
+    tests::wait::eventually("both in the lobby", Duration::from_secs(10), || async {
+        tests::gateway::group_count(&base, "lobby").await == 2
+    })
+    .await;
+    // Bob is held by gw-2; the functions send through gw-1.
+    send_text(&mut ann, "hi bob").await;
+    skip_until(
+        &mut bob,
+        |m| matches!(m, Message::Text(t) if t.contains("hi bob") && t.contains("\"message\"")),
+    )
+    .await;
+    send_text(&mut bob, "hi ann").await;
+    skip_until(
+        &mut ann,
+        |m| matches!(m, Message::Text(t) if t.contains("hi ann") && t.contains("\"message\"")),
+    )
+    .await;
+    ann.close(None).await.ok();
+    bob.close(None).await.ok();
+    assert_no_connection_keys(&redis, &prefix).await;
+    first.terminate().await;
+    second.terminate().await;
+    chat.terminate().await;
 }
 
 #[tokio::test]

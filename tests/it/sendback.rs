@@ -329,16 +329,8 @@ async fn group_sends_follow_the_store(store: store::SharedStore) {
     }
     let base = gw.sendback_url();
     let publish = |text: &'static str, query: String| {
-        let url = format!("{base}/@groups/room{query}");
-        async move {
-            let r = sendback_request(Method::POST, url)
-                .body(text)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            r.json::<functions::api::GroupSendResult>().await.unwrap()
-        }
+        let base = base.clone();
+        async move { tests::gateway::group_send(&base, &format!("room{query}"), text).await }
     };
 
     store.join("room", &ids[0]).await.unwrap();

@@ -113,11 +113,17 @@ async fn key_layout_is_the_documented_one() {
         Resp::Integer(0)
     );
 
-    // Heartbeat: a string with a TTL.
+    // Heartbeat: the node's address with a TTL, and the node in the live set.
     store
-        .heartbeat("n2", Duration::from_secs(60))
+        .heartbeat("n2", "http://127.0.0.1:9", Duration::from_secs(60))
         .await
         .unwrap();
+    assert_eq!(
+        redis
+            .command(&["GET", &format!("{p}:node:{{n2}}")])
+            .unwrap(),
+        Resp::Bulk(Some(b"http://127.0.0.1:9".to_vec()))
+    );
     let Resp::Integer(ttl) = redis
         .command(&["PTTL", &format!("{p}:node:{{n2}}")])
         .unwrap()
@@ -128,7 +134,10 @@ async fn key_layout_is_the_documented_one() {
 
     // Unregistering leaves only the heartbeat.
     assert!(store.unregister("c1").await.unwrap());
-    assert_eq!(keys_with_prefix(&redis, &p), [format!("{p}:node:{{n2}}")]);
+    assert_eq!(
+        keys_with_prefix(&redis, &p),
+        [format!("{p}:node:{{n2}}"), format!("{p}:{{nodes}}")]
+    );
 }
 
 #[tokio::test]
@@ -228,7 +237,7 @@ async fn a_connected_store_fails_fast_while_redis_is_down_and_recovers_after_a_r
         ("unregister", store.unregister("c1").await.map(drop)),
         (
             "heartbeat",
-            store.heartbeat("n", Duration::from_secs(1)).await,
+            store.heartbeat("n", "", Duration::from_secs(1)).await,
         ),
     ];
     for (what, result) in calls {

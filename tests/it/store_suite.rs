@@ -149,18 +149,46 @@ pub async fn behaviour_suite(store: SharedStore) {
     }
     assert_eq!(store.count("big").await.unwrap(), 0);
 
-    // node liveness
+    // node liveness and addresses
     assert!(!store.node_alive("node-a").await.unwrap());
+    assert_eq!(store.node_address("node-a").await.unwrap(), None);
     store
-        .heartbeat("node-a", Duration::from_millis(300))
+        .heartbeat("node-a", "http://10.0.0.1:9090", Duration::from_millis(300))
+        .await
+        .unwrap();
+    store
+        .heartbeat("node-b", "", Duration::from_millis(300))
         .await
         .unwrap();
     assert!(store.node_alive("node-a").await.unwrap());
+    assert_eq!(
+        store.node_address("node-a").await.unwrap().as_deref(),
+        Some("http://10.0.0.1:9090")
+    );
+    assert_eq!(
+        store.node_address("node-b").await.unwrap(),
+        None,
+        "no address"
+    );
+    let node = |name: &str, address: &str| store::NodeInfo {
+        name: name.into(),
+        address: address.into(),
+    };
+    assert_eq!(
+        store.nodes().await.unwrap(),
+        [node("node-a", "http://10.0.0.1:9090"), node("node-b", "")]
+    );
     tests::wait::eventually("the heartbeat to expire", Duration::from_secs(5), || {
         let store = store.clone();
         async move { !store.node_alive("node-a").await.unwrap() }
     })
     .await;
+    tests::wait::eventually("the node list to empty", Duration::from_secs(5), || {
+        let store = store.clone();
+        async move { store.nodes().await.unwrap().is_empty() }
+    })
+    .await;
+    assert_eq!(store.node_address("node-a").await.unwrap(), None);
 
     store.unregister("c1").await.unwrap();
     assert_eq!(store.count("g").await.unwrap(), 0);

@@ -59,6 +59,37 @@ pub fn sendback_request(method: reqwest::Method, url: impl AsRef<str>) -> reqwes
         .bearer_auth(TOKEN)
 }
 
+/// `POST {base}/@groups/{group_and_query}` with `text`; asserts 200 and returns the result.
+pub async fn group_send(
+    base: &str,
+    group_and_query: &str,
+    text: &str,
+) -> functions::api::GroupSendResult {
+    let r = sendback_request(
+        reqwest::Method::POST,
+        format!("{base}/@groups/{group_and_query}"),
+    )
+    .body(text.to_owned())
+    .send()
+    .await
+    .expect("group send");
+    assert_eq!(r.status(), 200, "group send to {group_and_query}");
+    r.json().await.expect("a group send result")
+}
+
+/// How many members `GET {base}/@groups/{group}` reports.
+pub async fn group_count(base: &str, group: &str) -> u64 {
+    let info: functions::api::GroupInfo =
+        sendback_request(reqwest::Method::GET, format!("{base}/@groups/{group}"))
+            .send()
+            .await
+            .expect("group info")
+            .json()
+            .await
+            .expect("a group info");
+    info.count
+}
+
 impl TestGateway {
     /// Starts a gateway with [`test_config`] changed by `configure`, on a new embedded store.
     pub async fn start(configure: impl FnOnce(&mut Config)) -> Self {
