@@ -22,6 +22,9 @@ pub(crate) const FORWARDED: &str = "x-switchboard-forwarded";
 /// The largest reply read from a peer.
 const MAX_PEER_REPLY: usize = 16 << 20;
 
+/// How long a relayed request may take: a peer slower than this counts as unreachable.
+pub(crate) const RELAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Whether another node relayed this request (answer it here; never relay it again).
 pub(crate) fn is_forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key(FORWARDED)
@@ -85,10 +88,11 @@ pub(crate) async fn relay(
         .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
         .collect();
     pass.push((FORWARDED, &shared.node));
-    endpoint
-        .send(method.as_str(), &pass, body, MAX_PEER_REPLY)
-        .await
-        .map_err(|e| format!("{url}: {e}"))
+    let sent = endpoint.send(method.as_str(), &pass, body, MAX_PEER_REPLY);
+    match tokio::time::timeout(RELAY_TIMEOUT, sent).await {
+        Ok(reply) => reply.map_err(|e| format!("{url}: {e}")),
+        Err(_) => Err(format!("{url}: no answer within {RELAY_TIMEOUT:?}")),
+    }
 }
 
 /// A relayed request's 200 JSON answer.

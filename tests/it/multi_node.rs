@@ -177,6 +177,18 @@ async fn send_backs_cross_nodes(store: store::SharedStore) {
     b.shutdown().await;
 }
 
+/// A connection record on `node`, with a new id.
+fn record_on(node: &str) -> store::ConnectionRecord {
+    store::ConnectionRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        node: node.into(),
+        connected_at_ms: 0,
+        source_ip: "10.0.0.9".into(),
+        user_agent: None,
+        context: serde_json::Value::Null,
+    }
+}
+
 /// A node that is alive in the store but does not answer: a send to its connection is a
 /// 502 naming the cause; a group send still reaches every other member and counts that
 /// node's members as gone.
@@ -195,18 +207,9 @@ async fn an_unreachable_node_is_a_502_and_does_not_stop_group_sends() {
         .heartbeat("node-c", &address, Duration::from_secs(60))
         .await
         .unwrap();
-    let ghost = uuid::Uuid::new_v4().to_string();
-    store
-        .register(&store::ConnectionRecord {
-            id: ghost.clone(),
-            node: "node-c".into(),
-            connected_at_ms: 0,
-            source_ip: "10.0.0.9".into(),
-            user_agent: None,
-            context: serde_json::Value::Null,
-        })
-        .await
-        .unwrap();
+    let ghost_record = record_on("node-c");
+    let ghost = ghost_record.id.clone();
+    store.register(&ghost_record).await.unwrap();
 
     let r = sendback_request(
         Method::POST,
@@ -219,6 +222,40 @@ async fn an_unreachable_node_is_a_502_and_does_not_stop_group_sends() {
     assert_eq!(r.status(), 502);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "node_unreachable", "{body}");
+
+    // Node D accepts connections but never answers: unreachable too, after the relay's
+    // time limit.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_address = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    store
+        .heartbeat("node-d", &silent_address, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut quiet = record_on("node-d");
+    quiet.id = uuid::Uuid::new_v4().to_string();
+    store.register(&quiet).await.unwrap();
+    let started = std::time::Instant::now();
+    let r = sendback_request(
+        Method::GET,
+        format!("{}/@connections/{}", a.sendback_url(), quiet.id),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    store.unregister(&quiet.id).await.unwrap();
+    held.abort();
 
     store.join("room", &id).await.unwrap();
     store.join("room", &ghost).await.unwrap();
