@@ -45,7 +45,7 @@ pub(crate) async fn owner(shared: &Shared, id: &str) -> Option<String> {
         return None;
     }
     match shared.store.node_address(&record.node).await {
-        Ok(address) => address,
+        Ok(address) => address.filter(|a| relayable(a)),
         Err(e) => {
             debug!(node = %record.node, cause = %e, "cannot look up a node's address");
             None
@@ -58,7 +58,7 @@ pub(crate) async fn peers(shared: &Shared) -> Vec<String> {
     match shared.store.nodes().await {
         Ok(nodes) => nodes
             .into_iter()
-            .filter(|n| *n.name != *shared.node && !n.address.is_empty())
+            .filter(|n| *n.name != *shared.node && relayable(&n.address))
             .map(|n| n.address)
             .collect(),
         Err(e) => {
@@ -66,6 +66,12 @@ pub(crate) async fn peers(shared: &Shared) -> Vec<String> {
             Vec::new()
         }
     }
+}
+
+/// Whether a heartbeat's address is one to relay to: an `http://` URL. (A node of an
+/// older version writes `alive` there; it neither relays nor is relayed to.)
+fn relayable(address: &str) -> bool {
+    address.starts_with("http://")
 }
 
 /// Sends a request to the node at `base`, as it came, marked as relayed.
@@ -164,4 +170,31 @@ fn hop_by_hop(name: &HeaderName) -> bool {
             | "content-length"
             | "expect"
     ) || name.as_str() == FORWARDED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_addresses_are_relayed_to() {
+        assert!(relayable("http://10.0.0.5:9090"));
+        assert!(!relayable(""), "a node that gave no address");
+        assert!(!relayable("alive"), "an older node's heartbeat");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_mark_are_not_passed_on() {
+        for name in [
+            "connection",
+            "content-length",
+            "transfer-encoding",
+            FORWARDED,
+        ] {
+            assert!(hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["authorization", "host", "content-type", "x-amz-date"] {
+            assert!(!hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+    }
 }
