@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
 use crate::outbox::{CloseRequest, PushError};
+use crate::registry::Connection;
 use crate::respond::{self, Body};
 use crate::sendback::{limits, lookup, read_body};
 use crate::sigv4::{EXECUTE_API, SignedRequest, Verifier};
@@ -140,29 +141,35 @@ async fn serve(
             })?;
         debug!(access_key = %key, %method, connection = id, "management API request verified");
     }
-    if lookup(shared, id).is_none() && !forward::is_forwarded(&headers) {
-        if let Some(base) = forward::owner(shared, id).await {
-            let target = if query.is_empty() {
-                path
-            } else {
-                format!("{path}?{query}")
-            };
-            return Ok(
-                forward::relay_reply(shared, &base, &method, &target, &headers, &body).await,
-            );
-        }
-    }
-    match method {
-        Method::POST => post(shared, id, body),
-        Method::GET => get(shared, id),
-        Method::DELETE => delete(shared, id),
-        other => Err(AwsError::new(
+    if !matches!(method, Method::POST | Method::GET | Method::DELETE) {
+        return Err(AwsError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowedException",
             format!(
-                "{other} is not allowed on @connections/{{connectionId}}: use POST, GET or DELETE"
+                "{method} is not allowed on @connections/{{connectionId}}: use POST, GET or DELETE"
             ),
-        )),
+        ));
+    }
+    let Some(conn) = lookup(shared, id) else {
+        // Held by another node: relayed there as it came (its signature verifies there too).
+        if !forward::is_forwarded(&headers) {
+            if let Some(base) = forward::owner(shared, id).await {
+                let target = if query.is_empty() {
+                    path
+                } else {
+                    format!("{path}?{query}")
+                };
+                return Ok(
+                    forward::relay_reply(shared, &base, &method, &target, &headers, &body).await,
+                );
+            }
+        }
+        return Err(AwsError::gone(id));
+    };
+    match method {
+        Method::POST => post(shared, id, &conn, body),
+        Method::GET => Ok(get(&conn)),
+        _ => delete(id, &conn),
     }
 }
 
@@ -185,8 +192,12 @@ fn refused(rejection: &crate::sigv4::Rejection) {
 
 /// PostToConnection: the body goes to the client, as a text frame when it is UTF-8, else
 /// as a binary frame.
-fn post(shared: &Shared, id: &str, body: bytes::Bytes) -> Result<Response<Body>, AwsError> {
-    let conn = lookup(shared, id).ok_or_else(|| AwsError::gone(id))?;
+fn post(
+    shared: &Shared,
+    id: &str,
+    conn: &Connection,
+    body: bytes::Bytes,
+) -> Result<Response<Body>, AwsError> {
     let message = match std::str::from_utf8(&body) {
         Ok(text) => Message::text(text),
         Err(_) => Message::Binary(body),
@@ -209,9 +220,8 @@ fn post(shared: &Shared, id: &str, body: bytes::Bytes) -> Result<Response<Body>,
 }
 
 /// GetConnection.
-fn get(shared: &Shared, id: &str) -> Result<Response<Body>, AwsError> {
-    let conn = lookup(shared, id).ok_or_else(|| AwsError::gone(id))?;
-    Ok(respond::json(
+fn get(conn: &Connection) -> Response<Body> {
+    respond::json(
         StatusCode::OK,
         &json!({
             "connectedAt": clock::rfc3339_ms(conn.connected_at_ms),
@@ -221,12 +231,11 @@ fn get(shared: &Shared, id: &str) -> Result<Response<Body>, AwsError> {
             },
             "lastActiveAt": clock::rfc3339_ms(conn.last_active_ms()),
         }),
-    ))
+    )
 }
 
 /// DeleteConnection: the client is closed with 1000, then `$disconnect` runs.
-fn delete(shared: &Shared, id: &str) -> Result<Response<Body>, AwsError> {
-    let conn = lookup(shared, id).ok_or_else(|| AwsError::gone(id))?;
+fn delete(id: &str, conn: &Connection) -> Result<Response<Body>, AwsError> {
     let requested = conn.outbox.request_close(CloseRequest {
         code: 1000,
         reason: String::new(),

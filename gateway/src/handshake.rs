@@ -93,7 +93,8 @@ pub fn switching_protocols(
     response
 }
 
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+/// Whether a comma-separated header (`Connection`, `Upgrade`) lists `token`, in any case.
+pub fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()

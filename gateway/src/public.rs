@@ -253,14 +253,7 @@ fn keeps_alive(req: &Request<()>) -> bool {
         || headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
-    let connection = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let connection = |token| handshake::header_has_token(headers, header::CONNECTION, token);
     let wanted = match req.version() {
         http::Version::HTTP_10 => connection("keep-alive"),
         _ => !connection("close"),

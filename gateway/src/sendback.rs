@@ -91,26 +91,26 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
     }
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    if let (&Method::POST | &Method::GET | &Method::DELETE, ["@connections", id]) =
-        (req.method(), segments.as_slice())
-    {
-        let id = decode_id(id);
-        if lookup(shared, &id).is_none() && !forward::is_forwarded(req.headers()) {
-            if let Some(base) = forward::owner(shared, &id).await {
-                return relay(shared, &base, req).await;
-            }
-        }
-    }
     match (req.method().clone(), segments.as_slice()) {
         (Method::POST, ["@connections"]) => batch_send(shared, req).await,
-        (Method::POST, ["@connections", id]) => {
+        (method @ (Method::POST | Method::GET | Method::DELETE), ["@connections", id]) => {
             let id = decode_id(id);
-            send_one(shared, &id, req).await
-        }
-        (Method::GET, ["@connections", id]) => info(shared, &decode_id(id)),
-        (Method::DELETE, ["@connections", id]) => {
-            let id = decode_id(id);
-            disconnect(shared, &id, req.uri().query().unwrap_or_default())
+            // A bad close code is refused whether or not the connection is here.
+            let close = match method {
+                Method::DELETE => match close_request(req.uri().query().unwrap_or_default()) {
+                    Ok(close) => Some(close),
+                    Err(failure) => return failure.into_response(),
+                },
+                _ => None,
+            };
+            let Some(conn) = lookup(shared, &id) else {
+                return elsewhere(shared, &id, req).await;
+            };
+            match close {
+                Some(close) => disconnect(&id, &conn, close),
+                None if method == Method::GET => info(shared, &conn),
+                None => send_one(shared, &id, &conn, req).await,
+            }
         }
         (Method::POST, ["@groups", group]) => {
             let group = decode_id(group);
@@ -259,6 +259,18 @@ fn message_of(body: Bytes, binary: bool) -> Result<Message, Failure> {
     }
 }
 
+/// A request for a connection this node does not hold: relayed to the node that holds it,
+/// else 410.
+async fn elsewhere(shared: &Shared, id: &str, req: Request<Incoming>) -> Response<Body> {
+    if forward::is_forwarded(req.headers()) {
+        return gone(id);
+    }
+    match forward::owner(shared, id).await {
+        Some(base) => relay(shared, &base, req).await,
+        None => gone(id),
+    }
+}
+
 /// Relays a request, body included, to the node at `base` and answers with its reply.
 async fn relay(shared: &Shared, base: &str, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
@@ -276,10 +288,12 @@ fn path_and_query(req: &Request<Incoming>) -> String {
         .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned())
 }
 
-async fn send_one(shared: &Shared, id: &str, req: Request<Incoming>) -> Response<Body> {
-    let Some(conn) = lookup(shared, id) else {
-        return gone(id);
-    };
+async fn send_one(
+    shared: &Shared,
+    id: &str,
+    conn: &Connection,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let message = match read_message(shared, req).await {
         Ok(message) => message,
         Err(failure) => return failure.into_response(),
@@ -429,10 +443,7 @@ async fn relay_batch(
     }
 }
 
-fn info(shared: &Shared, id: &str) -> Response<Body> {
-    let Some(conn) = lookup(shared, id) else {
-        return gone(id);
-    };
+fn info(shared: &Shared, conn: &Connection) -> Response<Body> {
     respond::json(
         StatusCode::OK,
         &ConnectionInfo {
@@ -447,7 +458,8 @@ fn info(shared: &Shared, id: &str) -> Response<Body> {
     )
 }
 
-fn disconnect(shared: &Shared, id: &str, query: &str) -> Response<Body> {
+/// The close a `DELETE` asks for (`?code=…&reason=…`), or the 400 refusing it.
+fn close_request(query: &str) -> Result<CloseRequest, Failure> {
     let mut code = 1000u16;
     let mut reason = String::new();
     for (key, value) in query_pairs(query) {
@@ -455,28 +467,30 @@ fn disconnect(shared: &Shared, id: &str, query: &str) -> Response<Body> {
             "code" => match value.parse::<u16>() {
                 Ok(c) if c == 1000 || (3000..=4999).contains(&c) => code = c,
                 _ => {
-                    return respond::error(
+                    return Err(Failure::new(
                         StatusCode::BAD_REQUEST,
                         "bad_request",
                         "code must be 1000 or 3000-4999",
-                    );
+                    ));
                 }
             },
             "reason" if value.len() <= 123 => reason = value,
             "reason" => {
-                return respond::error(
+                return Err(Failure::new(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
                     "reason must be at most 123 bytes",
-                );
+                ));
             }
             _ => {}
         }
     }
-    let Some(conn) = lookup(shared, id) else {
-        return gone(id);
-    };
-    if conn.outbox.request_close(CloseRequest { code, reason }) {
+    Ok(CloseRequest { code, reason })
+}
+
+fn disconnect(id: &str, conn: &Connection, close: CloseRequest) -> Response<Body> {
+    let code = close.code;
+    if conn.outbox.request_close(close) {
         info!(
             connection = id,
             code, "disconnect requested through send-back"

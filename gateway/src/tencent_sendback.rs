@@ -114,7 +114,8 @@ pub(crate) async fn handle(
     };
     let push = push.websocket;
     let id = push.sec_connection_id.as_str();
-    if lookup(shared, id).is_none() && !forward::is_forwarded(&headers) {
+    let conn = lookup(shared, id);
+    if conn.is_none() && !forward::is_forwarded(&headers) {
         if let Some(base) = forward::owner(shared, id).await {
             let method = http::Method::POST;
             return forward::relay_reply(shared, &base, &method, &target, &headers, &body).await;
@@ -146,7 +147,7 @@ pub(crate) async fn handle(
             if message.len() > shared.config.limits.max_message_bytes {
                 return answer(StatusCode::PAYLOAD_TOO_LARGE, "message too large");
             }
-            let Some(conn) = lookup(shared, id) else {
+            let Some(conn) = conn else {
                 return answer(StatusCode::GONE, "connection gone");
             };
             match conn.outbox.push(message, limits(shared)) {
@@ -156,7 +157,7 @@ pub(crate) async fn handle(
             }
         }
         "closing" => {
-            let closed = lookup(shared, id).is_some_and(|conn| {
+            let closed = conn.is_some_and(|conn| {
                 conn.outbox.request_close(CloseRequest {
                     code: 1000,
                     reason: String::new(),

@@ -158,12 +158,12 @@ impl Store for MemoryStore {
         if !entry.groups.iter().any(|g| &**g == group) {
             entry.groups.push(group.into());
         }
-        inner.last_version += 1;
-        let version = inner.last_version;
+        let inner = &mut *inner;
         let entry = inner.groups.entry(group.to_owned()).or_default();
         let added = entry.members.insert(id.to_owned());
         if added {
-            entry.version = version;
+            inner.last_version += 1;
+            entry.version = inner.last_version;
         }
         Ok(added)
     }

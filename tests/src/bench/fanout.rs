@@ -26,7 +26,7 @@ use super::report::Row;
 use super::stats::Percentiles;
 use super::systems::{Publisher, ROOM, Target};
 use super::unix_us;
-use super::worker::WorkerPool;
+use super::worker::{Receipt, WorkerPool};
 
 /// How long the members may take to receive one publish.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -219,15 +219,7 @@ async fn measure(
                 break;
             }
         };
-        if receipt.count < members {
-            row.error(
-                (members - receipt.count) as u64,
-                format!(
-                    "{} of {members} members received publish {tag} ({} connections dropped)",
-                    receipt.count, receipt.dropped
-                ),
-            );
-        }
+        count_missing(&mut row, &receipt, members, *tag);
         delivered_total += receipt.count as u64;
         if receipt.count > 0 {
             to_last.push(receipt.last_us.saturating_sub(t0));
@@ -248,6 +240,19 @@ async fn measure(
         "publish_reply": Percentiles::of(&mut replies),
     });
     row
+}
+
+/// Counts the members that did not receive publish `tag` as errors.
+fn count_missing(row: &mut Row, receipt: &Receipt, members: usize, tag: u64) {
+    if receipt.count < members {
+        row.error(
+            (members - receipt.count) as u64,
+            format!(
+                "{} of {members} members received publish {tag} ({} connections dropped)",
+                receipt.count, receipt.dropped
+            ),
+        );
+    }
 }
 
 /// Measures the `fanout-burst` row: rounds of [`BURST`] back-to-back publishes.
@@ -293,15 +298,7 @@ async fn measure_bursts(
                     break 'rounds;
                 }
             };
-            if receipt.count < members {
-                row.error(
-                    (members - receipt.count) as u64,
-                    format!(
-                        "{} of {members} members received publish {t} ({} connections dropped)",
-                        receipt.count, receipt.dropped
-                    ),
-                );
-            }
+            count_missing(&mut row, &receipt, members, t);
             delivered_total += receipt.count as u64;
             last_us = last_us.max(receipt.last_us);
         }
