@@ -125,7 +125,7 @@ cargo test --workspace
 # ------------------------------------------------------------------ benchmarks
 # Every scenario at smoke size (seconds), against both stores, so the harness never
 # rots. It fails only when a scenario errors; timings are printed, never asserted.
-# Full-size runs and the peers (Pushpin, Node ws): tests/bench/README.md.
+# Full-size runs and the peers (Pushpin, Nchan, Node ws): tests/bench/README.md.
 step "bench (smoke size)"
 cargo run --quiet -p tests --bin bench -- --size smoke --store both \
     --results target/bench-smoke/results.jsonl --svg target/bench-smoke/latency.svg

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! bench [--size smoke|full] [--store memory|redis|both] [--only idle,echo,fanout,churn]
-//!       [--systems switchboard,pushpin,node,floor] [--peers] [--results FILE] [--svg FILE]
+//!       [--systems switchboard,pushpin,nchan,node,floor] [--peers] [--results FILE] [--svg FILE]
 //! bench svg [--results FILE] [--out FILE] [--run RUN_ID]
 //! bench worker            (internal: a load-generator subprocess)
 //! ```
@@ -29,7 +29,7 @@ use super::{churn, echo, fanout, idle, svg, targets, worker, workspace_root};
 #[derive(Parser, Debug)]
 #[command(
     name = "bench",
-    about = "Switchboard benchmarks: idle memory, echo, fan-out and churn against Pushpin, Node ws and bare floors",
+    about = "Switchboard benchmarks: idle memory, echo, fan-out and churn against Pushpin, Nchan, Node ws and bare floors",
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
@@ -66,7 +66,7 @@ pub struct RunArgs {
     /// full size).
     #[arg(long, value_parser = |s: &str| parse_list::<System>(s).map(List))]
     systems: Option<List<System>>,
-    /// Add the peers (pushpin, node) to the default systems (for smoke runs).
+    /// Add the peers (pushpin, nchan, node) to the default systems (for smoke runs).
     #[arg(long)]
     peers: bool,
     /// The JSONL results file rows are appended to.
@@ -444,7 +444,7 @@ mod tests {
             vec![System::Switchboard, System::Floor]
         );
         let peers = Cli::try_parse_from(["bench", "--peers"]).unwrap();
-        assert_eq!(peers.run.systems().len(), 4);
+        assert_eq!(peers.run.systems(), System::ALL.to_vec());
         assert!(Cli::try_parse_from(["bench", "--only", "nope"]).is_err());
         assert!(matches!(
             Cli::try_parse_from(["bench", "svg", "--run", "x"])

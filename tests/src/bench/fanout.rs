@@ -1,6 +1,7 @@
 //! Scenario `fanout`: C members join one room through the system (for the gateway: the
 //! register function joins the group; for Pushpin: a `subscribe` control message; for
-//! Node: its own room map; for the floor: every socket of its fan-out port). Then
+//! Nchan: a subscription to the room's channel; for Node: its own room map; for the floor:
+//! every socket of its fan-out port). Then
 //! publishes, one at a time: each is timed from just before the publish request to the
 //! moment the last member received it (receipts are timestamped by the worker processes on
 //! the shared wall clock). Reports p50/p99 of that time to the last member, deliveries per

@@ -1,12 +1,14 @@
 //! `bench-function`: the one benchmark function, written once, serving the gateway's
-//! native events and Pushpin's WebSocket-over-HTTP events on the same port with the same
-//! logic ([`Logic`]): accept every connection and join it to the room its URL names
-//! (`?room=…`), echo every message back to its sender, acknowledge the close.
+//! native events, Pushpin's WebSocket-over-HTTP events and Nchan's requests on the same
+//! port with the same logic ([`Logic`]): accept every connection and join it to the room
+//! its URL names (`?room=…`), echo every message back to its sender, acknowledge the
+//! close.
 //!
 //! | format | open | message | close |
 //! |---|---|---|---|
 //! | native JSON event | `register`: join via `PUT /@groups/{room}/connections/{id}`, 200 | `transport`: 200 with the data (two-way reply) | `cleanup`: 204 |
 //! | `application/websocket-events` | `OPEN`: `OPEN` + `c:` subscribe control message, grip extension | `TEXT`/`BINARY`: the same event back | `CLOSE`: `CLOSE`; `DISCONNECT`: nothing |
+//! | Nchan (`/nchan/…`) | `GET /nchan/open?{query}` (authorize request): 200; Nchan's config subscribes to the room | `POST /nchan/message` (publisher upstream request): 200 with the message, which Nchan publishes to the sender's own channel | `GET /nchan/close` (unsubscribe request): 204 |
 //!
 //! The gateway writes its store record itself before calling register, so register needs
 //! no store write of its own. `GET /stats` returns the [`FunctionStats`] counters, which
@@ -39,6 +41,9 @@ use super::wsevents::{self, WsEvent};
 /// The largest request body read.
 const MAX_BODY: usize = 1 << 20;
 
+/// The path prefix of Nchan's requests (`open`, `message`, `close` follow it).
+pub const NCHAN_PREFIX: &str = "/nchan/";
+
 /// `bench-function` flags.
 #[derive(Parser, Debug)]
 #[command(
@@ -57,16 +62,16 @@ pub struct Args {
     pub token: Option<String>,
 }
 
-/// Events seen so far, both formats together.
+/// Events seen so far, every format together.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionStats {
-    /// Opens (register / OPEN).
+    /// Opens (register / OPEN / Nchan's open).
     pub register: u64,
-    /// Messages (transport / TEXT / BINARY).
+    /// Messages (transport / TEXT / BINARY / Nchan's message).
     pub transport: u64,
-    /// Ends (cleanup / CLOSE / DISCONNECT).
+    /// Ends (cleanup / CLOSE / DISCONNECT / Nchan's close).
     pub cleanup: u64,
-    /// Requests that failed (bad body, a room join refused).
+    /// Requests that failed (bad body, a room join refused, an unknown Nchan request).
     pub errors: u64,
 }
 
@@ -144,7 +149,12 @@ async fn handle(logic: Arc<Logic>, req: Request<Incoming>) -> Reply {
         let body = serde_json::to_vec(&logic.counters.snapshot()).unwrap_or_default();
         return reply(StatusCode::OK, "application/json", body);
     }
-    if req.method() != Method::POST {
+    let nchan = req
+        .uri()
+        .path()
+        .strip_prefix(NCHAN_PREFIX)
+        .map(str::to_owned);
+    if req.method() != Method::POST && nchan.is_none() {
         return empty(StatusCode::METHOD_NOT_ALLOWED);
     }
     let pushpin = req
@@ -160,7 +170,9 @@ async fn handle(logic: Arc<Logic>, req: Request<Incoming>) -> Reply {
             return empty(StatusCode::BAD_REQUEST);
         }
     };
-    if pushpin {
+    if let Some(event) = nchan {
+        nchan_request(&logic, &event, &query, body)
+    } else if pushpin {
         over_http(&logic, &query, &body)
     } else {
         native(&logic, &body).await
@@ -262,6 +274,37 @@ fn over_http(logic: &Logic, query: &str, body: &[u8]) -> Reply {
     r
 }
 
+/// Nchan's requests for a WebSocket connection (`event` is the path after
+/// [`NCHAN_PREFIX`]): its authorize request on open (any 2xx admits it; the room is the
+/// channel Nchan's config derives from the same query), the publisher upstream request of
+/// each message (Nchan publishes the reply body to the connection's channel), and the
+/// unsubscribe request on close.
+fn nchan_request(logic: &Logic, event: &str, query: &str, body: Bytes) -> Reply {
+    match event {
+        "open" => {
+            logic.open(query);
+            empty(StatusCode::OK)
+        }
+        "message" => {
+            let message = match String::from_utf8(body.to_vec()) {
+                Ok(text) => Message::text(text),
+                Err(_) => Message::binary(body),
+            };
+            let echo = logic.message(message);
+            let content_type = echo.content_type();
+            reply(StatusCode::OK, content_type, echo.into_bytes())
+        }
+        "close" => {
+            logic.close();
+            empty(StatusCode::NO_CONTENT)
+        }
+        _ => {
+            logic.failed();
+            empty(StatusCode::NOT_FOUND)
+        }
+    }
+}
+
 /// Serves the function on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, logic: Arc<Logic>) -> anyhow::Result<()> {
     loop {
@@ -336,6 +379,45 @@ mod tests {
             }
         );
         assert_eq!(over_http(&l, "", b"TEXT").status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn nchan_opens_echoes_and_closes() {
+        let l = logic();
+        assert_eq!(
+            nchan_request(&l, "open", "room=bench", Bytes::new()).status(),
+            StatusCode::OK
+        );
+        let r = nchan_request(&l, "message", "", Bytes::from_static(b"hi"));
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.headers()[CONTENT_TYPE],
+            functions::message::TEXT_CONTENT_TYPE
+        );
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"hi");
+        let r = nchan_request(&l, "message", "", Bytes::from_static(b"\xff\x00"));
+        assert_eq!(
+            r.headers()[CONTENT_TYPE],
+            functions::message::BINARY_CONTENT_TYPE
+        );
+        assert_eq!(
+            nchan_request(&l, "close", "", Bytes::new()).status(),
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            nchan_request(&l, "other", "", Bytes::new()).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            l.counters.snapshot(),
+            FunctionStats {
+                register: 1,
+                transport: 2,
+                cleanup: 1,
+                errors: 1
+            }
+        );
     }
 
     #[tokio::test]

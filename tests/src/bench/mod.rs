@@ -1,16 +1,17 @@
-//! The benchmark harness: Switchboard against Pushpin, a hand-written Node.js `ws` server
-//! and bare tokio floors, side by side, on one machine, with one load generator and one
-//! function.
+//! The benchmark harness: Switchboard against Pushpin, Nchan (nginx), a hand-written
+//! Node.js `ws` server and bare tokio floors, side by side, on one machine, with one load
+//! generator and one function.
 //!
 //! Three binaries of the `tests` package use it:
 //! - `bench` ([`cli`]): the orchestrator and load generator. It starts every system under
-//!   test itself (the gateway's own `main.rs` as `switchboard-under-test`, `pushpin`, `node`,
-//!   `bench-floor`), drives real WebSocket clients from several 127.0.0.x source addresses
-//!   (spread over `bench worker` subprocesses when one process may not hold them all), and
-//!   prints one table row per (scenario, system, store), appending it as JSON to
-//!   `bench-results/results.jsonl`. `bench svg` draws the latency chart.
-//! - `bench-function` ([`function`]): the one benchmark function, answering both the
-//!   gateway's native events and Pushpin's WebSocket-over-HTTP events with the same logic.
+//!   test itself (the gateway's own `main.rs` as `switchboard-under-test`, `pushpin`,
+//!   `nginx`, `node`, `bench-floor`), drives real WebSocket clients from several 127.0.0.x
+//!   source addresses (spread over `bench worker` subprocesses when one process may not
+//!   hold them all), and prints one table row per (scenario, system, store), appending it
+//!   as JSON to `bench-results/results.jsonl`. `bench svg` draws the latency chart.
+//! - `bench-function` ([`function`]): the one benchmark function, answering the gateway's
+//!   native events, Pushpin's WebSocket-over-HTTP events and Nchan's open, message and
+//!   close requests with the same logic.
 //! - `bench-floor` ([`floor`]): the floors: a bare tokio-tungstenite echo, a bare hyper
 //!   HTTP echo and a raw fan-out server.
 //!

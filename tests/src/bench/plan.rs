@@ -67,6 +67,9 @@ pub enum System {
     Switchboard,
     /// Pushpin in WebSocket-over-HTTP mode with `bench-function`.
     Pushpin,
+    /// nginx with the Nchan module, its WebSocket opens, messages and closes going to
+    /// `bench-function`.
+    Nchan,
     /// A hand-written Node.js `ws` server doing the same in-process.
     Node,
     /// The bare floors of `bench-floor`.
@@ -75,9 +78,10 @@ pub enum System {
 
 impl System {
     /// Every system, in run order.
-    pub const ALL: [System; 4] = [
+    pub const ALL: [System; 5] = [
         System::Switchboard,
         System::Pushpin,
+        System::Nchan,
         System::Node,
         System::Floor,
     ];
@@ -87,6 +91,7 @@ impl System {
         match self {
             System::Switchboard => "switchboard",
             System::Pushpin => "pushpin",
+            System::Nchan => "nchan",
             System::Node => "node",
             System::Floor => "floor",
         }
@@ -105,7 +110,9 @@ impl FromStr for System {
         System::ALL
             .into_iter()
             .find(|sy| sy.name() == s)
-            .ok_or_else(|| format!("unknown system `{s}` (switchboard, pushpin, node, floor)"))
+            .ok_or_else(|| {
+                format!("unknown system `{s}` (switchboard, pushpin, nchan, node, floor)")
+            })
     }
 }
 
@@ -256,8 +263,8 @@ mod tests {
             vec![Scenario::Idle, Scenario::Fanout]
         );
         assert_eq!(
-            parse_list::<System>("pushpin,floor").unwrap(),
-            vec![System::Pushpin, System::Floor]
+            parse_list::<System>("pushpin,nchan,floor").unwrap(),
+            vec![System::Pushpin, System::Nchan, System::Floor]
         );
         assert!(parse_list::<Scenario>("idle,nope").is_err());
         assert!(parse_list::<System>("").is_err());

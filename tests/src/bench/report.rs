@@ -24,7 +24,7 @@ pub struct Row {
     pub size: String,
     /// `idle`, `echo`, `fanout`, `fanout-batch` or `churn`.
     pub scenario: String,
-    /// `switchboard`, `pushpin`, `node`, `floor` or `floor-http`.
+    /// `switchboard`, `pushpin`, `nchan`, `node`, `floor` or `floor-http`.
     pub system: String,
     /// `memory`, `redis`, or `-` for systems without a Switchboard store.
     pub store: String,
@@ -55,7 +55,7 @@ pub struct Row {
     pub rss_kib: Option<u64>,
     /// CPU of the system under test per unit, µs.
     pub cpu_us_per_op: Option<f64>,
-    /// CPU of the benchmark function per unit, µs (gateway and Pushpin rows).
+    /// CPU of the benchmark function per unit, µs (gateway, Pushpin and Nchan rows).
     pub fn_cpu_us_per_op: Option<f64>,
     /// Anything else worth keeping (per-process RSS, publish reply times, …).
     pub detail: serde_json::Value,

@@ -132,6 +132,17 @@ pub fn check(rows: &[Row], store: &str) -> Vec<Verdict> {
             .map(|(s, f)| (s / f, format!("{:.2}x ({s:.1} vs {f:.1} ms)", s / f))),
         |x| x <= 1.25,
     ));
+    let fan_rate = rate(sb("fanout"));
+    for (name, system) in [("Pushpin", "pushpin"), ("Nchan", "nchan")] {
+        out.push(verdict(
+            format!("fanout [{store}]: deliveries per second vs {name}"),
+            "> 1x (faster per delivery)",
+            fan_rate
+                .zip(rate(peer("fanout", system)))
+                .map(|(s, p)| (s / p, format!("{:.2}x ({s:.0} vs {p:.0} deliv/s)", s / p))),
+            |x| x > 1.0,
+        ));
+    }
     out.push(verdict(
         format!("fanout [{store}]: deliveries per second in bursts"),
         ">= 500,000/s",
@@ -178,5 +189,32 @@ mod tests {
         assert_eq!(get("RSS").met, None);
         assert!(get("RSS").line().starts_with("n/a"));
         assert!(check(&rows, "redis").iter().all(|v| v.met.is_none()));
+    }
+
+    #[test]
+    fn fanout_against_pushpin_and_nchan() {
+        let rows = vec![
+            row("fanout", "switchboard", "memory", 60_000.0),
+            row("fanout", "pushpin", "-", 12_000.0),
+            row("fanout", "nchan", "-", 80_000.0),
+            row("fanout", "switchboard", "redis", 66_000.0),
+            Row::new("fanout", "nchan", "-").skip("not installed"),
+        ];
+        let v = check(&rows, "memory");
+        let get = |w: &str| v.iter().find(|v| v.what.contains(w)).unwrap().clone();
+        let pushpin = get("deliveries per second vs Pushpin");
+        assert_eq!(pushpin.met, Some(true));
+        assert_eq!(pushpin.measured, "5.00x (60000 vs 12000 deliv/s)");
+        let nchan = get("deliveries per second vs Nchan");
+        assert_eq!(nchan.met, Some(false));
+        assert!(nchan.line().starts_with("MISSED"), "{}", nchan.line());
+        // Only the measured peer row counts; without it the verdict is not measured.
+        let alone = vec![row("fanout", "switchboard", "redis", 66_000.0)];
+        let v = check(&alone, "redis");
+        assert!(
+            v.iter()
+                .filter(|v| v.what.contains("deliveries per second vs"))
+                .all(|v| v.met.is_none())
+        );
     }
 }

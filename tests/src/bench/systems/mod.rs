@@ -3,6 +3,7 @@
 //! published, and which processes to measure.
 
 pub mod floor;
+pub mod nchan;
 pub mod node;
 pub mod pushpin;
 pub mod switchboard;
@@ -50,7 +51,7 @@ pub enum Publisher {
         /// `http://127.0.0.1:PORT/publish/`.
         url: String,
     },
-    /// A plain `POST url` whose body is the message (Node and the raw floor).
+    /// A plain `POST url` whose body is the message (Nchan, Node and the raw floor).
     Plain {
         /// The URL.
         url: String,
@@ -95,6 +96,7 @@ impl Target {
                 switchboard::start(store.unwrap_or(StoreKind::Memory), env).await
             }
             System::Pushpin => pushpin::start(env).await,
+            System::Nchan => nchan::start(env).await,
             System::Node => node::start(env).await,
             System::Floor => floor::start(env).await,
         }
@@ -107,6 +109,7 @@ impl Target {
         }
         match system {
             System::Pushpin => pushpin::unavailable(),
+            System::Nchan => nchan::unavailable(),
             System::Node => node::unavailable(env),
             System::Switchboard | System::Floor => None,
         }
