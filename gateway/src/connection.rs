@@ -219,6 +219,10 @@ impl Session {
         let mut batch = Vec::new();
         // With `limits.write_delay`: when the queued messages are due to be written.
         let mut flush_at: Option<Instant> = None;
+        // Made once: a fresh one on every wake-up would take locks every connection of
+        // the node shares.
+        let shutdown = shared.shutdown.watch();
+        tokio::pin!(shutdown);
         loop {
             let ping_due = match ping_sent {
                 Some(sent) => sent + limits.ping_interval,
@@ -230,11 +234,14 @@ impl Session {
             if let Some(at) = flush_at {
                 deadline = deadline.min(at);
             }
-            timer.as_mut().reset(deadline);
+            // Unchanged on most wake-ups (an outbound message moves no deadline).
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             let read_more = self.pending.len() < limits.inbound_queue_messages;
             tokio::select! {
                 biased;
-                _ = self.shared.shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     Box::pin(close(ws, &self.conn.outbox, 1001, "server shutting down")).await;
                     return End::new(DisconnectReason::Shutdown, Some(1001), "server shutting down");
                 }

@@ -36,6 +36,7 @@ mod respond;
 mod sendback;
 mod sigv4;
 mod sockio;
+mod stop;
 mod tencent_sendback;
 
 use std::future::Future;
@@ -44,11 +45,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::stop::Stop;
 use bytes::Bytes;
 use store::SharedStore;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
@@ -93,7 +94,7 @@ pub(crate) struct Shared {
     /// Keep-alive connections to the other nodes' send-back APIs.
     pub peers: HttpClient,
     /// Cancelled when shutdown starts: listeners stop accepting, sockets close with 1001.
-    pub shutdown: CancellationToken,
+    pub shutdown: Stop,
     /// Every task that must finish before the gateway exits: one per TCP connection on
     /// either listener (a public client's admission, socket loop and cleanup call).
     pub tracker: TaskTracker,
@@ -182,7 +183,7 @@ impl Gateway {
             store,
             registry: Registry::default(),
             groups: GroupCache::default(),
-            shutdown: CancellationToken::new(),
+            shutdown: Stop::default(),
             tracker: TaskTracker::new(),
             slots: AtomicUsize::new(0),
             page,

@@ -1,15 +1,18 @@
 //! The bounded outbound queue of one connection: messages waiting to be written to its
 //! socket, and a pending close request.
 //!
-//! A plain mutex-guarded `VecDeque` with a `Notify`, not a channel: an idle connection's
-//! empty queue allocates nothing. Producers (the send-back API, function replies) never
-//! wait: a full queue is an error they report (429), so a slow client cannot grow memory
-//! without bound.
+//! A plain mutex-guarded `VecDeque` holding the socket task's waker, not a channel: an
+//! idle connection's empty queue allocates nothing, and a push takes one lock, which also
+//! hands it the waker to wake (only the first push after the task last looked wakes it,
+//! so a burst of pushes costs one wake-up). Producers (the send-back API, function
+//! replies) never wait: a full queue is an error they report (429), so a slow client
+//! cannot grow memory without bound.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::Mutex;
+use std::task::{Poll, Waker};
 
-use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Why a message was not queued.
@@ -34,7 +37,6 @@ pub struct CloseRequest {
 #[derive(Debug, Default)]
 pub struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +48,15 @@ struct State {
     /// nothing more is accepted, so nothing is acknowledged that will not be written.
     closing: bool,
     closed: bool,
+    /// The socket task, while it waits for something to write.
+    waiter: Option<Waker>,
+}
+
+impl State {
+    /// Whether the socket task has something to do.
+    fn ready(&self) -> bool {
+        !self.queue.is_empty() || self.close.is_some()
+    }
 }
 
 /// Limits for one push.
@@ -65,7 +76,7 @@ impl Outbox {
     /// Queues a message for the socket.
     pub fn push(&self, message: Message, limits: QueueLimits) -> Result<(), PushError> {
         let len = message.len();
-        {
+        let waiter = {
             let mut state = self.lock();
             if state.closed || state.closing {
                 return Err(PushError::Closed);
@@ -78,23 +89,29 @@ impl Outbox {
             if state.queue.capacity() > 64 && state.queue.len() == 1 {
                 state.queue.shrink_to(8);
             }
+            state.waiter.take()
+        };
+        if let Some(waiter) = waiter {
+            waiter.wake();
         }
-        self.notify.notify_one();
         Ok(())
     }
 
     /// Asks the connection to close after writing what is queued. Returns false if it is
     /// already closing or closed.
     pub fn request_close(&self, request: CloseRequest) -> bool {
-        {
+        let waiter = {
             let mut state = self.lock();
             if state.closed || state.closing {
                 return false;
             }
             state.closing = true;
             state.close = Some(request);
+            state.waiter.take()
+        };
+        if let Some(waiter) = waiter {
+            waiter.wake();
         }
-        self.notify.notify_one();
         true
     }
 
@@ -114,6 +131,7 @@ impl Outbox {
     pub fn mark_closed(&self) -> usize {
         let mut state = self.lock();
         state.closed = true;
+        state.waiter = None;
         let dropped = state.queue.len();
         state.queue = VecDeque::new();
         state.bytes = 0;
@@ -126,10 +144,21 @@ impl Outbox {
         state.closed || state.closing
     }
 
-    /// Waits until something is pushed or a close is requested (a permit is stored if that
-    /// happened since the last wait, so no wake-up is lost).
+    /// Waits until there is something to [`drain`](Outbox::drain): a queued message or a
+    /// close request. Ready at once if there already is.
     pub async fn wait(&self) {
-        self.notify.notified().await;
+        poll_fn(|cx| {
+            let mut state = self.lock();
+            if state.ready() {
+                return Poll::Ready(());
+            }
+            match &mut state.waiter {
+                Some(waiter) if waiter.will_wake(cx.waker()) => {}
+                waiter => *waiter = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
     }
 }
 
@@ -194,4 +223,47 @@ mod tests {
             .await
             .unwrap();
     }
+
+    /// A waker that counts its wake-ups.
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_burst_of_pushes_wakes_the_waiting_task_once() {
+        use std::sync::Arc;
+        use std::sync::atomic::Ordering::SeqCst;
+        use std::task::{Context, Poll};
+
+        let outbox = Outbox::default();
+        let counter = Arc::new(Counter(0.into()));
+        let waker = std::task::Waker::from(counter.clone());
+        let mut cx = Context::from_waker(&waker);
+        let poll = |cx: &mut Context<'_>| std::pin::pin!(outbox.wait()).poll(cx);
+        assert_eq!(poll(&mut cx), Poll::Pending, "nothing queued yet");
+        for _ in 0..3 {
+            outbox.push(Message::text("x"), LIMITS_MANY).unwrap();
+        }
+        assert_eq!(counter.0.load(SeqCst), 1);
+        assert_eq!(poll(&mut cx), Poll::Ready(()));
+        let mut out = Vec::new();
+        outbox.drain(&mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(poll(&mut cx), Poll::Pending, "drained: nothing to do");
+        assert!(outbox.request_close(CloseRequest {
+            code: 1000,
+            reason: String::new()
+        }));
+        assert_eq!(counter.0.load(SeqCst), 2, "a close request wakes it too");
+        assert_eq!(poll(&mut cx), Poll::Ready(()));
+    }
+
+    const LIMITS_MANY: QueueLimits = QueueLimits {
+        messages: 100,
+        bytes: 1000,
+    };
 }

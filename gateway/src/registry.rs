@@ -116,13 +116,13 @@ impl Registry {
     }
 
     /// How many connections are registered.
-    /// Calls `f` with the live connection (not closing) of each id, or `None`, all under
-    /// one lock: a group send reaches a page of members without a lock and a reference
-    /// count round trip per member.
+    /// Calls `f` with the connection of each id this node holds (which may be closing:
+    /// its outbox says so), or `None`, all under one lock: a group send reaches a page of
+    /// members without a lock and a reference count round trip per member.
     pub fn with_each(&self, ids: &[Uuid], mut f: impl FnMut(Option<&Connection>)) {
         let map = self.lock();
         for id in ids {
-            f(map.get(id).map(|c| &**c).filter(|c| !c.outbox.is_closed()));
+            f(map.get(id).map(|c| &**c));
         }
     }
 
@@ -150,7 +150,7 @@ mod tests {
     }
 
     #[test]
-    fn with_each_sees_live_connections_only() {
+    fn with_each_sees_held_connections_only() {
         let registry = Registry::default();
         let (live, closed) = (conn(), conn());
         registry.insert(live.clone());
@@ -158,9 +158,12 @@ mod tests {
         closed.outbox.mark_closed();
         let mut seen = Vec::new();
         registry.with_each(&[live.id, closed.id, Uuid::new_v4()], |c| {
-            seen.push(c.map(|c| c.id));
+            seen.push(c.map(|c| (c.id, c.outbox.is_closed())));
         });
-        assert_eq!(seen, vec![Some(live.id), None, None]);
+        assert_eq!(
+            seen,
+            vec![Some((live.id, false)), Some((closed.id, true)), None]
+        );
         assert!(registry.get(&live.id).is_some());
         assert!(registry.remove(&live.id));
         assert_eq!(registry.len(), 1);

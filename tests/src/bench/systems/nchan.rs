@@ -5,9 +5,10 @@
 //! The config (see [`config`]) loads the module from Debian's path, runs one master and
 //! one worker per CPU in the foreground (`daemon off`), keeps its pid file, lock file and
 //! temporary directories in a scratch directory, logs errors to stderr (`nchan.log` in
-//! the run's log directory; no access log), and listens on a free loopback port. Its open-files limit is the hard limit the harness runs under (what every other
-//! system inherits), with connections per worker up to it, so one worker can hold all of
-//! the idle and fan-out connections.
+//! the run's log directory; no access log), and listens on a free loopback port. Its
+//! open-files limit is the hard limit the harness runs under (what every other system
+//! inherits), with connections per worker up to it, so one worker can hold all of the
+//! idle and fan-out connections.
 //!
 //! One WebSocket location, `/ws`, is an Nchan publisher and subscriber (`nchan_pubsub`)
 //! whose channel is the `room` of the query, or a channel of its own per connection
