@@ -8,7 +8,8 @@ use std::time::Duration;
 use functions::api::{BatchResult, ConnectionInfo, DeliveryStatus};
 use reqwest::Method;
 use tests::gateway::{
-    Client, TestGateway, expect_close, group_send, next_message, sendback_request,
+    Client, TestGateway, expect_close, group_send, next_message, post_to_connection,
+    sendback_request,
 };
 use tests::scripted::ScriptedFunction;
 use tokio_tungstenite::tungstenite::Message;
@@ -66,11 +67,7 @@ async fn send_backs_cross_nodes(store: store::SharedStore) {
     let via_b = b.sendback_url();
 
     // One connection: send and get, through the node that does not hold it.
-    let r = sendback_request(Method::POST, format!("{via_b}/@connections/{id_a}"))
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
+    let r = post_to_connection(&via_b, &id_a, "hello").await;
     assert_eq!(r.status(), 200);
     expect(&mut on_a, "hello").await;
     let info: ConnectionInfo =
@@ -166,11 +163,7 @@ async fn send_backs_cross_nodes(store: store::SharedStore) {
         async move { store.get(&id).await.unwrap().is_none() }
     })
     .await;
-    let r = sendback_request(Method::POST, format!("{via_b}/@connections/{id_a}"))
-        .body("too late")
-        .send()
-        .await
-        .unwrap();
+    let r = post_to_connection(&via_b, &id_a, "too late").await;
     assert_eq!(r.status(), 410);
     drop(on_b);
     a.shutdown().await;
@@ -211,14 +204,7 @@ async fn an_unreachable_node_is_a_502_and_does_not_stop_group_sends() {
     let ghost = ghost_record.id.clone();
     store.register(&ghost_record).await.unwrap();
 
-    let r = sendback_request(
-        Method::POST,
-        format!("{}/@connections/{ghost}", a.sendback_url()),
-    )
-    .body("x")
-    .send()
-    .await
-    .unwrap();
+    let r = post_to_connection(&a.sendback_url(), &ghost, "x").await;
     assert_eq!(r.status(), 502);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "node_unreachable", "{body}");

@@ -9,8 +9,8 @@ use functions::{Chat, SendBack};
 use gateway::Options;
 use reqwest::Method;
 use tests::gateway::{
-    Client, TestGateway, expect_close, next_json, next_message, route_all, send_text,
-    sendback_request,
+    Client, TestGateway, expect_close, next_json, next_message, post_to_connection, route_all,
+    send_text, sendback_request,
 };
 use tests::process::{GatewayProcess, Process};
 use tests::redis::{RedisServer, Resp};
@@ -366,14 +366,7 @@ async fn redis_restart_under_live_connections() {
     skip_until(&mut alice, |m| *m == Message::text("pong")).await;
     // A send to a connection by id needs no store.
     for id in &member_ids {
-        let r = sendback_request(
-            Method::POST,
-            format!("{}/@connections/{id}", gw.sendback_url()),
-        )
-        .body("direct")
-        .send()
-        .await
-        .unwrap();
+        let r = post_to_connection(&gw.sendback_url(), id, "direct").await;
         assert_eq!(r.status(), 200);
     }
     // Operations that need the store fail clearly.

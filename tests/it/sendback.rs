@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use functions::api::{BatchResult, ConnectionInfo, DeliveryStatus};
 use reqwest::Method;
-use tests::gateway::{TestGateway, next_message, sendback_request};
+use tests::gateway::{TestGateway, next_message, post_to_connection, sendback_request};
 use tests::scripted::ScriptedFunction;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -32,11 +32,7 @@ async fn post_get_and_batch() {
     let base = gw.sendback_url();
 
     // Text, then binary (by content type), arrive in order.
-    let r = sendback_request(Method::POST, format!("{base}/@connections/{id}"))
-        .body("hello")
-        .send()
-        .await
-        .unwrap();
+    let r = post_to_connection(&base, &id, "hello").await;
     assert_eq!(r.status(), 200);
     let r = sendback_request(Method::POST, format!("{base}/@connections/{id}"))
         .header("content-type", "application/octet-stream")
@@ -124,11 +120,7 @@ async fn errors_have_statuses_and_json_bodies() {
     assert_eq!(body["error"], "unauthorized");
 
     for gone in [uuid::Uuid::new_v4().to_string(), "not-an-id".to_owned()] {
-        let r = sendback_request(Method::POST, format!("{base}/@connections/{gone}"))
-            .body("x")
-            .send()
-            .await
-            .unwrap();
+        let r = post_to_connection(&base, &gone, "x").await;
         assert_eq!(r.status(), 410);
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["error"], "gone");
@@ -267,11 +259,7 @@ async fn write_delay_holds_send_backs_but_not_replies() {
     let base = gw.sendback_url();
     let sent = std::time::Instant::now();
     for text in ["one", "two"] {
-        let r = sendback_request(Method::POST, format!("{base}/@connections/{id}"))
-            .body(text)
-            .send()
-            .await
-            .unwrap();
+        let r = post_to_connection(&base, &id, text).await;
         assert_eq!(r.status(), 200);
     }
     tests::gateway::send_text(&mut client, "hi").await;

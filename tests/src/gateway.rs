@@ -59,6 +59,19 @@ pub fn sendback_request(method: reqwest::Method, url: impl AsRef<str>) -> reqwes
         .bearer_auth(TOKEN)
 }
 
+/// `POST {base}/@connections/{id}` with `body`.
+pub async fn post_to_connection(
+    base: &str,
+    id: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    sendback_request(reqwest::Method::POST, format!("{base}/@connections/{id}"))
+        .body(body)
+        .send()
+        .await
+        .expect("send-back request")
+}
+
 /// `POST {base}/@groups/{group_and_query}` with `text`; asserts 200 and returns the result.
 pub async fn group_send(
     base: &str,

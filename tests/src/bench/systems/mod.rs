@@ -186,12 +186,43 @@ pub async fn wait_port(port: u16, proc: &mut Proc) -> anyhow::Result<()> {
     }
 }
 
+/// Attempts at starting a system (a free port may be taken between probe and bind).
+pub const ATTEMPTS: usize = 3;
+
+/// Runs `start` in a fresh scratch directory under /tmp (`{prefix}-{8 hex digits}`: short,
+/// since IPC socket paths in it must fit in 108 bytes), up to [`ATTEMPTS`] times (a free
+/// port may be taken between probe and bind). Returns what it started and its directory;
+/// a failed attempt's directory is removed.
+pub async fn start_in_scratch<T, Fut>(
+    prefix: &str,
+    mut start: impl FnMut(PathBuf) -> Fut,
+) -> anyhow::Result<(T, PathBuf)>
+where
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut last_err = None;
+    for _ in 0..ATTEMPTS {
+        let dir = std::env::temp_dir().join(format!(
+            "{prefix}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        match start(dir.clone()).await {
+            Ok(started) => return Ok((started, dir)),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+}
+
 /// Starts `bench-function` (with a send-back API for room joins, if given) and returns it
-/// with its base URL.
+/// with its base URL and port.
 pub async fn start_function(
     env: &Env,
     sendback: Option<(&str, &str)>,
-) -> anyhow::Result<(Proc, String)> {
+) -> anyhow::Result<(Proc, String, u16)> {
     let mut cmd = tokio::process::Command::new(super::sibling("bench-function")?);
     if let Some((url, token)) = sendback {
         cmd.args(["--sendback", url, "--token", token]);
@@ -202,5 +233,5 @@ pub async fn start_function(
         port: u16,
     }
     let Port { port } = proc.read_json_line(START_TIMEOUT).await?;
-    Ok((proc, format!("http://127.0.0.1:{port}")))
+    Ok((proc, format!("http://127.0.0.1:{port}"), port))
 }

@@ -32,7 +32,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use super::{Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, start_function, wait_port};
+use super::{
+    Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, start_function, start_in_scratch,
+    wait_port,
+};
 use crate::bench::machine::FD_RESERVE;
 use crate::bench::plan::System;
 use crate::bench::procs::Proc;
@@ -61,9 +64,6 @@ const SHARED_MEMORY: &str = "256m";
 
 /// Idle keep-alive connections from each worker to the function.
 const UPSTREAM_KEEPALIVE: usize = 64;
-
-/// Attempts at starting nginx (a free port may be taken between probe and bind).
-const ATTEMPTS: usize = 3;
 
 /// Path of `nginx`, if installed (`$NGINX`, `PATH`, `/usr/sbin/nginx`).
 pub fn binary() -> Option<PathBuf> {
@@ -289,48 +289,35 @@ async fn start_nginx(env: &Env, dir: &Path, function_port: u16) -> anyhow::Resul
 
 /// Starts nginx with Nchan in front of `bench-function`.
 pub async fn start(env: &Env) -> anyhow::Result<Target> {
-    let (function, function_url) = start_function(env, None).await?;
-    let function_port = match function_url.rsplit(':').next().map(str::parse::<u16>) {
-        Some(Ok(port)) => port,
-        _ => {
+    let (function, function_url, function_port) = start_function(env, None).await?;
+    let started = start_in_scratch("sbnchan", |dir| async move {
+        start_nginx(env, &dir, function_port).await
+    })
+    .await;
+    let ((nginx, port), dir) = match started {
+        Ok(started) => started,
+        Err(e) => {
             function.kill().await;
-            bail!("bench-function announced no port in {function_url}");
+            return Err(e);
         }
     };
-    let mut last_err = None;
-    for _ in 0..ATTEMPTS {
-        let dir = std::env::temp_dir().join(format!(
-            "sbnchan-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ));
-        match start_nginx(env, &dir, function_port).await {
-            Ok((nginx, port)) => {
-                let function_pid = function.pid();
-                return Ok(Target {
-                    system: System::Nchan,
-                    store: None,
-                    ws_url: format!("ws://127.0.0.1:{port}/ws"),
-                    room_url: format!("ws://127.0.0.1:{port}/ws?room={ROOM}"),
-                    http_echo_url: None,
-                    publisher: Publisher::Plain {
-                        url: format!("http://127.0.0.1:{port}/publish/{ROOM}"),
-                    },
-                    function_url: Some(function_url),
-                    measured: vec![nginx.pid()],
-                    function_pid: Some(function_pid),
-                    procs: vec![function, nginx],
-                    redis: None,
-                    scratch: Some(dir),
-                });
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                last_err = Some(e);
-            }
-        }
-    }
-    function.kill().await;
-    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+    let function_pid = function.pid();
+    Ok(Target {
+        system: System::Nchan,
+        store: None,
+        ws_url: format!("ws://127.0.0.1:{port}/ws"),
+        room_url: format!("ws://127.0.0.1:{port}/ws?room={ROOM}"),
+        http_echo_url: None,
+        publisher: Publisher::Plain {
+            url: format!("http://127.0.0.1:{port}/publish/{ROOM}"),
+        },
+        function_url: Some(function_url),
+        measured: vec![nginx.pid()],
+        function_pid: Some(function_pid),
+        procs: vec![function, nginx],
+        redis: None,
+        scratch: Some(dir),
+    })
 }
 
 #[cfg(test)]

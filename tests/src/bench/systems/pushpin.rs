@@ -33,7 +33,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use super::{Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, start_function, wait_port};
+use super::{
+    Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, start_function, start_in_scratch,
+    wait_port,
+};
 use crate::bench::machine::FD_RESERVE;
 use crate::bench::plan::System;
 use crate::bench::procs::Proc;
@@ -47,9 +50,6 @@ const SYSTEM_LIBDIR: &str = "/usr/lib/pushpin";
 
 /// The runner's services: client connections, HTTP client, proxy, handler.
 const SERVICES: &str = "condure,zurl,pushpin-proxy,pushpin-handler";
-
-/// Attempts at starting Pushpin (a free port may be taken between probe and bind).
-const ATTEMPTS: usize = 3;
 
 /// Path of the `pushpin` runner, if installed (`$PUSHPIN`, `PATH`, `/usr/bin/pushpin`).
 pub fn binary() -> Option<PathBuf> {
@@ -385,47 +385,37 @@ async fn start_runner(
 pub async fn start(env: &Env) -> anyhow::Result<Target> {
     let template = std::fs::read_to_string(SYSTEM_CONFIG)
         .with_context(|| format!("reading {SYSTEM_CONFIG}"))?;
-    let (function, function_url) = start_function(env, None).await?;
-    let function_port = function_url
-        .rsplit(':')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let mut last_err = None;
-    for _ in 0..ATTEMPTS {
-        // Short, private, under /tmp: IPC socket paths must fit in 108 bytes.
-        let dir = std::env::temp_dir().join(format!(
-            "sbpp-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        ));
-        match start_runner(env, &template, &dir, &function_port).await {
-            Ok((runner, client_port, publish_port)) => {
-                let function_pid = function.pid();
-                return Ok(Target {
-                    system: System::Pushpin,
-                    store: None,
-                    ws_url: format!("ws://127.0.0.1:{client_port}/ws"),
-                    room_url: format!("ws://127.0.0.1:{client_port}/ws?room={ROOM}"),
-                    http_echo_url: None,
-                    publisher: Publisher::Pushpin {
-                        url: format!("http://127.0.0.1:{publish_port}/publish/"),
-                    },
-                    function_url: Some(function_url),
-                    measured: vec![runner.pid()],
-                    function_pid: Some(function_pid),
-                    procs: vec![function, runner],
-                    redis: None,
-                    scratch: Some(dir),
-                });
-            }
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                last_err = Some(e);
-            }
+    let (function, function_url, function_port) = start_function(env, None).await?;
+    let function_port = function_port.to_string();
+    let (template, function_port) = (&template, &function_port);
+    let started = start_in_scratch("sbpp", |dir| async move {
+        start_runner(env, template, &dir, function_port).await
+    })
+    .await;
+    let ((runner, client_port, publish_port), dir) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            function.kill().await;
+            return Err(e);
         }
-    }
-    function.kill().await;
-    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+    };
+    let function_pid = function.pid();
+    Ok(Target {
+        system: System::Pushpin,
+        store: None,
+        ws_url: format!("ws://127.0.0.1:{client_port}/ws"),
+        room_url: format!("ws://127.0.0.1:{client_port}/ws?room={ROOM}"),
+        http_echo_url: None,
+        publisher: Publisher::Pushpin {
+            url: format!("http://127.0.0.1:{publish_port}/publish/"),
+        },
+        function_url: Some(function_url),
+        measured: vec![runner.pid()],
+        function_pid: Some(function_pid),
+        procs: vec![function, runner],
+        redis: None,
+        scratch: Some(dir),
+    })
 }
 
 #[cfg(test)]

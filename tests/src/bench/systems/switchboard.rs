@@ -7,16 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use super::{Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, start_function};
+use super::{ATTEMPTS, Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, start_function};
 use crate::bench::plan::{StoreKind, System};
 use crate::bench::procs::Proc;
 use crate::redis::RedisServer;
 
 /// The send-back token of benchmark gateways.
 pub const TOKEN: &str = "bench-token-0123456789abcdef";
-
-/// Attempts at starting the gateway (a free port may be taken between probe and bind).
-const ATTEMPTS: usize = 3;
 
 /// The generated config.
 fn config(store_url: &str, public: u16, sendback: u16, function: &str) -> String {
@@ -56,7 +53,7 @@ pub async fn start(store: StoreKind, env: &Env) -> anyhow::Result<Target> {
         let public = free_port()?;
         let sendback_port = free_port()?;
         let sendback = format!("http://127.0.0.1:{sendback_port}");
-        let (function, function_url) = start_function(env, Some((&sendback, TOKEN))).await?;
+        let (function, function_url, _) = start_function(env, Some((&sendback, TOKEN))).await?;
         let config_path = env.log_dir.join(format!("gateway-{}.toml", store.name()));
         std::fs::write(
             &config_path,
