@@ -60,11 +60,11 @@
 //! # }
 //! ```
 
-pub mod api;
 pub mod chat;
 pub mod error;
-pub mod event;
 pub mod handler;
+/// The wire contract (the `wire` crate): events and send-back bodies.
+pub use wire::{api, event};
 pub mod message;
 pub mod sendback;
 pub mod server;

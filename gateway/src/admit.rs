@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use functions::event::{Event, EventKind, HandshakeRequest, RegisterReply};
+use wire::event::{Event, EventKind, HandshakeRequest, RegisterReply};
 use http::{Response, StatusCode, request::Parts};
 use store::ConnectionRecord;
 use tracing::{Instrument, Span, debug, info, info_span, warn};

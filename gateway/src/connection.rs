@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use functions::event::{DataType, DisconnectReason, Event, EventKind};
+use wire::event::{DataType, DisconnectReason, Event, EventKind};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};

@@ -19,7 +19,6 @@ mod aws_management;
 mod clock;
 pub mod config;
 mod connection;
-pub mod demo;
 mod dialect;
 mod error;
 mod forward;

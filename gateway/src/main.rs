@@ -1,5 +1,4 @@
-//! The `switchboard` binary: reads config, starts tracing, runs the gateway (or the
-//! one-command demo) until SIGINT or SIGTERM.
+//! The `switchboard` binary: reads config, starts tracing, runs the gateway until SIGINT or SIGTERM.
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -29,8 +28,6 @@ enum Command {
     Serve(ServeArgs),
     /// Check a config and exit: 0 if valid, 2 with the reason if not.
     Check(ServeArgs),
-    /// Run the gateway with the example chat functions and page, on the embedded store.
-    Demo(gateway::demo::DemoArgs),
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -93,7 +90,6 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Some(Command::Demo(args)) => gateway::demo::run(args, shutdown_signal()).await,
             Some(Command::Check(args)) => {
                 args.load()?;
                 println!("config ok");

@@ -9,7 +9,7 @@ pub type Body = Full<Bytes>;
 
 /// A JSON error reply: `{"error": code, "message": message}`.
 pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Body> {
-    let body = functions::api::ApiError {
+    let body = wire::api::ApiError {
         error: code.to_owned(),
         message: message.into(),
     };

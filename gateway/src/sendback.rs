@@ -1,6 +1,6 @@
 //! The send-back API: how functions and backends reach connections. Served on its own
 //! listener (loopback by default), every request authenticated by the bearer token.
-//! Routes and bodies are documented in `functions::api`.
+//! Routes and bodies are documented in `wire::api`.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -11,10 +11,10 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use functions::api::{
+use wire::api::{
     BatchItem, BatchResult, BatchSend, ConnectionInfo, DeliveryStatus, GroupInfo, GroupSendResult,
 };
-use functions::event::{DataType, query_pairs};
+use wire::event::{DataType, query_pairs};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;

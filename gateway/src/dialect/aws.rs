@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use functions::event::{DataType, DisconnectReason, Event, EventKind, RegisterReply, query_pairs};
+use wire::event::{DataType, DisconnectReason, Event, EventKind, RegisterReply, query_pairs};
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -291,7 +291,7 @@ fn short_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use functions::event::HandshakeRequest;
+    use wire::event::HandshakeRequest;
 
     #[test]
     fn ids_and_hosts() {

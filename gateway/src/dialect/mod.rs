@@ -11,7 +11,7 @@ mod aws;
 mod native;
 mod tencent;
 
-use functions::event::{Event, RegisterReply};
+use wire::event::{Event, RegisterReply};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::{Config, Dialect, FunctionsConfig, Target};

@@ -1,7 +1,7 @@
-//! The native dialect: the event as `functions::event::Event` JSON, replies as documented in
+//! The native dialect: the event as `wire::event::Event` JSON, replies as documented in
 //! functions/README.md.
 
-use functions::event::{Event, RegisterReply};
+use wire::event::{Event, RegisterReply};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Verdict;

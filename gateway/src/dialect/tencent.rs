@@ -9,7 +9,7 @@
 //! `,`), `queryString` (a value per key; an array when the key repeats; `true` for a key
 //! without `=`, as in the `scf-go-lib` `APIGatewayQueryString`), `path` and `httpMethod`.
 
-use functions::event::{DataType, Event, EventKind, RegisterReply, query_pairs};
+use wire::event::{DataType, Event, EventKind, RegisterReply, query_pairs};
 use serde_json::{Map, Value, json};
 
 use super::{Facts, Verdict, native};
@@ -170,7 +170,7 @@ pub(super) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use functions::event::{DisconnectReason, HandshakeRequest};
+    use wire::event::{DisconnectReason, HandshakeRequest};
 
     fn reply(status: u16, body: &str) -> Reply {
         Reply {
