@@ -526,7 +526,7 @@ impl Config {
                 Err(e) => return bad(&field, format!("`{url}` is not a URL: {e}")),
             }
         }
-        if crate::dialect::route_path(&f.route_selection_expression).is_none() {
+        if route_path(&f.route_selection_expression).is_none() {
             return bad(
                 "functions.route_selection_expression",
                 format!(
@@ -690,9 +690,24 @@ fn set_path(table: &mut toml::Table, path: &str, value: &str) -> Result<(), Stri
     Ok(())
 }
 
+/// The field path of a `$request.body.a.b` route selection expression.
+pub(crate) fn route_path(expression: &str) -> Option<Vec<&str>> {
+    let path = expression.strip_prefix("$request.body.")?;
+    let fields: Vec<&str> = path.split('.').collect();
+    fields.iter().all(|f| !f.is_empty()).then_some(fields)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_expressions() {
+        assert_eq!(route_path("$request.body.action"), Some(vec!["action"]));
+        assert_eq!(route_path("$request.body.a.b"), Some(vec!["a", "b"]));
+        assert_eq!(route_path("$request.body."), None);
+        assert_eq!(route_path("action"), None);
+    }
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

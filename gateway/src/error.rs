@@ -23,9 +23,9 @@ pub enum GatewayError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
-    /// The HTTP client for functions could not be built.
-    #[error("function client: {0}")]
-    Client(String),
+    /// A function URL the HTTP client cannot call.
+    #[error("function URL `{0}` is not an http:// URL with a host")]
+    FunctionUrl(String),
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),

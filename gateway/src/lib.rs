@@ -14,37 +14,25 @@
 //! # }
 //! ```
 
-mod admit;
-mod aws_management;
 mod clock;
+mod cluster;
 pub mod config;
-mod connection;
+mod delivery;
 mod dialect;
+mod edge;
 mod error;
-mod forward;
-mod group_cache;
-mod handshake;
-mod http_client;
-mod invoke;
+mod function;
 mod listener;
-mod liveness;
-mod outbox;
-mod public;
-mod registry;
+mod request;
 mod respond;
 mod sendback;
-mod sigv4;
-mod sockio;
+mod socket;
 mod stop;
-mod tencent_sendback;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use crate::stop::Stop;
 use bytes::Bytes;
 use store::SharedStore;
 use tokio::net::TcpListener;
@@ -55,10 +43,22 @@ use tracing::{info, warn};
 pub use config::Config;
 pub use error::{ConfigError, GatewayError};
 
-use crate::group_cache::GroupCache;
-use crate::http_client::HttpClient;
-use crate::invoke::Invoker;
-use crate::registry::Registry;
+use crate::cluster::liveness::{Heartbeat, Removals};
+use crate::cluster::relay::Relay;
+use crate::delivery::core::Delivery;
+use crate::dialect::aws::management::ManagementApi;
+use crate::dialect::native::sendback::NativeApi;
+use crate::dialect::tencent::sendback::TencentApi;
+use crate::edge::admit::Admitter;
+use crate::edge::serve::Edge;
+use crate::edge::slots::Slots;
+use crate::function::invoke::Invoker;
+use crate::request::BodyLimits;
+use crate::sendback::serve::Router;
+use crate::socket::outbox::QueueLimits;
+use crate::socket::registry::Registry;
+use crate::socket::task::Sockets;
+use crate::stop::Stop;
 
 /// What a caller may hand the gateway besides its config.
 #[derive(Debug, Default, Clone)]
@@ -73,66 +73,22 @@ pub struct Options {
 /// A gateway with its listeners bound, ready to run.
 #[derive(Debug)]
 pub struct Gateway {
-    shared: Arc<Shared>,
-    public: TcpListener,
-    sendback: TcpListener,
-}
-
-/// State shared by every task of one gateway.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub config: Config,
-    pub node: Arc<str>,
-    pub store: SharedStore,
-    pub registry: Registry,
-    /// Group members kept between group sends, by the store's version of each group.
-    pub groups: GroupCache,
-    pub invoker: Invoker,
-    /// Where the other nodes reach this node's send-back API (empty: they cannot).
-    pub advertise: String,
-    /// Keep-alive connections to the other nodes' send-back APIs.
-    pub peers: HttpClient,
+    node: Arc<str>,
+    store: SharedStore,
+    /// `shutdown.grace`.
+    grace: std::time::Duration,
+    registry: Arc<Registry>,
+    removals: Arc<Removals>,
+    heartbeat: Arc<Heartbeat>,
     /// Cancelled when shutdown starts: listeners stop accepting, sockets close with 1001.
-    pub shutdown: Stop,
+    stop: Arc<Stop>,
     /// Every task that must finish before the gateway exits: one per TCP connection on
     /// either listener (a public client's admission, socket loop and cleanup call).
-    pub tracker: TaskTracker,
-    /// Connections held or being admitted; bounded by `limits.max_connections`.
-    slots: AtomicUsize,
-    pub page: Option<Bytes>,
-    pub ws_config: WebSocketConfig,
-    /// Connection ids whose store removal failed (store down), retried by `liveness`.
-    unregister_backlog: std::sync::Mutex<Vec<String>>,
-}
-
-/// A claim on one of `limits.max_connections`, released on drop.
-#[derive(Debug)]
-pub(crate) struct Slot(Arc<Shared>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.slots.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Shared {
-    /// The ids whose store removal must be retried.
-    pub fn backlog(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
-        self.unregister_backlog
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Claims a connection slot, or `None` at capacity.
-    pub fn try_slot(self: &Arc<Self>) -> Option<Slot> {
-        let max = self.config.limits.max_connections;
-        self.slots
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(self.clone()))
-    }
+    tracker: TaskTracker,
+    edge: Arc<Edge>,
+    router: Arc<Router>,
+    public: TcpListener,
+    sendback: TcpListener,
 }
 
 impl Gateway {
@@ -173,24 +129,86 @@ impl Gateway {
                 }
             }
         };
-        let shared = Arc::new(Shared {
-            node: Arc::from(config.node_id.as_str()),
-            advertise,
-            peers: HttpClient::new(64, Duration::from_secs(30)),
-            invoker: Invoker::new(&config.functions)?,
-            config,
-            store,
-            registry: Registry::default(),
-            groups: GroupCache::default(),
-            shutdown: Stop::default(),
-            tracker: TaskTracker::new(),
-            slots: AtomicUsize::new(0),
+        let config = Arc::new(config);
+        let node: Arc<str> = Arc::from(config.node_id.as_str());
+        let invoker = Invoker::new(&config.functions)?;
+        let registry = Arc::new(Registry::default());
+        let removals = Arc::new(Removals::new(store.clone()));
+        let stop = Arc::new(Stop::default());
+        let limits = BodyLimits {
+            message: config.limits.max_message_bytes,
+            body: config.sendback.max_body_bytes,
+        };
+        let delivery = Arc::new(Delivery::new(
+            registry.clone(),
+            store.clone(),
+            Relay::new(node.clone(), store.clone()),
+            QueueLimits {
+                messages: config.limits.outbound_queue_messages,
+                bytes: config.limits.outbound_queue_bytes,
+            },
+        ));
+        let router = Arc::new(Router {
+            token: config.sendback.token.clone(),
+            stage: config.aws.stage.clone(),
+            native: NativeApi {
+                delivery: delivery.clone(),
+                store: store.clone(),
+                limits,
+                node: node.clone(),
+            },
+            aws: ManagementApi {
+                delivery: delivery.clone(),
+                aws: config.aws.clone(),
+                check: !(config.sendback.insecure_no_auth && config.aws.credentials.is_empty()),
+                max_message: config.limits.max_message_bytes,
+            },
+            tencent: TencentApi {
+                delivery,
+                token: config.sendback.token.clone(),
+                limits,
+            },
+        });
+        let edge = Arc::new(Edge {
+            stop: stop.clone(),
+            slots: Arc::new(Slots::new(config.limits.max_connections)),
+            handshake_timeout: config.limits.handshake_timeout,
             page,
-            ws_config,
-            unregister_backlog: std::sync::Mutex::default(),
+            admitter: Admitter {
+                node: node.clone(),
+                config: config.clone(),
+                store: store.clone(),
+                invoker: invoker.clone(),
+                registry: registry.clone(),
+                removals: removals.clone(),
+            },
+            sockets: Arc::new(Sockets {
+                node: node.clone(),
+                config: config.clone(),
+                invoker,
+                registry: registry.clone(),
+                removals: removals.clone(),
+                stop: stop.clone(),
+                ws_config,
+            }),
+        });
+        let heartbeat = Arc::new(Heartbeat {
+            store: store.clone(),
+            node: node.clone(),
+            advertise,
+            interval: config.node_heartbeat,
         });
         Ok(Gateway {
-            shared,
+            node,
+            store,
+            grace: config.shutdown.grace,
+            registry,
+            removals,
+            heartbeat,
+            stop,
+            tracker: TaskTracker::new(),
+            edge,
+            router,
             public,
             sendback,
         })
@@ -212,12 +230,12 @@ impl Gateway {
 
     /// The store this gateway uses.
     pub fn store(&self) -> SharedStore {
-        self.shared.store.clone()
+        self.store.clone()
     }
 
     /// The node id this gateway records with its connections.
     pub fn node_id(&self) -> &str {
-        &self.shared.node
+        &self.node
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully: stop accepting, close
@@ -225,44 +243,54 @@ impl Gateway {
     /// `shutdown.grace`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let Gateway {
-            shared,
+            node,
+            grace,
+            registry,
+            removals,
+            heartbeat,
+            stop,
+            tracker,
+            edge,
+            router,
             public,
             sendback,
+            ..
         } = self;
         info!(
             public = %public.local_addr()?,
             sendback = %sendback.local_addr()?,
-            node = %shared.node,
+            node = %node,
             "gateway listening"
         );
         // Announce this node before it takes connections, so the other nodes can reach
         // them from the start.
-        if let Err(e) = liveness::beat(&shared).await {
+        if let Err(e) = heartbeat.beat().await {
             warn!(cause = %e, "store heartbeat failed");
         }
         let listeners = TaskTracker::new();
-        listeners.spawn(public::serve(shared.clone(), public));
-        listeners.spawn(sendback::serve(shared.clone(), sendback));
-        listeners.spawn(liveness::run(shared.clone()));
+        listeners.spawn(edge::serve::serve(edge, public, tracker.clone()));
+        listeners.spawn(sendback::serve::serve(
+            router,
+            sendback,
+            stop.clone(),
+            tracker.clone(),
+        ));
+        listeners.spawn(heartbeat.run(stop.clone(), removals.clone()));
         listeners.close();
         shutdown.await;
-        let open = shared.registry.len();
+        let open = registry.len();
         info!(connections = open, "shutting down: closing connections");
-        shared.shutdown.cancel();
+        stop.cancel();
         listeners.wait().await;
-        shared.tracker.close();
-        let grace = shared.config.shutdown.grace;
-        if tokio::time::timeout(grace, shared.tracker.wait())
-            .await
-            .is_err()
-        {
+        tracker.close();
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!(
-                still_open = shared.registry.len(),
+                still_open = registry.len(),
                 ?grace,
                 "shutdown grace period ended with tasks still running"
             );
         }
-        let left = liveness::retry_backlog(&shared).await;
+        let left = removals.retry().await;
         if left > 0 {
             warn!(
                 left,

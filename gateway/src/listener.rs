@@ -3,27 +3,29 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::Shared;
+use crate::stop::Stop;
 
-/// Accepts on `listener` until shutdown starts; `serve` handles one connection.
+/// Accepts on `listener` until `stop`; `serve` handles one connection, in a task on
+/// `tracker`.
 pub(crate) async fn accept_loop<F, Fut>(
-    shared: Arc<Shared>,
+    stop: &Stop,
+    tracker: &TaskTracker,
     listener: TcpListener,
     name: &'static str,
     serve: F,
 ) where
-    F: Fn(Arc<Shared>, TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
         let (stream, remote) = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -35,6 +37,6 @@ pub(crate) async fn accept_loop<F, Fut>(
             },
         };
         let _ = stream.set_nodelay(true);
-        shared.tracker.spawn(serve(shared.clone(), stream, remote));
+        tracker.spawn(serve(stream, remote));
     }
 }

@@ -1,57 +1,27 @@
 //! Dialects: how one internal event is encoded for a function and how its reply is read.
 //! The gateway's model is the native [`Event`]; a dialect is an encoder of events and a
-//! decoder of replies at the edge, so adding one touches one module here.
+//! decoder of replies at the edge, so adding one touches one folder here:
+//! its events and replies (`events.rs`) and its send-back side.
 //!
 //! - `native`: Switchboard's own JSON (functions/README.md).
 //! - `aws`: AWS API Gateway WebSocket API events in the Lambda proxy shape, route selection
 //!   by `$request.body.<field>`, `statusCode` replies.
 //! - `tencent`: Tencent API Gateway + SCF `{"websocket": {...}}` events, `errNo` replies.
 
-mod aws;
-mod native;
-mod tencent;
+pub(crate) mod aws;
+pub(crate) mod model;
+pub(crate) mod native;
+pub(crate) mod tencent;
 
-use wire::event::{Event, RegisterReply};
 use tokio_tungstenite::tungstenite::Message;
+use wire::event::Event;
 
-use crate::config::{Config, Dialect, FunctionsConfig, Target};
-use crate::invoke::{CallError, Reply};
-
-/// What an encoder needs to know about a connection beyond the native event.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Facts<'a> {
-    /// When it connected (ms since the Unix epoch).
-    pub connected_at_ms: u64,
-    /// The client's address.
-    pub source_ip: &'a str,
-    /// The client's `User-Agent`.
-    pub user_agent: Option<&'a str>,
-    /// The `Host` the client asked for.
-    pub host: Option<&'a str>,
-}
-
-/// The register function's verdict.
-#[derive(Debug)]
-pub(crate) enum Verdict {
-    /// Accepted, with an optional subprotocol and context.
-    Accept(RegisterReply),
-    /// Refused: the status and body the client's upgrade gets.
-    Refuse {
-        /// HTTP status (4xx or 5xx).
-        status: u16,
-        /// A short body.
-        body: String,
-    },
-}
-
-/// What the client sees when transport failed for good.
-#[derive(Debug)]
-pub(crate) enum FailureAction {
-    /// Close the connection with this code and reason (native, tencent).
-    Close(u16, &'static str),
-    /// Tell the client with this message and keep the connection (aws).
-    Notify(Message),
-}
+use crate::config::{Config, Dialect, FunctionsConfig, Target, route_path};
+use crate::dialect::aws::events as aws_events;
+use crate::dialect::model::{Facts, FailureAction, Verdict};
+use crate::dialect::native::events as native_events;
+use crate::dialect::tencent::events as tencent_events;
+use crate::function::invoke::{CallError, Reply};
 
 /// Encodes `event` for a target of `dialect`. `route_key` is the AWS route (`$connect`,
 /// `$default`, a custom key, `$disconnect`).
@@ -63,9 +33,9 @@ pub(crate) fn encode(
     route_key: &str,
 ) -> Vec<u8> {
     match dialect {
-        Dialect::Native => native::encode(event),
-        Dialect::Aws => aws::encode(&config.aws, event, facts, route_key),
-        Dialect::Tencent => tencent::encode(&config.tencent, event, facts),
+        Dialect::Native => native_events::encode(event),
+        Dialect::Aws => aws_events::encode(&config.aws, event, facts, route_key),
+        Dialect::Tencent => tencent_events::encode(&config.tencent, event, facts),
     }
 }
 
@@ -77,9 +47,9 @@ pub(crate) fn register_verdict(
     max_context_bytes: usize,
 ) -> Result<Verdict, CallError> {
     let verdict = match dialect {
-        Dialect::Native => native::register_verdict(reply)?,
-        Dialect::Aws => aws::register_verdict(reply)?,
-        Dialect::Tencent => tencent::register_verdict(reply)?,
+        Dialect::Native => native_events::register_verdict(reply)?,
+        Dialect::Aws => aws_events::register_verdict(reply)?,
+        Dialect::Tencent => tencent_events::register_verdict(reply)?,
     };
     if let Verdict::Accept(accept) = &verdict {
         let context_len = serde_json::to_vec(&accept.context).map_or(0, |v| v.len());
@@ -106,8 +76,10 @@ pub(crate) fn transport_reply(
     reply: &Reply,
 ) -> Result<Option<Message>, CallError> {
     match dialect {
-        Dialect::Native => Ok(two_way.then(|| native::reply_message(reply)).flatten()),
-        Dialect::Aws => aws::transport_reply(two_way, reply),
+        Dialect::Native => Ok(two_way
+            .then(|| native_events::reply_message(reply))
+            .flatten()),
+        Dialect::Aws => aws_events::transport_reply(two_way, reply),
         Dialect::Tencent => Ok(None),
     }
 }
@@ -115,7 +87,7 @@ pub(crate) fn transport_reply(
 /// What the client sees when transport failed after its retries.
 pub(crate) fn transport_failure(dialect: Dialect, connection_id: &str) -> FailureAction {
     match dialect {
-        Dialect::Aws => FailureAction::Notify(aws::internal_error(connection_id)),
+        Dialect::Aws => FailureAction::Notify(aws_events::internal_error(connection_id)),
         Dialect::Native | Dialect::Tencent => {
             FailureAction::Close(1011, "transport function failed")
         }
@@ -149,13 +121,6 @@ pub(crate) fn select_route<'a>(
             .as_ref()
             .map(|target| ("$default", target)),
     }
-}
-
-/// The field path of a `$request.body.a.b` route selection expression.
-pub(crate) fn route_path(expression: &str) -> Option<Vec<&str>> {
-    let path = expression.strip_prefix("$request.body.")?;
-    let fields: Vec<&str> = path.split('.').collect();
-    fields.iter().all(|f| !f.is_empty()).then_some(fields)
 }
 
 #[cfg(test)]
@@ -204,13 +169,5 @@ mod tests {
         );
         let none = FunctionsConfig::default();
         assert!(select_route(&none, &Message::text("x")).is_none());
-    }
-
-    #[test]
-    fn route_expressions() {
-        assert_eq!(route_path("$request.body.action"), Some(vec!["action"]));
-        assert_eq!(route_path("$request.body.a.b"), Some(vec!["a", "b"]));
-        assert_eq!(route_path("$request.body."), None);
-        assert_eq!(route_path("action"), None);
     }
 }

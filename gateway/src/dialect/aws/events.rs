@@ -7,16 +7,17 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use wire::event::{DataType, DisconnectReason, Event, EventKind, RegisterReply, query_pairs};
 use serde_json::{Map, Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use wire::event::{DataType, DisconnectReason, Event, EventKind, RegisterReply, query_pairs};
 
-use super::{Facts, Verdict, native};
 use crate::clock;
 use crate::config::AwsConfig;
-use crate::invoke::{CallError, Reply, snippet};
+use crate::dialect::model::{Facts, Verdict};
+use crate::dialect::native::events as native;
+use crate::function::invoke::{CallError, Reply, snippet};
 
-pub(super) fn encode(
+pub(crate) fn encode(
     config: &AwsConfig,
     event: &Event,
     facts: Facts<'_>,
@@ -114,7 +115,7 @@ pub(super) fn encode(
 /// status. Anything else (not JSON, not an object, no numeric `statusCode`) is a broken
 /// integration: 502. `context` (a Switchboard extension, like an authorizer's context) is
 /// kept and sent as `requestContext.authorizer`.
-pub(super) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
+pub(crate) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
     if !reply.is_success() {
         return native::refusal(reply.status, snippet(&reply.body));
     }
@@ -147,7 +148,7 @@ pub(super) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
 
 /// A MESSAGE reply: on a two-way route, the proxy result's `body` (or a plain reply body)
 /// goes back to the client; a non-2xx `statusCode` is a failed integration.
-pub(super) fn transport_reply(two_way: bool, reply: &Reply) -> Result<Option<Message>, CallError> {
+pub(crate) fn transport_reply(two_way: bool, reply: &Reply) -> Result<Option<Message>, CallError> {
     let Some(result) = proxy_result(reply)? else {
         if is_empty(reply) {
             return Ok(None); // a handler that returned nothing
@@ -177,7 +178,7 @@ pub(super) fn transport_reply(two_way: bool, reply: &Reply) -> Result<Option<Mes
 }
 
 /// What a client gets when its message's integration failed, as on AWS.
-pub(super) fn internal_error(connection_id: &str) -> Message {
+pub(crate) fn internal_error(connection_id: &str) -> Message {
     Message::text(
         json!({
             "message": "Internal server error",

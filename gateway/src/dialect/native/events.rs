@@ -1,17 +1,17 @@
 //! The native dialect: the event as `wire::event::Event` JSON, replies as documented in
 //! functions/README.md.
 
-use wire::event::{Event, RegisterReply};
 use tokio_tungstenite::tungstenite::Message;
+use wire::event::{Event, RegisterReply};
 
-use super::Verdict;
-use crate::invoke::{CallError, Reply, snippet};
+use crate::dialect::model::Verdict;
+use crate::function::invoke::{CallError, Reply, snippet};
 
-pub(super) fn encode(event: &Event) -> Vec<u8> {
+pub(crate) fn encode(event: &Event) -> Vec<u8> {
     serde_json::to_vec(event).unwrap_or_default()
 }
 
-pub(super) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
+pub(crate) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
     if !reply.is_success() {
         return refusal(reply.status, snippet(&reply.body));
     }
@@ -24,7 +24,7 @@ pub(super) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
 }
 
 /// A refusal with `status` if it is an error status; any other non-2xx is unusable.
-pub(super) fn refusal(status: u16, body: String) -> Result<Verdict, CallError> {
+pub(crate) fn refusal(status: u16, body: String) -> Result<Verdict, CallError> {
     if (400..600).contains(&status) {
         Ok(Verdict::Refuse { status, body })
     } else {
@@ -35,7 +35,7 @@ pub(super) fn refusal(status: u16, body: String) -> Result<Verdict, CallError> {
 }
 
 /// The reply body as a message: binary for `application/octet-stream`, text if UTF-8.
-pub(super) fn reply_message(reply: &Reply) -> Option<Message> {
+pub(crate) fn reply_message(reply: &Reply) -> Option<Message> {
     if reply.body.is_empty() {
         return None;
     }

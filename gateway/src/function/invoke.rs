@@ -1,5 +1,5 @@
 //! Calls to functions: one HTTP POST of a JSON event per call, over pooled keep-alive
-//! connections ([`crate::http_client`]), with a timeout, a cap on the reply size, and
+//! connections ([`crate::function::http_client`]), with a timeout, a cap on the reply size, and
 //! bounded retries for the failures that retrying can fix.
 
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use crate::config::FunctionsConfig;
 use crate::error::GatewayError;
-use crate::http_client::{Endpoint, HttpClient, HttpError};
+use crate::function::http_client::{Endpoint, HttpClient, HttpError};
 
 /// How long an idle keep-alive connection to a function is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -115,7 +115,7 @@ impl Invoker {
         for target in targets {
             let endpoint = client
                 .endpoint(target.url())
-                .map_err(|e| GatewayError::Client(e.to_string()))?;
+                .map_err(|_| GatewayError::FunctionUrl(target.url().to_owned()))?;
             endpoints.insert(target.url().to_owned(), Arc::new(endpoint));
         }
         Ok(Invoker {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use uuid::Uuid;
 
 use crate::clock;
-use crate::outbox::Outbox;
+use crate::socket::outbox::Outbox;
 
 /// One live connection, shared by its socket task and the send-back API.
 #[derive(Debug)]

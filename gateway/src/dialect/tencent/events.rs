@@ -9,14 +9,15 @@
 //! `,`), `queryString` (a value per key; an array when the key repeats; `true` for a key
 //! without `=`, as in the `scf-go-lib` `APIGatewayQueryString`), `path` and `httpMethod`.
 
-use wire::event::{DataType, Event, EventKind, RegisterReply, query_pairs};
 use serde_json::{Map, Value, json};
+use wire::event::{DataType, Event, EventKind, RegisterReply, query_pairs};
 
-use super::{Facts, Verdict, native};
 use crate::config::TencentConfig;
-use crate::invoke::{CallError, Reply, snippet};
+use crate::dialect::model::{Facts, Verdict};
+use crate::dialect::native::events as native;
+use crate::function::invoke::{CallError, Reply, snippet};
 
-pub(super) fn encode(config: &TencentConfig, event: &Event, facts: Facts<'_>) -> Vec<u8> {
+pub(crate) fn encode(config: &TencentConfig, event: &Event, facts: Facts<'_>) -> Vec<u8> {
     let id = &event.connection_id;
     let body = match &event.kind {
         EventKind::Register { request } => {
@@ -128,7 +129,7 @@ fn picked_subprotocol(value: &str) -> Option<String> {
 /// as body); a non-200 status refuses with that status (502 if it is not an error status);
 /// no JSON, or no integer `errNo`, is unusable (502). `websocket.secWebSocketProtocol`
 /// picks the subprotocol.
-pub(super) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
+pub(crate) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
     if reply.status != 200 {
         let status = if (400..600).contains(&reply.status) {
             reply.status

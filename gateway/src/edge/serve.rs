@@ -3,7 +3,7 @@
 //! (at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] headers, within
 //! `limits.handshake_timeout`). Upgrade requests are checked (`handshake`), then admitted
 //! or refused (`admit`); once the 101 is written, the same task becomes the connection's
-//! socket task (`connection::run`) on the bare TCP stream, with any bytes the client sent
+//! socket task (`socket::task::run`) on the bare TCP stream, with any bytes the client sent
 //! after its request. Other requests get the page, a health answer or 426, on a keep-alive
 //! connection when the request allows it.
 
@@ -19,11 +19,31 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, warn};
 
-use crate::admit::{self, Admission};
-use crate::registry::Connection;
+use bytes::Bytes;
+use tokio_util::task::TaskTracker;
+
+use crate::edge::admit::{self, Admission, Admitter};
+use crate::edge::handshake;
+use crate::edge::slots::{Slot, Slots};
+use crate::listener;
 use crate::respond::{self, Body};
-use crate::sockio::SocketIo;
-use crate::{Shared, Slot, connection, handshake, listener};
+use crate::socket::registry::Connection;
+use crate::socket::sockio::SocketIo;
+use crate::socket::task::{self, NoSocket, Sockets};
+use crate::stop::Stop;
+
+/// What the public listener uses.
+#[derive(Debug)]
+pub(crate) struct Edge {
+    pub stop: Arc<Stop>,
+    pub slots: Arc<Slots>,
+    /// `limits.handshake_timeout`.
+    pub handshake_timeout: std::time::Duration,
+    /// The page served at `/`.
+    pub page: Option<Bytes>,
+    pub admitter: Admitter,
+    pub sockets: Arc<Sockets>,
+}
 
 /// The largest request head read (request line and headers).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -31,13 +51,21 @@ pub const MAX_HEAD: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 
 /// Accepts clients until shutdown.
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
-    listener::accept_loop(shared, listener, "public", serve_connection).await;
+pub(crate) async fn serve(edge: Arc<Edge>, listener: TcpListener, tracker: TaskTracker) {
+    let stop = edge.stop.clone();
+    listener::accept_loop(
+        &stop,
+        &tracker,
+        listener,
+        "public",
+        move |stream, remote| serve_connection(edge.clone(), stream, remote),
+    )
+    .await;
 }
 
 /// Serves one client's TCP connection: HTTP requests until one is admitted as a WebSocket,
 /// then that WebSocket.
-async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, remote: SocketAddr) {
+async fn serve_connection(shared: Arc<Edge>, stream: TcpStream, remote: SocketAddr) {
     // Boxed: the HTTP phase is short, and an open WebSocket should not carry its state.
     let Some(accepted) = Box::pin(http_phase(&shared, stream, remote)).await else {
         return;
@@ -48,7 +76,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socket
         socket,
         span,
     } = accepted;
-    connection::run(shared, conn, socket, slot)
+    task::run(shared.sockets.clone(), conn, socket, slot)
         .instrument(span)
         .await;
 }
@@ -58,16 +86,12 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, remote: Socket
 struct Accepted {
     conn: Arc<Connection>,
     slot: Slot,
-    socket: Result<SocketIo<TcpStream>, String>,
+    socket: Result<SocketIo<TcpStream>, NoSocket>,
     span: tracing::Span,
 }
 
 /// Answers requests until one is admitted (`Some`) or the connection ends (`None`).
-async fn http_phase(
-    shared: &Arc<Shared>,
-    mut stream: TcpStream,
-    remote: SocketAddr,
-) -> Option<Accepted> {
+async fn http_phase(shared: &Edge, mut stream: TcpStream, remote: SocketAddr) -> Option<Accepted> {
     // Bytes read and not yet parsed: the head being read, then what follows it.
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -109,11 +133,11 @@ async fn http_phase(
         let socket = match reply {
             Ok(switching) => match write_reply(&mut stream, switching, Framing::upgrade()).await {
                 Ok(()) => Ok(SocketIo::with_prefix(stream, std::mem::take(&mut buf))),
-                Err(e) => Err(format!("the 101 could not be sent: {e}")),
+                Err(e) => Err(NoSocket::Upgrade(e)),
             },
             Err(failure) => {
                 let _ = write_reply(&mut stream, failure, Framing::close()).await;
-                Err("store unavailable".to_owned())
+                Err(NoSocket::StoreUnavailable)
             }
         };
         return Some(Accepted {
@@ -128,7 +152,7 @@ async fn http_phase(
 /// Checks an upgrade request and runs admission: the admitted connection, or the reply
 /// refusing it.
 async fn upgrade(
-    shared: &Arc<Shared>,
+    shared: &Edge,
     req: Request<()>,
     remote: SocketAddr,
 ) -> Result<admit::Admitted, Response<Body>> {
@@ -146,15 +170,15 @@ async fn upgrade(
             return Err(response);
         }
     };
-    if shared.shutdown.is_cancelled() {
+    if shared.stop.is_cancelled() {
         return Err(respond::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
             "the gateway is shutting down",
         ));
     }
-    let Some(slot) = shared.try_slot() else {
-        warn!(%remote, max = shared.config.limits.max_connections, "refusing connection: at capacity");
+    let Some(slot) = shared.slots.try_claim() else {
+        warn!(%remote, max = shared.slots.max(), "refusing connection: at capacity");
         return Err(respond::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "at_capacity",
@@ -164,7 +188,7 @@ async fn upgrade(
     let (parts, ()) = req.into_parts();
     // This task is tracked and nothing cancels it: if the client goes away mid-register,
     // the decision still completes, so nothing is left half-registered.
-    match admit::admit(shared.clone(), parts, remote, accept, slot).await {
+    match shared.admitter.admit(parts, remote, accept, slot).await {
         Admission::Refused(reply) => Err(reply),
         Admission::Accepted(admitted) => Ok(admitted),
     }
@@ -173,11 +197,11 @@ async fn upgrade(
 /// Reads and parses the next request head: `(request, head length)`, `None` when the
 /// client closed, stalled past the handshake timeout or shutdown started first.
 async fn read_request(
-    shared: &Shared,
+    shared: &Edge,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
 ) -> Result<Option<(Request<()>, usize)>, handshake::Rejection> {
-    let deadline = Instant::now() + shared.config.limits.handshake_timeout;
+    let deadline = Instant::now() + shared.handshake_timeout;
     loop {
         if !buf.is_empty() {
             if let Some(parsed) = parse_head(buf)? {
@@ -189,7 +213,7 @@ async fn read_request(
         }
         buf.reserve(if buf.capacity() == 0 { 1024 } else { 4096 });
         let read = tokio::select! {
-            _ = shared.shutdown.cancelled() => return Ok(None),
+            _ = shared.stop.cancelled() => return Ok(None),
             read = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => read,
         };
         match read {
@@ -337,7 +361,7 @@ fn encode_reply(reply: Response<Body>, framing: Framing) -> Vec<u8> {
     out
 }
 
-fn plain(shared: &Shared, req: &Request<()>) -> Response<Body> {
+fn plain(shared: &Edge, req: &Request<()>) -> Response<Body> {
     let get = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
     match req.uri().path() {
         "/healthz" if get => respond::text(StatusCode::OK, "ok\n"),

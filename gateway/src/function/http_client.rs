@@ -1,4 +1,4 @@
-//! The HTTP/1.1 client under [`crate::invoke`]: keep-alive connections pooled per origin.
+//! The HTTP/1.1 client under [`crate::function::invoke`]: keep-alive connections pooled per origin.
 //! A call checks a connection out, writes the request and reads the reply on the calling
 //! task (no connection task, no channel hand-off, no extra wake-up), then checks the
 //! connection back in if the reply was read whole and the function keeps it open.

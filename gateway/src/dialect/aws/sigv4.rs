@@ -38,7 +38,7 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use crate::config::AwsCredential;
-use crate::sendback::constant_time_eq;
+use crate::request::constant_time_eq;
 
 /// The only algorithm SigV4 defines.
 pub(crate) const ALGORITHM: &str = "AWS4-HMAC-SHA256";

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use wire::event::{DataType, DisconnectReason, Event, EventKind};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
@@ -21,14 +20,19 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tracing::{debug, error, info, warn};
+use wire::event::{DataType, DisconnectReason, Event, EventKind};
 
-use crate::config::Dialect;
-use crate::dialect::{self, Facts, FailureAction};
-use crate::invoke::{Call, CallError, Reply};
-use crate::outbox::Outbox;
-use crate::registry::Connection;
-use crate::sockio::SocketIo;
-use crate::{Shared, Slot, clock, liveness};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::clock;
+use crate::cluster::liveness::Removals;
+use crate::config::{Config, Dialect};
+use crate::dialect::{self, model::Facts, model::FailureAction};
+use crate::function::invoke::{Call, CallError, Invoker, Reply};
+use crate::socket::outbox::Outbox;
+use crate::socket::registry::{Connection, Registry};
+use crate::socket::sockio::SocketIo;
+use crate::stop::Stop;
 
 type Ws = WebSocketStream<SocketIo<TcpStream>>;
 type TransportCall = Pin<Box<dyn Future<Output = TransportResult> + Send>>;
@@ -38,6 +42,21 @@ struct TransportResult {
     dialect: Dialect,
     two_way: bool,
     result: Result<Reply, CallError>,
+}
+
+/// What every connection's socket task uses.
+#[derive(Debug)]
+pub(crate) struct Sockets {
+    /// This node's name (in events).
+    pub node: Arc<str>,
+    /// `functions` (targets, dialect), `limits`, `heartbeat`, `shutdown.grace`, and what
+    /// the dialects' encoders read.
+    pub config: Arc<Config>,
+    pub invoker: Invoker,
+    pub registry: Arc<Registry>,
+    pub removals: Arc<Removals>,
+    pub stop: Arc<Stop>,
+    pub ws_config: WebSocketConfig,
 }
 
 /// How long to wait for the client's answer to our close frame.
@@ -64,16 +83,16 @@ impl End {
 /// Runs an accepted connection to its end, then cleans up. `socket` is the client's socket
 /// once the 101 went out, or why the connection cannot proceed (cleanup still runs).
 pub(crate) async fn run(
-    shared: Arc<Shared>,
+    shared: Arc<Sockets>,
     conn: Arc<Connection>,
-    socket: Result<SocketIo<TcpStream>, String>,
-    slot: Slot,
+    socket: Result<SocketIo<TcpStream>, NoSocket>,
+    slot: impl Send,
 ) {
     let mut session = Session::new(shared.clone(), conn.clone());
     let end = match socket {
         Err(why) => {
             debug!(cause = %why, "upgrade did not complete");
-            End::new(DisconnectReason::UpgradeFailed, None, why)
+            End::new(DisconnectReason::UpgradeFailed, None, why.to_string())
         }
         Ok(socket) => {
             // On the heap, borrowed by the socket loop: passed by value, it would be
@@ -97,8 +116,19 @@ pub(crate) async fn run(
     drop(slot);
 }
 
+/// Why an admitted connection has no socket to run: its cleanup still runs.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NoSocket {
+    /// Writing the 101 failed.
+    #[error("the 101 could not be sent: {0}")]
+    Upgrade(std::io::Error),
+    /// The store failed after register accepted the connection.
+    #[error("store unavailable")]
+    StoreUnavailable,
+}
+
 struct Session {
-    shared: Arc<Shared>,
+    shared: Arc<Sockets>,
     conn: Arc<Connection>,
     /// The next event's sequence number (register was 0).
     seq: u64,
@@ -111,7 +141,7 @@ struct Session {
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>, conn: Arc<Connection>) -> Self {
+    fn new(shared: Arc<Sockets>, conn: Arc<Connection>) -> Self {
         Session {
             shared,
             source_ip: conn.source_ip.to_string(),
@@ -221,7 +251,7 @@ impl Session {
         let mut flush_at: Option<Instant> = None;
         // Made once: a fresh one on every wake-up would take locks every connection of
         // the node shares.
-        let shutdown = shared.shutdown.watch();
+        let shutdown = shared.stop.watch();
         tokio::pin!(shutdown);
         loop {
             let ping_due = match ping_sent {
@@ -424,7 +454,7 @@ impl Session {
                 error!(cause = %e, "cleanup function failed");
             }
         }
-        liveness::forget(&self.shared, self.conn.id.to_string()).await;
+        self.shared.removals.forget(self.conn.id.to_string()).await;
         info!(reason = ?end.reason, code = ?end.code, "connection closed");
     }
 }

@@ -1,0 +1,248 @@
+//! Send-back requests for connections another gateway node holds. Nodes sharing a store
+//! find each other through it: every node's heartbeat carries its send-back address
+//! (`sendback.advertise`), and every connection's record names its node. A request for a
+//! connection this node does not hold is relayed, as it came (method, path, query,
+//! headers, body: so a bearer token, a Tencent token in the path and an AWS signature all
+//! still verify), to the node that holds it; a group send also goes to every other live
+//! node, each delivering to the members it holds. Relayed requests carry
+//! [`FORWARDED`] and are never relayed again.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::Full;
+use store::SharedStore;
+use tracing::{debug, warn};
+
+use crate::function::http_client::{HttpClient, HttpError, HttpReply};
+use crate::respond::Body;
+
+/// The header a relayed request carries: the name of the node that relayed it.
+pub(crate) const FORWARDED: &str = "x-switchboard-forwarded";
+
+/// The largest reply read from a peer.
+const MAX_PEER_REPLY: usize = 16 << 20;
+
+/// How long a relayed request may take: a peer slower than this counts as unreachable.
+pub(crate) const RELAY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether another node relayed this request (answer it here; never relay it again).
+pub(crate) fn is_forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(FORWARDED)
+}
+
+/// A send-back request as it came, to relay to another node unchanged.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin<'a> {
+    pub method: &'a Method,
+    /// Path and query.
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: &'a Bytes,
+}
+
+impl Origin<'_> {
+    /// Whether another node relayed this request (answer it here; never relay it again).
+    pub fn is_forwarded(&self) -> bool {
+        is_forwarded(self.headers)
+    }
+}
+
+/// Why a relayed request got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RelayError {
+    /// The node's address is not a URL the client can reach.
+    #[error("node {node}: bad address: {source}")]
+    Address { node: String, source: HttpError },
+    /// Sending or reading failed.
+    #[error("node {node}: {source}")]
+    Http { node: String, source: HttpError },
+    /// No answer in time.
+    #[error("node {node}: no answer within {RELAY_TIMEOUT:?}")]
+    Timeout { node: String },
+    /// An answer that is not a 200 with the expected JSON.
+    #[error("node {node}: unexpected answer: {what}")]
+    Answer { node: String, what: String },
+}
+
+/// The other nodes, as this node reaches them: the store says who is alive, where, and
+/// which node holds a connection; requests go over keep-alive connections.
+#[derive(Debug)]
+pub(crate) struct Relay {
+    node: std::sync::Arc<str>,
+    store: SharedStore,
+    peers: HttpClient,
+}
+
+impl Relay {
+    pub fn new(node: std::sync::Arc<str>, store: SharedStore) -> Self {
+        Relay {
+            node,
+            store,
+            peers: HttpClient::new(64, Duration::from_secs(30)),
+        }
+    }
+
+    /// The send-back address of the other live node that holds connection `id`, if any.
+    /// Store failures count as "none": the caller answers as for a connection that is gone.
+    pub async fn owner(&self, id: &str) -> Option<String> {
+        let record = match self.store.get(id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return None,
+            Err(e) => {
+                debug!(connection = id, cause = %e, "cannot look up the node of a connection");
+                return None;
+            }
+        };
+        if *record.node == *self.node {
+            return None;
+        }
+        match self.store.node_address(&record.node).await {
+            Ok(address) => address.filter(|a| relayable(a)),
+            Err(e) => {
+                debug!(node = %record.node, cause = %e, "cannot look up a node's address");
+                None
+            }
+        }
+    }
+
+    /// The send-back addresses of every other live node that gave one.
+    pub async fn peers(&self) -> Vec<String> {
+        match self.store.nodes().await {
+            Ok(nodes) => nodes
+                .into_iter()
+                .filter(|n| *n.name != *self.node && relayable(&n.address))
+                .map(|n| n.address)
+                .collect(),
+            Err(e) => {
+                warn!(cause = %e, "cannot list the other nodes: a group send reaches this node only");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Sends `origin` to the node at `base`, as it came, marked as relayed; `body` replaces
+    /// its body when given (a batch's part for that node).
+    pub async fn send(
+        &self,
+        base: &str,
+        origin: Origin<'_>,
+        body: Option<&Bytes>,
+    ) -> Result<HttpReply, RelayError> {
+        let node = || base.to_owned();
+        let url = format!("{}{}", base.trim_end_matches('/'), origin.target);
+        let endpoint = self
+            .peers
+            .endpoint(&url)
+            .map_err(|source| RelayError::Address {
+                node: node(),
+                source,
+            })?;
+        let mut pass: Vec<(&str, &str)> = origin
+            .headers
+            .iter()
+            .filter(|(name, _)| !hop_by_hop(name))
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+            .collect();
+        pass.push((FORWARDED, &self.node));
+        let body = body.unwrap_or(origin.body);
+        let sent = endpoint.send(origin.method.as_str(), &pass, body, MAX_PEER_REPLY);
+        match tokio::time::timeout(RELAY_TIMEOUT, sent).await {
+            Ok(reply) => reply.map_err(|source| RelayError::Http {
+                node: node(),
+                source,
+            }),
+            Err(_) => Err(RelayError::Timeout { node: node() }),
+        }
+    }
+
+    /// [`Relay::send`] for a 200 JSON answer.
+    pub async fn send_for_json<T: serde::de::DeserializeOwned>(
+        &self,
+        base: &str,
+        origin: Origin<'_>,
+        body: Option<&Bytes>,
+    ) -> Result<T, RelayError> {
+        let reply = self.send(base, origin, body).await?;
+        let answer = |what: String| RelayError::Answer {
+            node: base.to_owned(),
+            what,
+        };
+        if reply.status != 200 {
+            return Err(answer(format!("status {}", reply.status)));
+        }
+        serde_json::from_slice(&reply.body).map_err(|e| answer(format!("unreadable: {e}")))
+    }
+}
+
+/// Whether a heartbeat's address is one to relay to: an `http://` URL. (A node of an
+/// older version writes `alive` there; it neither relays nor is relayed to.)
+fn relayable(address: &str) -> bool {
+    address.starts_with("http://")
+}
+
+/// A peer's reply as ours.
+pub(crate) fn into_response(reply: HttpReply) -> Response<Body> {
+    let mut response = Response::new(Full::new(reply.body));
+    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = response.headers_mut();
+    if let Some(value) = reply
+        .content_type
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        headers.insert(header::CONTENT_TYPE, value);
+    }
+    for (name, value) in reply.kept {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
+/// Headers of one hop that a relay must not pass on (the client sets its own length).
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "content-length"
+            | "expect"
+    ) || name.as_str() == FORWARDED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_addresses_are_relayed_to() {
+        assert!(relayable("http://10.0.0.5:9090"));
+        assert!(!relayable(""), "a node that gave no address");
+        assert!(!relayable("alive"), "an older node's heartbeat");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_mark_are_not_passed_on() {
+        for name in [
+            "connection",
+            "content-length",
+            "transfer-encoding",
+            FORWARDED,
+        ] {
+            assert!(hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["authorization", "host", "content-type", "x-amz-date"] {
+            assert!(!hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! The one place that delivers a send-back request: to one connection (send, close, read
+//! its info), to a batch of connections, to a group. It decides whether this node holds
+//! the connection or another node does (then it relays the request there, as it came),
+//! pushes to outboxes, keeps group member lists, and merges what other nodes answered.
+//! The send-back adapters (native, AWS, Tencent) parse and authenticate, call this, and
+//! map the typed outcome to their own statuses and bodies.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response};
+use store::{SharedStore, StoreError};
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{debug, warn};
+use uuid::Uuid;
+use wire::api::{BatchItem, BatchResult, BatchSend, DeliveryStatus, GroupSendResult};
+
+use crate::cluster::relay::{self, Origin, Relay};
+use crate::delivery::group_cache::{GroupCache, Members};
+use crate::respond::Body;
+use crate::socket::outbox::{CloseRequest, PushError, QueueLimits};
+use crate::socket::registry::{Connection, IdHasher, Registry};
+
+/// What a request asks of one connection.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// Queue this message for it.
+    Send(Message),
+    /// Close it with this code and reason.
+    Close(CloseRequest),
+    /// Read what is known of it.
+    Info,
+}
+
+/// How a request for one connection ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Done here: the message is queued, or the close requested.
+    Done,
+    /// The connection, for [`Op::Info`].
+    Info(Arc<Connection>),
+    /// Its outbound queue is full: the client is not reading fast enough.
+    Throttled,
+    /// No node holds it.
+    Gone,
+    /// Another node holds it and answered: its reply, passed on as it is.
+    Relayed(Response<Body>),
+    /// Another node holds it and did not answer.
+    Unavailable,
+}
+
+/// The delivery core of one node.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    registry: Arc<Registry>,
+    store: SharedStore,
+    relay: Relay,
+    groups: GroupCache,
+    limits: QueueLimits,
+}
+
+/// Members read per store round trip in a group walk.
+const GROUP_PAGE: usize = 1000;
+
+type IdSet = HashSet<Uuid, BuildHasherDefault<IdHasher>>;
+
+impl Delivery {
+    pub fn new(
+        registry: Arc<Registry>,
+        store: SharedStore,
+        relay: Relay,
+        limits: QueueLimits,
+    ) -> Self {
+        Delivery {
+            registry,
+            store,
+            relay,
+            groups: GroupCache::default(),
+            limits,
+        }
+    }
+
+    /// The live connection `id` if this node holds it.
+    fn local(&self, id: &str) -> Option<Arc<Connection>> {
+        let id = Uuid::parse_str(id).ok()?;
+        self.registry.get(&id).filter(|c| !c.outbox.is_closed())
+    }
+
+    /// Carries out `op` on connection `id`: here if this node holds it, else relayed (as
+    /// `origin` came) to the node that does. A relayed request is never relayed again.
+    pub async fn to_connection(&self, id: &str, op: Op, origin: Origin<'_>) -> Outcome {
+        let Some(conn) = self.local(id) else {
+            if origin.is_forwarded() {
+                return Outcome::Gone;
+            }
+            let Some(base) = self.relay.owner(id).await else {
+                return Outcome::Gone;
+            };
+            return match self.relay.send(&base, origin, None).await {
+                Ok(reply) => Outcome::Relayed(relay::into_response(reply)),
+                Err(cause) => {
+                    warn!(%cause, "could not relay a send-back request to the node holding the connection");
+                    Outcome::Unavailable
+                }
+            };
+        };
+        match op {
+            Op::Send(message) => match conn.outbox.push(message, self.limits) {
+                Ok(()) => Outcome::Done,
+                Err(PushError::Closed) => Outcome::Gone,
+                Err(PushError::Full) => {
+                    debug!(connection = id, "send-back throttled: outbound queue full");
+                    Outcome::Throttled
+                }
+            },
+            Op::Close(close) => {
+                if conn.outbox.request_close(close) {
+                    Outcome::Done
+                } else {
+                    Outcome::Gone
+                }
+            }
+            Op::Info => Outcome::Info(conn),
+        }
+    }
+
+    /// Sends `message` (decoded from `batch`) to every connection `batch` names: those
+    /// this node holds directly, the others in one relayed batch per node holding some.
+    pub async fn batch(
+        &self,
+        batch: &BatchSend,
+        message: Message,
+        origin: Origin<'_>,
+    ) -> BatchResult {
+        let mut items = Vec::with_capacity(batch.connection_ids.len());
+        // Positions of the ids this node does not hold.
+        let mut elsewhere = Vec::new();
+        for id in &batch.connection_ids {
+            let status = match self.local(id) {
+                None => {
+                    elsewhere.push(items.len());
+                    DeliveryStatus::Gone
+                }
+                Some(conn) => match conn.outbox.push(message.clone(), self.limits) {
+                    Ok(()) => DeliveryStatus::Delivered,
+                    Err(PushError::Closed) => DeliveryStatus::Gone,
+                    Err(PushError::Full) => DeliveryStatus::Throttled,
+                },
+            };
+            items.push(BatchItem {
+                connection_id: id.clone(),
+                status,
+            });
+        }
+        if !origin.is_forwarded() && !elsewhere.is_empty() {
+            self.relay_batch(batch, &mut items, &elsewhere, origin)
+                .await;
+        }
+        let mut result = BatchResult::default();
+        for item in &items {
+            match item.status {
+                DeliveryStatus::Delivered => result.delivered += 1,
+                DeliveryStatus::Gone => result.gone += 1,
+                DeliveryStatus::Throttled => result.throttled += 1,
+            }
+        }
+        result.results = items;
+        result
+    }
+
+    /// Sends the part of a batch for connections other nodes hold to those nodes (one
+    /// batch per node, concurrently) and takes their statuses into `items`.
+    async fn relay_batch(
+        &self,
+        batch: &BatchSend,
+        items: &mut [BatchItem],
+        elsewhere: &[usize],
+        origin: Origin<'_>,
+    ) {
+        let owners = futures_util::future::join_all(
+            elsewhere
+                .iter()
+                .map(|&i| self.relay.owner(&items[i].connection_id)),
+        )
+        .await;
+        let mut by_node: HashMap<String, Vec<usize>> = HashMap::new();
+        for (&i, owner) in elsewhere.iter().zip(owners) {
+            if let Some(base) = owner {
+                by_node.entry(base).or_default().push(i);
+            }
+        }
+        let post = Origin {
+            method: &Method::POST,
+            target: "/@connections",
+            ..origin
+        };
+        let sends = by_node.iter().map(|(base, positions)| {
+            let part = BatchSend {
+                connection_ids: positions
+                    .iter()
+                    .map(|&i| items[i].connection_id.clone())
+                    .collect(),
+                data: batch.data.clone(),
+                data_type: batch.data_type,
+            };
+            async move {
+                let body = Bytes::from(serde_json::to_vec(&part).unwrap_or_default());
+                let answer = self
+                    .relay
+                    .send_for_json::<BatchResult>(base, post, Some(&body))
+                    .await;
+                (positions, answer)
+            }
+        });
+        for (positions, answer) in futures_util::future::join_all(sends).await {
+            match answer {
+                Ok(answer) => {
+                    for (&i, item) in positions.iter().zip(answer.results) {
+                        if item.connection_id == items[i].connection_id {
+                            items[i].status = item.status;
+                        }
+                    }
+                }
+                Err(cause) => {
+                    warn!(%cause, "a node did not take its part of a batch send: reported as gone");
+                }
+            }
+        }
+    }
+
+    /// Sends `message` to every member of `group` but the `excluded` ids: this node's
+    /// members from the kept member list (or a walk of the group), the other nodes' by
+    /// relaying `origin` to every other live node and adding up their answers.
+    pub async fn group(
+        &self,
+        group: &str,
+        excluded: &HashSet<String>,
+        message: Message,
+        origin: Origin<'_>,
+    ) -> Result<GroupSendResult, StoreError> {
+        // The other nodes deliver to the members they hold; a relayed send stays here.
+        let (members, peers) = if origin.is_forwarded() {
+            (self.group_members(group).await?, Vec::new())
+        } else {
+            let (members, peers) = tokio::join!(self.group_members(group), self.relay.peers());
+            (members?, peers)
+        };
+        let relayed = futures_util::future::join_all(peers.iter().map(|base| {
+            self.relay
+                .send_for_json::<GroupSendResult>(base, origin, None)
+        }));
+        let mut result = GroupSendResult::default();
+        let excluded_ids: IdSet = excluded
+            .iter()
+            .filter_map(|id| Uuid::parse_str(id).ok())
+            .collect();
+        for other in &members.others {
+            if excluded.contains(other) {
+                result.excluded += 1;
+            } else {
+                // Not one of ours (another node's or a stale key): gone for this node.
+                result.gone += 1;
+            }
+        }
+        let mut page = Vec::new();
+        for chunk in members.ids.chunks(GROUP_PAGE) {
+            let ids = if excluded_ids.is_empty() {
+                chunk
+            } else {
+                page.clear();
+                page.extend(chunk.iter().filter(|id| !excluded_ids.contains(id)));
+                result.excluded += chunk.len() - page.len();
+                &page[..]
+            };
+            // One lock of the registry per page, not per member.
+            self.registry.with_each(ids, |conn| {
+                match conn.map(|c| c.outbox.push(message.clone(), self.limits)) {
+                    Some(Ok(())) => result.delivered += 1,
+                    Some(Err(PushError::Full)) => result.throttled += 1,
+                    Some(Err(PushError::Closed)) | None => result.gone += 1,
+                }
+            });
+        }
+        if !peers.is_empty() {
+            for answer in relayed.await {
+                match answer {
+                    Ok(theirs) => {
+                        result.delivered += theirs.delivered;
+                        result.throttled += theirs.throttled;
+                    }
+                    Err(cause) => {
+                        warn!(%cause, group, "a node did not take a group send: its members are reported as gone");
+                    }
+                }
+            }
+            // Each node counts the members it does not hold as gone: count them once, here.
+            let listed = members.ids.len() + members.others.len();
+            result.gone =
+                listed.saturating_sub(result.excluded + result.delivered + result.throttled);
+        }
+        debug!(
+            group,
+            delivered = result.delivered,
+            gone = result.gone,
+            "group send"
+        );
+        Ok(result)
+    }
+
+    /// The members of `group`: kept ones if the store's version of the group matches, else
+    /// a walk (kept if the store gave a version).
+    async fn group_members(&self, group: &str) -> Result<Arc<Members>, StoreError> {
+        let version = self.store.group_version(group).await?;
+        if let Some(members) = version.and_then(|v| self.groups.get(group, v)) {
+            return Ok(members);
+        }
+        let members = Arc::new(self.walk_members(group).await?);
+        if let Some(version) = version {
+            self.groups.insert(group, version, members.clone());
+        }
+        Ok(members)
+    }
+
+    /// Reads every member of `group` from the store, page by page.
+    async fn walk_members(&self, group: &str) -> Result<Members, StoreError> {
+        let mut members = Members::default();
+        let mut seen: IdSet = HashSet::default();
+        let mut others: HashSet<String> = HashSet::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .store
+                .members(group, cursor.as_deref(), GROUP_PAGE)
+                .await?;
+            for id in page.members {
+                // A walk may list a member twice.
+                match Uuid::parse_str(&id) {
+                    Ok(uuid) if seen.insert(uuid) => members.ids.push(uuid),
+                    Ok(_) => {}
+                    Err(_) => {
+                        if others.insert(id.clone()) {
+                            members.others.push(id);
+                        }
+                    }
+                }
+            }
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(members),
+            }
+        }
+    }
+}

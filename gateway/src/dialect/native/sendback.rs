@@ -1,0 +1,328 @@
+//! The native send-back API (routes and bodies in `wire::api`): parses each request,
+//! calls the delivery core, and answers with `ApiError` bodies and the statuses that
+//! name them. Group membership (join, leave, list) goes to the store directly.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use store::{SharedStore, StoreError};
+use tokio_tungstenite::tungstenite::Message;
+use tracing::{info, warn};
+use wire::api::{BatchSend, ConnectionInfo, GroupInfo};
+use wire::event::{DataType, query_pairs};
+
+use crate::clock;
+use crate::cluster::relay::Origin;
+use crate::delivery::core::{Delivery, Op, Outcome};
+use crate::request::{self, BodyLimits};
+use crate::respond::{self, Body, Failure};
+use crate::socket::outbox::CloseRequest;
+
+/// What the native API uses.
+#[derive(Debug)]
+pub(crate) struct NativeApi {
+    pub delivery: Arc<Delivery>,
+    pub store: SharedStore,
+    pub limits: BodyLimits,
+    /// This node's name (in connection info).
+    pub node: Arc<str>,
+}
+
+impl NativeApi {
+    /// Serves one authenticated native request.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let decode = request::decode_segment;
+        let result = match (req.method().clone(), segments.as_slice()) {
+            (Method::POST, ["@connections"]) => self.batch_send(req).await,
+            (method @ (Method::POST | Method::GET | Method::DELETE), ["@connections", id]) => {
+                self.to_connection(&method, &decode(id), req).await
+            }
+            (Method::POST, ["@groups", group]) => self.group_send(&decode(group), req).await,
+            (Method::GET, ["@groups", group]) => {
+                let query = req.uri().query().unwrap_or_default().to_owned();
+                self.group_info(&decode(group), &query).await
+            }
+            (Method::PUT, ["@groups", group, "connections", id]) => {
+                let joined = self.store.join(&decode(group), &decode(id)).await;
+                joined.map(|_| no_content()).map_err(store_failure)
+            }
+            (Method::DELETE, ["@groups", group, "connections", id]) => {
+                let left = self.store.leave(&decode(group), &decode(id)).await;
+                left.map(|_| no_content()).map_err(store_failure)
+            }
+            (
+                _,
+                ["@connections"]
+                | ["@connections", _]
+                | ["@groups", _]
+                | ["@groups", _, "connections", _],
+            ) => Err(Failure::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed on {path}", req.method()),
+            )),
+            _ => Err(Failure::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route for {path}"),
+            )),
+        };
+        result.unwrap_or_else(Failure::into_response)
+    }
+
+    /// `POST`, `GET` or `DELETE /@connections/{id}`.
+    async fn to_connection(
+        &self,
+        method: &Method,
+        id: &str,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Failure> {
+        let target = request::path_and_query(&req);
+        let headers = req.headers().clone();
+        let (op, body) = match *method {
+            // A bad close code is refused whether or not the connection is here.
+            Method::DELETE => (
+                Op::Close(close_request(req.uri().query().unwrap_or_default())?),
+                Bytes::new(),
+            ),
+            Method::GET => (Op::Info, Bytes::new()),
+            _ => {
+                let binary = request::is_binary(req.headers());
+                let body = request::read_body(req, self.limits.message).await?;
+                (Op::Send(request::message_of(body.clone(), binary)?), body)
+            }
+        };
+        let code = match &op {
+            Op::Close(close) => Some(close.code),
+            _ => None,
+        };
+        let origin = Origin {
+            method,
+            target: &target,
+            headers: &headers,
+            body: &body,
+        };
+        Ok(match self.delivery.to_connection(id, op, origin).await {
+            Outcome::Done => match code {
+                Some(code) => {
+                    info!(
+                        connection = id,
+                        code, "disconnect requested through send-back"
+                    );
+                    respond::empty(StatusCode::NO_CONTENT)
+                }
+                None => respond::empty(StatusCode::OK),
+            },
+            Outcome::Info(conn) => respond::json(
+                StatusCode::OK,
+                &ConnectionInfo {
+                    connection_id: conn.id.to_string(),
+                    connected_at: clock::rfc3339_ms(conn.connected_at_ms),
+                    last_active_at: clock::rfc3339_ms(conn.last_active_ms()),
+                    source_ip: conn.source_ip.to_string(),
+                    user_agent: conn.user_agent.as_deref().map(str::to_owned),
+                    context: conn.context.clone(),
+                    node: self.node.to_string(),
+                },
+            ),
+            Outcome::Throttled => respond::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                format!("connection {id} is not reading fast enough: its outbound queue is full"),
+            ),
+            Outcome::Gone => gone(id),
+            Outcome::Relayed(reply) => reply,
+            Outcome::Unavailable => node_unreachable(),
+        })
+    }
+
+    /// `POST /@connections`: one message to many connections.
+    async fn batch_send(&self, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
+        let target = request::path_and_query(&req);
+        let headers = req.headers().clone();
+        let body = request::read_body(req, self.limits.body).await?;
+        let batch: BatchSend = serde_json::from_slice(&body).map_err(|e| {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("body is not a batch send: {e}"),
+            )
+        })?;
+        let message = match batch.data_type {
+            DataType::Text => Message::text(batch.data.as_str()),
+            DataType::Binary => match BASE64.decode(batch.data.as_bytes()) {
+                Ok(bytes) => Message::Binary(Bytes::from(bytes)),
+                Err(e) => {
+                    return Err(Failure::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("binary data is not valid base64: {e}"),
+                    ));
+                }
+            },
+        };
+        if message.len() > self.limits.message {
+            return Err(Failure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the message exceeds {} bytes", self.limits.message),
+            ));
+        }
+        let origin = Origin {
+            method: &Method::POST,
+            target: &target,
+            headers: &headers,
+            body: &body,
+        };
+        let result = self.delivery.batch(&batch, message, origin).await;
+        Ok(respond::json(StatusCode::OK, &result))
+    }
+
+    /// `POST /@groups/{group}`: one message to every member.
+    async fn group_send(
+        &self,
+        group: &str,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Failure> {
+        let excluded = excluded(req.uri().query().unwrap_or_default());
+        let binary = request::is_binary(req.headers());
+        let target = request::path_and_query(&req);
+        let headers = req.headers().clone();
+        let body = request::read_body(req, self.limits.message).await?;
+        let message = request::message_of(body.clone(), binary)?;
+        let origin = Origin {
+            method: &Method::POST,
+            target: &target,
+            headers: &headers,
+            body: &body,
+        };
+        let result = self
+            .delivery
+            .group(group, &excluded, message, origin)
+            .await
+            .map_err(store_failure)?;
+        Ok(respond::json(StatusCode::OK, &result))
+    }
+
+    /// `GET /@groups/{group}?cursor=&limit=`: one page of members.
+    async fn group_info(&self, group: &str, query: &str) -> Result<Response<Body>, Failure> {
+        let mut cursor = None;
+        let mut limit = 100usize;
+        for (key, value) in query_pairs(query) {
+            match key.as_str() {
+                "cursor" if !value.is_empty() => cursor = Some(value),
+                "limit" => {
+                    limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| {
+                            Failure::new(
+                                StatusCode::BAD_REQUEST,
+                                "bad_request",
+                                "limit must be 1-1000",
+                            )
+                        })?;
+                }
+                _ => {}
+            }
+        }
+        let count = self.store.count(group).await.map_err(store_failure)?;
+        let page = self
+            .store
+            .members(group, cursor.as_deref(), limit)
+            .await
+            .map_err(store_failure)?;
+        Ok(respond::json(
+            StatusCode::OK,
+            &GroupInfo {
+                group: group.to_owned(),
+                count,
+                members: page.members,
+                cursor: page.cursor,
+            },
+        ))
+    }
+}
+
+fn no_content() -> Response<Body> {
+    respond::empty(StatusCode::NO_CONTENT)
+}
+
+fn gone(id: &str) -> Response<Body> {
+    respond::error(StatusCode::GONE, "gone", format!("connection {id} is gone"))
+}
+
+/// The reply when the node holding a connection did not answer a relayed request.
+pub(crate) fn node_unreachable() -> Response<Body> {
+    respond::error(
+        StatusCode::BAD_GATEWAY,
+        "node_unreachable",
+        "the gateway node holding this connection did not answer",
+    )
+}
+
+/// The close a `DELETE` asks for (`?code=…&reason=…`), or the 400 refusing it.
+fn close_request(query: &str) -> Result<CloseRequest, Failure> {
+    let mut code = 1000u16;
+    let mut reason = String::new();
+    for (key, value) in query_pairs(query) {
+        match key.as_str() {
+            "code" => match value.parse::<u16>() {
+                Ok(c) if c == 1000 || (3000..=4999).contains(&c) => code = c,
+                _ => {
+                    return Err(Failure::new(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "code must be 1000 or 3000-4999",
+                    ));
+                }
+            },
+            "reason" if value.len() <= 123 => reason = value,
+            "reason" => {
+                return Err(Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "reason must be at most 123 bytes",
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(CloseRequest { code, reason })
+}
+
+/// The ids a group send skips (`?exclude=a&exclude=b`).
+fn excluded(query: &str) -> HashSet<String> {
+    query_pairs(query)
+        .filter(|(k, _)| k == "exclude")
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// A store failure as the caller should see it.
+fn store_failure(e: StoreError) -> Failure {
+    match e {
+        StoreError::NotRegistered(id) => {
+            Failure::new(StatusCode::GONE, "gone", format!("connection {id} is gone"))
+        }
+        StoreError::InvalidName { .. } => {
+            Failure::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+        }
+        other => {
+            warn!(cause = %other, "send-back request failed: store unavailable");
+            Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the gateway's store is unavailable; retry later",
+            )
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Admission: the register decision for one upgrade request.
+//!
+//! Order matters for "nothing half-registered": the connection's store record is written
+//! first (so a register function may join groups), then register is called; on refusal or
+//! failure the record is removed again (with any groups joined). On acceptance the caller
+//! (the public listener's task for this client) writes the 101 and then runs the socket
+//! task, `connection::run`, whatever became of the 101: from then on cleanup is guaranteed,
+//! since the socket task always ends with the cleanup call and the store unregister.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Response, StatusCode, request::Parts};
+use store::ConnectionRecord;
+use tracing::{Instrument, Span, debug, info, info_span, warn};
+use uuid::Uuid;
+use wire::event::{Event, EventKind, HandshakeRequest, RegisterReply};
+
+use store::SharedStore;
+
+use crate::clock;
+use crate::cluster::liveness::Removals;
+use crate::config::Config;
+use crate::dialect::{self, model::Facts, model::Verdict};
+use crate::edge::handshake;
+use crate::edge::slots::Slot;
+use crate::function::invoke::{Call, CallError, Invoker};
+use crate::respond::{self, Body};
+use crate::socket::registry::{Connection, Registry};
+
+/// What admission uses.
+#[derive(Debug)]
+pub(crate) struct Admitter {
+    /// This node's name (in records and events).
+    pub node: Arc<str>,
+    /// `functions` (the register target, its dialect, `max_context_bytes`) and what the
+    /// dialects' encoders read.
+    pub config: Arc<Config>,
+    pub store: SharedStore,
+    pub invoker: Invoker,
+    pub registry: Arc<Registry>,
+    pub removals: Arc<Removals>,
+}
+
+/// The register decision on one upgrade request.
+pub(crate) enum Admission {
+    /// Not admitted (refused, or register or the store failed): the reply to send. Nothing
+    /// is left to clean up.
+    Refused(Response<Body>),
+    /// Register accepted: the caller must send the reply, then run `connection::run`.
+    Accepted(Admitted),
+}
+
+/// A connection register accepted.
+pub(crate) struct Admitted {
+    pub conn: Arc<Connection>,
+    pub slot: Slot,
+    /// The connection's `conn` span.
+    pub span: Span,
+    /// The 101, or (the store failed after register accepted) the error reply: then the
+    /// socket task runs without a socket, to send cleanup.
+    pub reply: Result<Response<Body>, Response<Body>>,
+}
+
+impl Admitter {
+    /// Decides on one upgrade request.
+    pub async fn admit(
+        &self,
+        parts: Parts,
+        remote: SocketAddr,
+        accept: String,
+        slot: Slot,
+    ) -> Admission {
+        let id = Uuid::new_v4();
+        let span = info_span!("conn", id = %id);
+        async move {
+            let connected_at_ms = clock::now_ms();
+            let request = handshake_request(&parts, remote);
+            let user_agent = request.header("user-agent").map(Box::from);
+            let host = request.header("host").map(Box::from);
+            let mut record = ConnectionRecord {
+                id: id.to_string(),
+                node: self.node.to_string(),
+                connected_at_ms,
+                source_ip: request.source_ip.clone(),
+                user_agent: user_agent.as_deref().map(str::to_owned),
+                context: serde_json::Value::Null,
+            };
+            if let Err(e) = self.store.register(&record).await {
+                warn!(cause = %e, "refusing connection: store unavailable");
+                return Admission::Refused(respond::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the gateway's store is unavailable",
+                ));
+            }
+            let reply = match self.decide(&record, request).await {
+                Ok(reply) => reply,
+                Err(refusal) => {
+                    // The refused connection's record goes (with any groups register joined).
+                    self.removals.forget(record.id.clone()).await;
+                    return Admission::Refused(refusal);
+                }
+            };
+            let conn = Arc::new(Connection::new(
+                id,
+                connected_at_ms,
+                remote.ip(),
+                user_agent,
+                host,
+                reply.context.clone(),
+            ));
+            let mut response = Ok(handshake::switching_protocols(
+                &accept,
+                reply.subprotocol.as_deref(),
+            ));
+            if !reply.context.is_null() {
+                record.context = reply.context;
+                if let Err(e) = self.store.register(&record).await {
+                    // Register accepted, so the function may hold state for this id: the socket
+                    // task still runs (without a socket) to send cleanup.
+                    warn!(cause = %e, "store unavailable after register accepted; closing");
+                    response = Err(respond::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "store_unavailable",
+                        "the gateway's store is unavailable",
+                    ));
+                }
+            }
+            if response.is_ok() {
+                self.registry.insert(conn.clone());
+                info!(source_ip = %remote.ip(), "connection accepted");
+            }
+            Admission::Accepted(Admitted {
+                conn,
+                slot,
+                span: Span::current(),
+                reply: response,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Calls register (if configured) and judges its reply: `Ok` accepts, `Err` is the
+    /// refusal to send.
+    async fn decide(
+        &self,
+        record: &ConnectionRecord,
+        request: HandshakeRequest,
+    ) -> Result<RegisterReply, Response<Body>> {
+        let Some(target) = self.config.functions.register.as_ref() else {
+            return Ok(RegisterReply::default());
+        };
+        let dialect = target.dialect(self.config.functions.dialect);
+        let offered = request.subprotocols.clone();
+        let host = request.header("host").map(str::to_owned);
+        let event = Event {
+            connection_id: record.id.clone(),
+            seq: 0,
+            node: record.node.clone(),
+            timestamp: clock::now_ms(),
+            context: serde_json::Value::Null,
+            kind: EventKind::Register { request },
+        };
+        let facts = Facts {
+            connected_at_ms: record.connected_at_ms,
+            source_ip: &record.source_ip,
+            user_agent: record.user_agent.as_deref(),
+            host: host.as_deref(),
+        };
+        let call = Call {
+            event: "register",
+            connection_id: &record.id,
+            body: dialect::encode(dialect, &self.config, &event, facts, "$connect").into(),
+        };
+        let fail = |e: CallError| {
+            warn!(cause = %e, "refusing connection: register function failed");
+            let status =
+                StatusCode::from_u16(e.upgrade_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let code = if status == StatusCode::GATEWAY_TIMEOUT {
+                "function_timeout"
+            } else {
+                "function_failed"
+            };
+            respond::error(status, code, "the register function did not answer usably")
+        };
+        let reply = self
+            .invoker
+            .call_once(target.url(), &call)
+            .await
+            .map_err(fail)?;
+        let max_context = self.config.functions.max_context_bytes;
+        match dialect::register_verdict(dialect, &reply, &offered, max_context).map_err(fail)? {
+            Verdict::Accept(accept) => {
+                debug!("register accepted");
+                Ok(accept)
+            }
+            Verdict::Refuse { status, body } => {
+                info!(status, "connection refused by register function");
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+                Err(respond::text(status, body))
+            }
+        }
+    }
+}
+
+fn handshake_request(parts: &Parts, remote: SocketAddr) -> HandshakeRequest {
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    HandshakeRequest {
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or_default().to_owned(),
+        headers,
+        source_ip: remote.ip().to_string(),
+        subprotocols: handshake::offered_subprotocols(&parts.headers),
+    }
+}

@@ -1,0 +1,124 @@
+//! Helpers every send-back adapter uses to read a request: the body within a limit, the
+//! message a body carries, the bearer token, path segments. A leaf: it imports nothing of
+//! the send-back side, so any adapter may use it without a loop.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use subtle::ConstantTimeEq;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::respond::Failure;
+
+/// The size limits of send-back bodies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimits {
+    /// A message to clients (`limits.max_message_bytes`).
+    pub message: usize,
+    /// A JSON request body such as a batch (`sendback.max_body_bytes`).
+    pub body: usize,
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`.
+pub(crate) fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
+/// Compares two secrets in time that depends on their lengths only.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// A path segment, percent-decoded.
+pub(crate) fn decode_segment(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The request's path and query, as it came (what a relay sends on).
+pub(crate) fn path_and_query<B>(req: &Request<B>) -> String {
+    req.uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned())
+}
+
+/// Reads a body up to `max` bytes; a larger one is a 413.
+pub(crate) async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Failure> {
+    let too_large = || {
+        Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body exceeds {max} bytes"),
+        )
+    };
+    if req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > max as u64)
+    {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("could not read the body: {e}"),
+        )),
+    }
+}
+
+/// Whether the content type asks for a binary frame (`application/octet-stream`).
+pub(crate) fn is_binary(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/octet-stream"))
+}
+
+/// A body as a message: binary as is, else UTF-8 text.
+pub(crate) fn message_of(body: Bytes, binary: bool) -> Result<Message, Failure> {
+    if binary {
+        return Ok(Message::Binary(body));
+    }
+    match String::from_utf8(body.to_vec()) {
+        Ok(text) => Ok(Message::text(text)),
+        Err(_) => Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "a text message must be UTF-8 (send binary with Content-Type: application/octet-stream)",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_content_and_length() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret!"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn bearer_is_read_from_the_authorization_header() {
+        let mut headers = HeaderMap::new();
+        assert!(!bearer_matches(&headers, "t0ken"));
+        headers.insert(header::AUTHORIZATION, "Bearer t0ken".parse().unwrap());
+        assert!(bearer_matches(&headers, "t0ken"));
+        assert!(!bearer_matches(&headers, "t0ke"));
+    }
+}
