@@ -6,7 +6,8 @@
 # test's npm packages; rustfmt/clippy via rustup), then runs, in order:
 #   fmt    cargo fmt --all -- --check
 #   clippy cargo clippy --workspace --all-targets -- -D warnings
-#   build  cargo build --workspace --bins
+#   build  cargo build --workspace --bins (also the gateway's `switchboard`, which the
+#          benchmarks start)
 #   test   cargo test --workspace
 #   bench  the benchmarks at smoke size (tests/bench/README.md)
 # and stops at the first failure.
@@ -127,7 +128,7 @@ cargo test --workspace
 # rots. It fails only when a scenario errors; timings are printed, never asserted.
 # Full-size runs and the peers (Pushpin, Nchan, Node ws): tests/bench/README.md.
 step "bench (smoke size)"
-cargo run --quiet -p tests --bin bench -- --size smoke --store both \
+cargo run --quiet -p bench --bin bench -- --size smoke --store both \
     --results target/bench-smoke/results.jsonl --svg target/bench-smoke/latency.svg
 
 step "all tests passed"

@@ -1,4 +1,5 @@
-//! Switchboard test harness: shared harness for the end-to-end tests and benchmarks.
+//! Switchboard test harness: shared harness for the end-to-end tests (`tests/it`), also
+//! used by the benchmark package (`tests/bench`, which depends on this library).
 //!
 //! Everything here runs real things: a real `redis-server` on a free port
 //! ([`redis::RedisServer`]) or a real three-node Redis Cluster
@@ -9,7 +10,6 @@
 //! a loud `SKIP:` line when it is missing, unless `SWITCHBOARD_REQUIRE_ALL` is
 //! set (as `tests/run.sh` does under CI), in which case they fail.
 
-pub mod bench;
 pub mod function_server;
 pub mod gateway;
 pub mod process;

@@ -2,10 +2,13 @@
 //! Node.js `ws` server and bare tokio floors, side by side, on one machine, with one load
 //! generator and one function.
 //!
-//! Three binaries of the `tests` package use it:
+//! Its own package, so the integration tests do not compile it; it uses their library
+//! (the `tests` package, as `harness`) for `redis-server` and finding programs.
+//!
+//! Three binaries of this package use it:
 //! - `bench` ([`cli`]): the orchestrator and load generator. It starts every system under
-//!   test itself (the gateway's own `main.rs` as `switchboard-under-test`, `pushpin`,
-//!   `nginx`, `node`, `bench-floor`), drives real WebSocket clients from several 127.0.0.x
+//!   test itself (the gateway's own binary `switchboard`, `pushpin`, `nginx`, `node`,
+//!   `bench-function`, `bench-floor`), drives real WebSocket clients from several 127.0.0.x
 //!   source addresses (spread over `bench worker` subprocesses when one process may not
 //!   hold them all), and prints one table row per (scenario, system, store), appending it
 //!   as JSON to `bench-results/results.jsonl`. `bench svg` draws the latency chart.
@@ -37,12 +40,13 @@ pub mod targets;
 pub mod worker;
 pub mod wsevents;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// The workspace root (the directory holding the top `Cargo.toml`), as built.
+/// The workspace root (the directory holding the top `Cargo.toml`), as built: two levels
+/// above this package's `tests/bench`.
 pub fn workspace_root() -> PathBuf {
-    let tests = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    tests.parent().map_or(tests.clone(), PathBuf::from)
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR"));
+    bench.ancestors().nth(2).unwrap_or(bench).to_path_buf()
 }
 
 /// The directory of the running executable: its sibling binaries live there.
@@ -53,12 +57,19 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("{} has no parent directory", exe.display()))
 }
 
-/// A sibling binary of the running executable (built by the same `cargo build`).
+/// A sibling binary of the running executable: cargo puts every workspace binary in one
+/// target directory, so the gateway's `switchboard` sits beside this package's binaries.
 pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let path = bin_dir()?.join(name);
+    let dir = bin_dir()?;
+    let release = if dir.ends_with("release") {
+        " --release"
+    } else {
+        ""
+    };
+    let path = dir.join(name);
     anyhow::ensure!(
         path.is_file(),
-        "{} not found: build it with `cargo build --release -p tests --bins`",
+        "{} not found: build it with `cargo build{release} -p gateway -p bench --bins`",
         path.display()
     );
     Ok(path)
@@ -70,4 +81,19 @@ pub fn unix_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_root_and_a_missing_sibling() {
+        assert!(workspace_root().join("tests/bench/Cargo.toml").is_file());
+        let err = sibling("no-such-binary").unwrap_err().to_string();
+        assert!(
+            err.contains("`cargo build -p gateway -p bench --bins`"),
+            "{err}"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! The gateway under test: the gateway's own `main.rs` built as `switchboard-under-test`,
+//! The gateway under test: the gateway's own binary `switchboard` (gateway/src/main.rs),
 //! run with a generated config (every setting at its default except the addresses, the
 //! token, the store, and the functions pointing at `bench-function`), on the embedded
 //! store or on a private `redis-server`.
@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use super::{ATTEMPTS, Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, start_function};
-use crate::bench::plan::{StoreKind, System};
-use crate::bench::procs::Proc;
-use crate::redis::RedisServer;
+use crate::plan::{StoreKind, System};
+use crate::procs::Proc;
+use harness::redis::RedisServer;
 
 /// The send-back token of benchmark gateways.
 pub const TOKEN: &str = "bench-token-0123456789abcdef";
@@ -59,8 +59,7 @@ pub async fn start(store: StoreKind, env: &Env) -> anyhow::Result<Target> {
             &config_path,
             config(&store_url, public, sendback_port, &function_url),
         )?;
-        let mut cmd =
-            tokio::process::Command::new(crate::bench::sibling("switchboard-under-test")?);
+        let mut cmd = tokio::process::Command::new(crate::sibling("switchboard")?);
         cmd.arg("--config")
             .arg(&config_path)
             // Warnings and errors only: per-connection info lines would cost CPU at 15,000

@@ -17,7 +17,7 @@ use anyhow::bail;
 use super::function::FunctionStats;
 use super::plan::{StoreKind, System};
 use super::procs::{Proc, Usage, usage};
-use crate::redis::RedisServer;
+use harness::redis::RedisServer;
 
 /// The room (group, channel) every fan-out member joins.
 pub const ROOM: &str = "bench";
@@ -104,7 +104,7 @@ impl Target {
 
     /// Why `system` cannot run on this machine, if it cannot.
     pub fn unavailable(system: System, store: Option<StoreKind>, env: &Env) -> Option<String> {
-        if store == Some(StoreKind::Redis) && !crate::redis::redis_available() {
+        if store == Some(StoreKind::Redis) && !harness::redis::redis_available() {
             return Some("redis-server not installed".to_owned());
         }
         match system {
@@ -157,7 +157,7 @@ impl Target {
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(crate::redis::free_port()?)
+    Ok(harness::redis::free_port()?)
 }
 
 /// Polls until `port` on 127.0.0.1 accepts TCP connections, failing early if `proc` exits.

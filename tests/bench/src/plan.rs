@@ -63,7 +63,7 @@ impl FromStr for Scenario {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum System {
-    /// The gateway (`switchboard-under-test`) with `bench-function`.
+    /// The gateway (`switchboard`) with `bench-function`.
     Switchboard,
     /// Pushpin in WebSocket-over-HTTP mode with `bench-function`.
     Pushpin,

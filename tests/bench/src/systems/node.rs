@@ -5,12 +5,12 @@
 use anyhow::Context as _;
 
 use super::{Env, Publisher, ROOM, START_TIMEOUT, Target};
-use crate::bench::plan::System;
-use crate::bench::procs::Proc;
+use crate::plan::System;
+use crate::procs::Proc;
 
 /// Why the Node peer cannot run here, if it cannot.
 pub fn unavailable(env: &Env) -> Option<String> {
-    if crate::find_program("NODE", "node", &["/usr/bin/node"]).is_none() {
+    if harness::find_program("NODE", "node", &["/usr/bin/node"]).is_none() {
         return Some("node not installed".to_owned());
     }
     if !env.node_dir.join("node_modules/ws/package.json").is_file() {
@@ -24,7 +24,7 @@ pub fn unavailable(env: &Env) -> Option<String> {
 
 /// Starts `node server.js` and reads its port.
 pub async fn start(env: &Env) -> anyhow::Result<Target> {
-    let node = crate::find_program("NODE", "node", &["/usr/bin/node"]).context("node")?;
+    let node = harness::find_program("NODE", "node", &["/usr/bin/node"]).context("node")?;
     let mut cmd = tokio::process::Command::new(node);
     cmd.arg("server.js").current_dir(&env.node_dir);
     let mut proc = Proc::spawn("node-ws", cmd, &env.log_dir)?;

@@ -1,9 +1,9 @@
 //! `bench-floor`: the bare floors the gateway is measured against (see
-//! `tests::bench::floor`).
+//! `bench::floor`).
 
 use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tests::bench::floor::main(tests::bench::floor::Args::parse()).await
+    bench::floor::main(bench::floor::Args::parse()).await
 }

@@ -334,7 +334,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                     row.at =
                         humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
                     row.machine = machine.clone();
-                    if !row.ok || (row.skipped.is_some() && crate::require_all()) {
+                    if !row.ok || (row.skipped.is_some() && harness::require_all()) {
                         failed = true;
                     }
                     println!("{}", report::line(&row));

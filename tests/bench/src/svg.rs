@@ -207,7 +207,7 @@ pub fn run_rows(rows: &[Row], run_id: Option<&str>) -> Vec<Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::stats::Percentiles;
+    use crate::stats::Percentiles;
 
     #[test]
     fn renders_bars_for_each_system() {

@@ -1,11 +1,11 @@
 //! `bench`: the benchmark orchestrator and load generator (see `tests/bench/README.md`).
 //!
-//! `cargo run --release -p tests --bin bench -- --help`
+//! `cargo build --release -p gateway -p bench --bins && ./target/release/bench --help`
 
 use clap::Parser as _;
 
 fn main() -> std::process::ExitCode {
-    let cli = tests::bench::cli::Cli::parse();
+    let cli = bench::cli::Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -13,7 +13,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tests::bench::cli::main(cli)) {
+    match runtime.block_on(bench::cli::main(cli)) {
         Ok(0) => std::process::ExitCode::SUCCESS,
         Ok(_) => std::process::ExitCode::FAILURE,
         Err(e) => {

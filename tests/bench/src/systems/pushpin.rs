@@ -37,9 +37,9 @@ use super::{
     Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, start_function, start_in_scratch,
     wait_port,
 };
-use crate::bench::machine::FD_RESERVE;
-use crate::bench::plan::System;
-use crate::bench::procs::Proc;
+use crate::machine::FD_RESERVE;
+use crate::plan::System;
+use crate::procs::Proc;
 
 /// The installed default config the bench config is derived from.
 const SYSTEM_CONFIG: &str = "/etc/pushpin/pushpin.conf";
@@ -53,17 +53,17 @@ const SERVICES: &str = "condure,zurl,pushpin-proxy,pushpin-handler";
 
 /// Path of the `pushpin` runner, if installed (`$PUSHPIN`, `PATH`, `/usr/bin/pushpin`).
 pub fn binary() -> Option<PathBuf> {
-    crate::find_program("PUSHPIN", "pushpin", &["/usr/bin/pushpin"])
+    harness::find_program("PUSHPIN", "pushpin", &["/usr/bin/pushpin"])
 }
 
 /// Path of `condure` (Pushpin's connection manager), if installed.
 fn condure() -> Option<PathBuf> {
-    crate::find_program("CONDURE", "condure", &["/usr/bin/condure"])
+    harness::find_program("CONDURE", "condure", &["/usr/bin/condure"])
 }
 
 /// Path of `zurl` (Pushpin's HTTP client), if installed.
 fn zurl() -> Option<PathBuf> {
-    crate::find_program("ZURL", "zurl", &["/usr/bin/zurl"])
+    harness::find_program("ZURL", "zurl", &["/usr/bin/zurl"])
 }
 
 /// The library directory the installed config uses.

@@ -1,13 +1,13 @@
-//! The floors: `bench-floor` (see [`crate::bench::floor`]), built in the same run.
+//! The floors: `bench-floor` (see [`crate::floor`]), built in the same run.
 
 use super::{Env, Publisher, START_TIMEOUT, Target};
-use crate::bench::floor::FloorPorts;
-use crate::bench::plan::System;
-use crate::bench::procs::Proc;
+use crate::floor::FloorPorts;
+use crate::plan::System;
+use crate::procs::Proc;
 
 /// Starts `bench-floor` and reads its ports.
 pub async fn start(env: &Env) -> anyhow::Result<Target> {
-    let cmd = tokio::process::Command::new(crate::bench::sibling("bench-floor")?);
+    let cmd = tokio::process::Command::new(crate::sibling("bench-floor")?);
     let mut proc = Proc::spawn("bench-floor", cmd, &env.log_dir)?;
     let ports: FloorPorts = proc.read_json_line(START_TIMEOUT).await?;
     Ok(Target {
