@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # deploy/run-local.sh — the example chat as separate processes on this machine:
-# its own redis-server, two chat-functions replicas and the gateway, all on loopback.
+# its own redis-server, two chat-functions replicas (the `chat` package, functions/chat)
+# and the gateway (`switchboard`), all on loopback.
 #
 #   redis-server   127.0.0.1:$REDIS_PORT    (default 6380; no persistence, temp dir)
 #   chat replica A 127.0.0.1:$CHAT_A_PORT   (default 9101; register and cleanup)
@@ -77,6 +78,8 @@ fi
 
 # ------------------------------------------------------------------ build
 step "build"
+# Binary names are unique in the workspace: `switchboard` is the gateway package's,
+# `chat-functions` the chat package's.
 cargo build --release --bin switchboard --bin chat-functions
 BIN=target/release
 

@@ -119,8 +119,9 @@ where
     }
 }
 
-/// Shows an error with its chain of sources: `outer: cause: root cause`.
-pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+/// Shows an error with its chain of sources: `outer: cause: root cause`, e.g. in a log
+/// line: `warn!(error = %Chain(&err), "could not announce a join")`.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -2,7 +2,8 @@
 //!
 //! The gateway turns WebSocket connections into HTTP calls: it POSTs one JSON [`Event`]
 //! (register, transport or cleanup) per call to a function's URL. This crate has:
-//! - [`event`] and [`api`]: the wire types of the events and of the send-back API;
+//! - [`event`] and [`api`]: the wire types of the events and of the send-back API, and
+//!   [`codes`]: the close codes the gateway sends and the send-back API's error codes;
 //! - [`Handler`] and [`serve`]: implement what the function does per event type, and serve
 //!   it over HTTP;
 //! - [`SendBack`]: push [`Message`]s to connections (one, many, or a whole group in one
@@ -11,9 +12,10 @@
 //!   [`StoreError`] and [`ConnectionRecord`] at the top): the connection registry and the
 //!   groups (rooms) the gateway also uses. [`open_store`] opens it from the same URL and key
 //!   prefix as the gateway's `store` and `store_prefix` settings, so a function writes
-//!   `store.join(room, id)` without touching Redis;
-//! - [`Chat`] and [`CHAT_PAGE`]: the example chat functions and their web page; the
-//!   `chat-functions` binary serves them on their own.
+//!   `store.join(room, id)` without touching Redis.
+//!
+//! The example chat functions, written with this crate, are the `chat` package
+//! (`functions/chat`).
 //!
 //! An echo function in a few lines:
 //!
@@ -60,19 +62,18 @@
 //! # }
 //! ```
 
-pub mod chat;
 pub mod error;
 pub mod handler;
-/// The wire contract (the `wire` crate): events and send-back bodies.
-pub use wire::{api, event};
+/// The wire contract (the `wire` crate): events, send-back bodies, close and error codes.
+pub use wire::{api, codes, event};
 pub mod message;
 pub mod sendback;
 pub mod server;
 
-#[cfg(test)]
-mod test_api;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod test_api;
 
-pub use chat::{CHAT_PAGE, Chat};
 pub use error::{FunctionsError, HandlerError};
 pub use event::{DataType, DisconnectReason, Event, EventKind, HandshakeRequest, RegisterReply};
 pub use handler::{Handler, Refusal};

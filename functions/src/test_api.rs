@@ -1,5 +1,8 @@
 //! Test support: a real HTTP server on `127.0.0.1:0` standing in for the gateway's
 //! send-back API. It records every request and answers with what a test's responder says.
+//!
+//! Built for this crate's tests and, with the `test-support` feature, for the tests of
+//! crates written with it (the example chat's); not part of the SDK's API.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -14,37 +17,41 @@ use tokio::net::TcpListener;
 
 /// One request the test API received.
 #[derive(Clone, Debug)]
-pub(crate) struct Recorded {
-    pub(crate) method: Method,
-    pub(crate) uri: Uri,
-    pub(crate) headers: HeaderMap,
-    pub(crate) body: Bytes,
+pub struct Recorded {
+    /// The method.
+    pub method: Method,
+    /// The path and query.
+    pub uri: Uri,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
 }
 
 impl Recorded {
     /// A header's value as text.
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
 /// A running test API.
-pub(crate) struct TestApi {
+pub struct TestApi {
     /// `http://127.0.0.1:<port>`.
-    pub(crate) base: String,
+    pub base: String,
     requests: Arc<Mutex<Vec<Recorded>>>,
 }
 
 impl TestApi {
     /// Every request so far, in arrival order.
-    pub(crate) fn requests(&self) -> Vec<Recorded> {
+    pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
     }
 }
 
 /// Starts a test API answering each request with `respond(request)`. It runs until the
 /// test's runtime ends.
-pub(crate) async fn start<F>(respond: F) -> TestApi
+pub async fn start<F>(respond: F) -> TestApi
 where
     F: Fn(&Recorded) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
@@ -82,7 +89,7 @@ where
 }
 
 /// A JSON reply.
-pub(crate) fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+pub fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
     let mut reply = Response::new(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())));
     *reply.status_mut() = status;
     reply.headers_mut().insert(
@@ -93,7 +100,7 @@ pub(crate) fn json(status: StatusCode, body: &impl serde::Serialize) -> Response
 }
 
 /// A reply without a body.
-pub(crate) fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+pub fn empty(status: StatusCode) -> Response<Full<Bytes>> {
     let mut reply = Response::new(Full::new(Bytes::new()));
     *reply.status_mut() = status;
     reply

@@ -19,10 +19,9 @@ async fn two_pages_chat() {
         return tests::skip_or_fail("playwright-core not installed in tests/browser (npm ci)");
     }
     let stop = CancellationToken::new();
-    let (gw, addrs, _task) =
-        gateway::demo::start(SocketAddr::from(([127, 0, 0, 1], 0)), stop.clone())
-            .await
-            .expect("demo starts");
+    let (gw, addrs, _task) = chat::demo::start(SocketAddr::from(([127, 0, 0, 1], 0)), stop.clone())
+        .await
+        .expect("demo starts");
     let store = gw.store();
     let gw = tests::gateway::TestGateway::run(gw, store);
     let shot = std::env::temp_dir().join("switchboard-chat.png");

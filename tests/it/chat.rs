@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use gateway::demo;
+use chat::demo;
 use tests::gateway::{Client, next_json, send_text};
 use tokio_tungstenite::connect_async;
 use tokio_util::sync::CancellationToken;

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use functions::{Chat, SendBack};
+use chat::Chat;
+use functions::SendBack;
 use gateway::Options;
 use reqwest::Method;
 use tests::gateway::{

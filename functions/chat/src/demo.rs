@@ -1,19 +1,34 @@
 //! The one-command demo: the gateway, the example chat functions (on their own HTTP
 //! listener, called over real loopback HTTP) and the chat page, sharing one embedded
-//! store. `switchboard demo`, then open the printed address in two tabs.
+//! store. `chat-demo`, then open the printed address in two tabs.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use functions::{Chat, SendBack};
+use functions::{FunctionsError, SendBack};
+use gateway::{Config, Gateway, GatewayError, Options};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Config, Gateway, GatewayError, Options};
+use crate::{CHAT_PAGE, Chat};
 
-/// Flags of `switchboard demo`.
+/// Why the demo could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The gateway could not start or failed while running.
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
+    /// The chat functions' listener could not be bound.
+    #[error("cannot listen for the chat functions on 127.0.0.1: {0}")]
+    FunctionsListener(#[source] std::io::Error),
+    /// The chat functions' send-back client could not be built.
+    #[error("send-back client: {0}")]
+    SendBack(#[from] FunctionsError),
+}
+
+/// Flags of `chat-demo`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
     /// Where the chat page and WebSocket endpoint listen.
@@ -36,11 +51,15 @@ pub struct DemoAddrs {
 pub async fn start(
     listen: SocketAddr,
     functions_shutdown: CancellationToken,
-) -> Result<(Gateway, DemoAddrs, tokio::task::JoinHandle<()>), GatewayError> {
-    let store: store::SharedStore = Arc::new(store::MemoryStore::new());
+) -> Result<(Gateway, DemoAddrs, tokio::task::JoinHandle<()>), DemoError> {
+    let store: functions::SharedStore = Arc::new(functions::store::MemoryStore::new());
     let token = uuid::Uuid::new_v4().simple().to_string();
-    let functions_listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-    let functions_addr = functions_listener.local_addr()?;
+    let functions_listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(DemoError::FunctionsListener)?;
+    let functions_addr = functions_listener
+        .local_addr()
+        .map_err(DemoError::FunctionsListener)?;
     let mut config = Config::default();
     config.public.listen = listen;
     config.sendback.listen = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -53,12 +72,11 @@ pub async fn start(
         config,
         Options {
             store: Some(store.clone()),
-            page: Some(Bytes::from_static(functions::CHAT_PAGE.as_bytes())),
+            page: Some(Bytes::from_static(CHAT_PAGE.as_bytes())),
         },
     )
     .await?;
-    let sendback = SendBack::new(&format!("http://{}", gateway.sendback_addr()), Some(token))
-        .map_err(|e| GatewayError::Client(e.to_string()))?;
+    let sendback = SendBack::new(&format!("http://{}", gateway.sendback_addr()), Some(token))?;
     let chat = Arc::new(Chat::new(store, sendback));
     let functions_task = tokio::spawn(async move {
         if let Err(e) = functions::serve(functions_listener, chat, functions_shutdown).await {
@@ -74,7 +92,7 @@ pub async fn start(
 }
 
 /// Runs the demo until `shutdown` completes.
-pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
     let functions_shutdown = CancellationToken::new();
     let (gateway, addrs, functions_task) = start(args.listen, functions_shutdown.clone()).await?;
     println!();
@@ -96,5 +114,5 @@ pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(
     let result = gateway.run(shutdown).await;
     functions_shutdown.cancel();
     let _ = functions_task.await;
-    result
+    Ok(result?)
 }

@@ -128,8 +128,9 @@ pub struct GroupInfo {
 /// The JSON body of every error reply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {
-    /// A stable machine-readable code: `gone`, `unauthorized`, `payload_too_large`,
-    /// `throttled`, `bad_request`, `not_found`, `method_not_allowed`, `store_unavailable`.
+    /// A stable machine-readable code, one of [`crate::codes`]: `gone`, `unauthorized`,
+    /// `payload_too_large`, `throttled`, `bad_request`, `not_found`, `method_not_allowed`,
+    /// `store_unavailable`, `node_unreachable`, … .
     pub error: String,
     /// A sentence for people.
     pub message: String,

@@ -1,4 +1,11 @@
-//! The example chat functions: rooms of named people, with presence.
+//! The example chat: chat functions written with the `functions` SDK, their web page and
+//! a one-command demo.
+//!
+//! - [`Chat`]: the chat functions (a [`functions::Handler`]); the `chat-functions` binary
+//!   serves them as a process of their own, beside a gateway sharing a Redis store;
+//! - [`CHAT_PAGE`]: the chat web page;
+//! - [`demo`]: the gateway, the chat functions and the page in one process on the
+//!   embedded store; the `chat-demo` binary runs it.
 //!
 //! Clients connect to `/chat?room=<room>&name=<name>` (see [`CHAT_PAGE`]). Register joins
 //! the store group named after the room and tells the others; every text message goes to
@@ -22,16 +29,16 @@
 //! close the sender's connection with 1011): the sender gets [`STORE_DOWN_MESSAGE`] as an
 //! error message instead, and may try again. Register refuses with 503 then.
 
+pub mod demo;
+
+use functions::error::Chain;
+use functions::event::{DisconnectReason, Event, HandshakeRequest, RegisterReply};
+use functions::{
+    FunctionsError, Handler, HandlerError, Message, Refusal, SendBack, SharedStore, StoreError,
+};
 use serde_json::{Value, json};
-use store::{SharedStore, StoreError};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
-
-use crate::error::{Chain, FunctionsError, HandlerError};
-use crate::event::{DisconnectReason, Event, HandshakeRequest, RegisterReply};
-use crate::handler::{Handler, Refusal};
-use crate::message::Message;
-use crate::sendback::SendBack;
 
 /// The chat web page: plain HTML, CSS and JS with no external resources. It connects to
 /// `/chat` on the host that served it.
@@ -381,13 +388,13 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::time::Duration;
 
+    use functions::store::{self, ConnectionRecord, MembersPage, MemoryStore, Store};
     use http::{Method, StatusCode};
-    use store::{ConnectionRecord, MembersPage, MemoryStore, Store};
 
     use super::*;
-    use crate::api::GroupSendResult;
-    use crate::event::{DataType, EventKind};
-    use crate::test_api::{self, TestApi};
+    use functions::api::GroupSendResult;
+    use functions::event::{DataType, EventKind};
+    use functions::test_api::{self, TestApi};
 
     /// How the test send-back API answers.
     #[derive(Clone, Copy)]
@@ -599,7 +606,7 @@ mod tests {
             .uri
             .query()
             .map(|q| {
-                crate::event::query_pairs(q)
+                functions::event::query_pairs(q)
                     .map(|(k, v)| {
                         assert_eq!(k, "exclude");
                         v

@@ -1,4 +1,4 @@
-//! `chat-functions`: the example chat functions ([`functions::Chat`]) as a process of their
+//! `chat-functions`: the example chat functions ([`chat::Chat`]) as a process of their
 //! own, for deployments where the gateway and the functions run separately and share a
 //! Redis store.
 //!
@@ -21,8 +21,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use chat::Chat;
 use clap::Parser;
-use functions::{Chat, FunctionsError, SendBack, StoreError};
+use functions::{FunctionsError, SendBack, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
