@@ -8,6 +8,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 use tokio_tungstenite::tungstenite::Message;
+use wire::codes;
 
 use crate::respond::Failure;
 
@@ -54,7 +55,7 @@ pub(crate) async fn read_body(req: Request<Incoming>, max: usize) -> Result<Byte
     let too_large = || {
         Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            codes::PAYLOAD_TOO_LARGE,
             format!("the body exceeds {max} bytes"),
         )
     };
@@ -72,7 +73,7 @@ pub(crate) async fn read_body(req: Request<Incoming>, max: usize) -> Result<Byte
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(Failure::new(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            codes::BAD_REQUEST,
             format!("could not read the body: {e}"),
         )),
     }
@@ -95,7 +96,7 @@ pub(crate) fn message_of(body: Bytes, binary: bool) -> Result<Message, Failure> 
         Ok(text) => Ok(Message::text(text)),
         Err(_) => Err(Failure::new(
             StatusCode::BAD_REQUEST,
-            "bad_request",
+            codes::BAD_REQUEST,
             "a text message must be UTF-8 (send binary with Content-Type: application/octet-stream)",
         )),
     }

@@ -14,6 +14,7 @@ pub(crate) mod native;
 pub(crate) mod tencent;
 
 use tokio_tungstenite::tungstenite::Message;
+use wire::codes;
 use wire::event::Event;
 
 use crate::config::{Config, Dialect, FunctionsConfig, Target, route_path};
@@ -89,7 +90,7 @@ pub(crate) fn transport_failure(dialect: Dialect, connection_id: &str) -> Failur
     match dialect {
         Dialect::Aws => FailureAction::Notify(aws_events::internal_error(connection_id)),
         Dialect::Native | Dialect::Tencent => {
-            FailureAction::Close(1011, "transport function failed")
+            FailureAction::Close(codes::CLOSE_INTERNAL_ERROR, "transport function failed")
         }
     }
 }

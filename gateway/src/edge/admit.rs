@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use wire::codes;
 
 use http::{Response, StatusCode, request::Parts};
 use store::ConnectionRecord;
@@ -90,7 +91,7 @@ impl Admitter {
                 warn!(cause = %e, "refusing connection: store unavailable");
                 return Admission::Refused(respond::error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
+                    codes::STORE_UNAVAILABLE,
                     "the gateway's store is unavailable",
                 ));
             }
@@ -122,7 +123,7 @@ impl Admitter {
                     warn!(cause = %e, "store unavailable after register accepted; closing");
                     response = Err(respond::error(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "store_unavailable",
+                        codes::STORE_UNAVAILABLE,
                         "the gateway's store is unavailable",
                     ));
                 }
@@ -179,9 +180,9 @@ impl Admitter {
             let status =
                 StatusCode::from_u16(e.upgrade_status()).unwrap_or(StatusCode::BAD_GATEWAY);
             let code = if status == StatusCode::GATEWAY_TIMEOUT {
-                "function_timeout"
+                codes::FUNCTION_TIMEOUT
             } else {
-                "function_failed"
+                codes::FUNCTION_FAILED
             };
             respond::error(status, code, "the register function did not answer usably")
         };

@@ -10,6 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use wire::codes;
 
 use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -100,7 +101,7 @@ async fn http_phase(shared: &Edge, mut stream: TcpStream, remote: SocketAddr) ->
             Ok(None) => return None,
             Err(rejection) => {
                 debug!(%remote, message = rejection.message, "bad request");
-                let reply = respond::error(rejection.status, "bad_request", rejection.message);
+                let reply = respond::error(rejection.status, codes::BAD_REQUEST, rejection.message);
                 let _ = write_reply(&mut stream, reply, Framing::close()).await;
                 return None;
             }
@@ -173,7 +174,7 @@ async fn upgrade(
     if shared.stop.is_cancelled() {
         return Err(respond::error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
+            codes::SHUTTING_DOWN,
             "the gateway is shutting down",
         ));
     }
@@ -181,7 +182,7 @@ async fn upgrade(
         warn!(%remote, max = shared.slots.max(), "refusing connection: at capacity");
         return Err(respond::error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "at_capacity",
+            codes::AT_CAPACITY,
             "the gateway holds its maximum number of connections",
         ));
     };
@@ -376,7 +377,7 @@ fn plain(shared: &Edge, req: &Request<()>) -> Response<Body> {
         _ => {
             let mut response = respond::error(
                 StatusCode::UPGRADE_REQUIRED,
-                "upgrade_required",
+                codes::UPGRADE_REQUIRED,
                 "this endpoint accepts WebSocket connections",
             );
             response

@@ -6,6 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use wire::codes;
 
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -107,7 +108,7 @@ impl Router {
         if !authorized {
             let mut response = respond::error(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                codes::UNAUTHORIZED,
                 "missing or wrong bearer token",
             );
             response.headers_mut().insert(

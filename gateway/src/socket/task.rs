@@ -8,6 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+use wire::codes;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -272,8 +273,8 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => {
-                    Box::pin(close(ws, &self.conn.outbox, 1001, "server shutting down")).await;
-                    return End::new(DisconnectReason::Shutdown, Some(1001), "server shutting down");
+                    Box::pin(close(ws, &self.conn.outbox, codes::CLOSE_GOING_AWAY, "server shutting down")).await;
+                    return End::new(DisconnectReason::Shutdown, Some(codes::CLOSE_GOING_AWAY), "server shutting down");
                 }
                 _ = self.conn.outbox.wait(), if flush_at.is_none() => {
                     if !limits.write_delay.is_zero() {
@@ -346,8 +347,8 @@ impl Session {
                             if functions.transport.is_none()
                                 && dialect::select_route(functions, &message).is_none()
                             {
-                                Box::pin(close(ws, &self.conn.outbox, 1003, "this gateway accepts no messages")).await;
-                                return End::new(DisconnectReason::ProtocolError, Some(1003), "this gateway accepts no messages");
+                                Box::pin(close(ws, &self.conn.outbox, codes::CLOSE_UNSUPPORTED_DATA, "this gateway accepts no messages")).await;
+                                return End::new(DisconnectReason::ProtocolError, Some(codes::CLOSE_UNSUPPORTED_DATA), "this gateway accepts no messages");
                             }
                             self.pending.push_back(message);
                             self.start_next_transport();
@@ -380,17 +381,17 @@ impl Session {
                         }
                     }
                     if now >= started + limits.max_duration {
-                        Box::pin(close(ws, &self.conn.outbox, 1001, "maximum connection duration reached")).await;
-                        return End::new(DisconnectReason::MaxDuration, Some(1001), "maximum connection duration reached");
+                        Box::pin(close(ws, &self.conn.outbox, codes::CLOSE_GOING_AWAY, "maximum connection duration reached")).await;
+                        return End::new(DisconnectReason::MaxDuration, Some(codes::CLOSE_GOING_AWAY), "maximum connection duration reached");
                     }
                     if now >= last_activity + limits.idle_timeout {
-                        Box::pin(close(ws, &self.conn.outbox, 1001, "idle timeout")).await;
-                        return End::new(DisconnectReason::IdleTimeout, Some(1001), "idle timeout");
+                        Box::pin(close(ws, &self.conn.outbox, codes::CLOSE_GOING_AWAY, "idle timeout")).await;
+                        return End::new(DisconnectReason::IdleTimeout, Some(codes::CLOSE_GOING_AWAY), "idle timeout");
                     }
                     match ping_sent {
                         Some(sent) if now >= sent + limits.ping_interval => {
-                            Box::pin(close(ws, &self.conn.outbox, 1001, "ping timeout")).await;
-                            return End::new(DisconnectReason::PingTimeout, Some(1001), "ping timeout");
+                            Box::pin(close(ws, &self.conn.outbox, codes::CLOSE_GOING_AWAY, "ping timeout")).await;
+                            return End::new(DisconnectReason::PingTimeout, Some(codes::CLOSE_GOING_AWAY), "ping timeout");
                         }
                         Some(_) => {}
                         None if now >= last_rx + limits.ping_interval => {
@@ -519,10 +520,15 @@ async fn protocol_end(ws: &mut Ws, outbox: &Outbox, e: WsError) -> End {
     let (code, text) = match &e {
         // The TCP connection ended without a close frame: lost, not a protocol violation.
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return lost(e),
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => (1009, "message too big"),
-        WsError::Capacity(_) => (1009, "frame too big"),
-        WsError::Utf8(_) => (1007, "invalid UTF-8 in text message"),
-        WsError::Protocol(_) => (1002, "protocol error"),
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+            (codes::CLOSE_MESSAGE_TOO_BIG, "message too big")
+        }
+        WsError::Capacity(_) => (codes::CLOSE_MESSAGE_TOO_BIG, "frame too big"),
+        WsError::Utf8(_) => (
+            codes::CLOSE_INVALID_PAYLOAD,
+            "invalid UTF-8 in text message",
+        ),
+        WsError::Protocol(_) => (codes::CLOSE_PROTOCOL_ERROR, "protocol error"),
         _ => return lost(e),
     };
     info!(cause = %e, code, "closing connection: client broke the protocol");

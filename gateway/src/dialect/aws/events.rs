@@ -4,6 +4,7 @@
 //! fails.
 
 use std::collections::BTreeMap;
+use wire::codes;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -86,10 +87,11 @@ pub(crate) fn encode(
             // As AWS: a close frame without a status is 1005, no close frame at all 1006.
             let (code, text) = match (close_code, reason) {
                 (Some(code), _) => (*code, close_reason.as_str()),
-                (None, DisconnectReason::ClientClose) => {
-                    (1005, "Client-side close frame status not set")
-                }
-                (None, _) => (1006, close_reason.as_str()),
+                (None, DisconnectReason::ClientClose) => (
+                    codes::CLOSE_NO_STATUS,
+                    "Client-side close frame status not set",
+                ),
+                (None, _) => (codes::CLOSE_ABNORMAL, close_reason.as_str()),
             };
             context["disconnectStatusCode"] = json!(code);
             context["disconnectReason"] = json!(text);

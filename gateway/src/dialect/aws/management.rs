@@ -21,6 +21,7 @@
 
 use std::sync::Arc;
 use std::time::SystemTime;
+use wire::codes;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -162,7 +163,7 @@ impl ManagementApi {
             Method::GET => Op::Info,
             // DeleteConnection: the client is closed with 1000, then `$disconnect` runs.
             Method::DELETE => Op::Close(CloseRequest {
-                code: 1000,
+                code: codes::CLOSE_NORMAL,
                 reason: String::new(),
             }),
             _ => {

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use wire::codes;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -65,12 +66,12 @@ impl NativeApi {
                 | ["@groups", _, "connections", _],
             ) => Err(Failure::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                codes::METHOD_NOT_ALLOWED,
                 format!("{} is not allowed on {path}", req.method()),
             )),
             _ => Err(Failure::new(
                 StatusCode::NOT_FOUND,
-                "not_found",
+                codes::NOT_FOUND,
                 format!("no route for {path}"),
             )),
         };
@@ -134,7 +135,7 @@ impl NativeApi {
             ),
             Outcome::Throttled => respond::error(
                 StatusCode::TOO_MANY_REQUESTS,
-                "throttled",
+                codes::THROTTLED,
                 format!("connection {id} is not reading fast enough: its outbound queue is full"),
             ),
             Outcome::Gone => gone(id),
@@ -151,7 +152,7 @@ impl NativeApi {
         let batch: BatchSend = serde_json::from_slice(&body).map_err(|e| {
             Failure::new(
                 StatusCode::BAD_REQUEST,
-                "bad_request",
+                codes::BAD_REQUEST,
                 format!("body is not a batch send: {e}"),
             )
         })?;
@@ -162,7 +163,7 @@ impl NativeApi {
                 Err(e) => {
                     return Err(Failure::new(
                         StatusCode::BAD_REQUEST,
-                        "bad_request",
+                        codes::BAD_REQUEST,
                         format!("binary data is not valid base64: {e}"),
                     ));
                 }
@@ -171,7 +172,7 @@ impl NativeApi {
         if message.len() > self.limits.message {
             return Err(Failure::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                codes::PAYLOAD_TOO_LARGE,
                 format!("the message exceeds {} bytes", self.limits.message),
             ));
         }
@@ -226,7 +227,7 @@ impl NativeApi {
                         .ok_or_else(|| {
                             Failure::new(
                                 StatusCode::BAD_REQUEST,
-                                "bad_request",
+                                codes::BAD_REQUEST,
                                 "limit must be 1-1000",
                             )
                         })?;
@@ -257,39 +258,49 @@ fn no_content() -> Response<Body> {
 }
 
 fn gone(id: &str) -> Response<Body> {
-    respond::error(StatusCode::GONE, "gone", format!("connection {id} is gone"))
+    respond::error(
+        StatusCode::GONE,
+        codes::GONE,
+        format!("connection {id} is gone"),
+    )
 }
 
 /// The reply when the node holding a connection did not answer a relayed request.
 pub(crate) fn node_unreachable() -> Response<Body> {
     respond::error(
         StatusCode::BAD_GATEWAY,
-        "node_unreachable",
+        codes::NODE_UNREACHABLE,
         "the gateway node holding this connection did not answer",
     )
 }
 
 /// The close a `DELETE` asks for (`?code=…&reason=…`), or the 400 refusing it.
 fn close_request(query: &str) -> Result<CloseRequest, Failure> {
-    let mut code = 1000u16;
+    let mut code = codes::CLOSE_NORMAL;
     let mut reason = String::new();
     for (key, value) in query_pairs(query) {
         match key.as_str() {
             "code" => match value.parse::<u16>() {
-                Ok(c) if c == 1000 || (3000..=4999).contains(&c) => code = c,
+                Ok(c)
+                    if c == codes::CLOSE_NORMAL
+                        || (codes::CLOSE_APPLICATION_MIN..=codes::CLOSE_APPLICATION_MAX)
+                            .contains(&c) =>
+                {
+                    code = c
+                }
                 _ => {
                     return Err(Failure::new(
                         StatusCode::BAD_REQUEST,
-                        "bad_request",
+                        codes::BAD_REQUEST,
                         "code must be 1000 or 3000-4999",
                     ));
                 }
             },
-            "reason" if value.len() <= 123 => reason = value,
+            "reason" if value.len() <= codes::MAX_CLOSE_REASON_BYTES => reason = value,
             "reason" => {
                 return Err(Failure::new(
                     StatusCode::BAD_REQUEST,
-                    "bad_request",
+                    codes::BAD_REQUEST,
                     "reason must be at most 123 bytes",
                 ));
             }
@@ -310,17 +321,19 @@ fn excluded(query: &str) -> HashSet<String> {
 /// A store failure as the caller should see it.
 fn store_failure(e: StoreError) -> Failure {
     match e {
-        StoreError::NotRegistered(id) => {
-            Failure::new(StatusCode::GONE, "gone", format!("connection {id} is gone"))
-        }
+        StoreError::NotRegistered(id) => Failure::new(
+            StatusCode::GONE,
+            codes::GONE,
+            format!("connection {id} is gone"),
+        ),
         StoreError::InvalidName { .. } => {
-            Failure::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+            Failure::new(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, e.to_string())
         }
         other => {
             warn!(cause = %other, "send-back request failed: store unavailable");
             Failure::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
+                codes::STORE_UNAVAILABLE,
                 "the gateway's store is unavailable; retry later",
             )
         }

@@ -5,6 +5,7 @@
 //! Errors keep that shape with a non-zero `errNo` equal to the HTTP status.
 
 use std::sync::Arc;
+use wire::codes;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -190,7 +191,7 @@ impl TencentApi {
                 Ok(Op::Send(message))
             }
             "closing" => Ok(Op::Close(CloseRequest {
-                code: 1000,
+                code: codes::CLOSE_NORMAL,
                 reason: String::new(),
             })),
             other => Err((
