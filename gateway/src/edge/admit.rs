@@ -4,7 +4,7 @@
 //! first (so a register function may join groups), then register is called; on refusal or
 //! failure the record is removed again (with any groups joined). On acceptance the caller
 //! (the public listener's task for this client) writes the 101 and then runs the socket
-//! task, `connection::run`, whatever became of the 101: from then on cleanup is guaranteed,
+//! task, `socket::task::run`, whatever became of the 101: from then on cleanup is guaranteed,
 //! since the socket task always ends with the cleanup call and the store unregister.
 
 use std::net::SocketAddr;
@@ -48,7 +48,7 @@ pub(crate) enum Admission {
     /// Not admitted (refused, or register or the store failed): the reply to send. Nothing
     /// is left to clean up.
     Refused(Response<Body>),
-    /// Register accepted: the caller must send the reply, then run `connection::run`.
+    /// Register accepted: the caller must send the reply, then run `socket::task::run`.
     Accepted(Admitted),
 }
 

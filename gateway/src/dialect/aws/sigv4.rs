@@ -1,5 +1,5 @@
 //! AWS Signature Version 4 verification (`Authorization: AWS4-HMAC-SHA256 …` headers), as
-//! AWS services other than S3 check it: the management API (`aws_management`) accepts a
+//! AWS services other than S3 check it: the management API (`management`) accepts a
 //! request only when it was signed with one of `aws.credentials`.
 //!
 //! The server recomputes what the client signed, from the request as it arrived:
