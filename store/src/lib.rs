@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use self::redis::{RedisOptions, RedisStore};
 pub use error::StoreError;
 pub use memory::MemoryStore;
-pub use record::{ConnectionRecord, MembersPage, NodeInfo};
+pub use record::{ConnectionRecord, MembersPage, NodeInfo, PendingCleanup};
 
 /// The key prefix a Redis-backed store uses unless told otherwise.
 pub const DEFAULT_PREFIX: &str = "switchboard";
@@ -99,6 +99,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Every live node (heartbeat not expired), sorted by name.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
+
+    /// Adds a cleanup to the durable queue, due at its `next_attempt_ms`. Returns `false`
+    /// (and changes nothing) if one for that connection is already queued: a connection has
+    /// one cleanup, whoever queues it.
+    async fn queue_cleanup(&self, cleanup: &PendingCleanup) -> Result<bool, StoreError>;
+
+    /// Claims up to `max` queued cleanups due at `now_ms` (earliest first): each is returned
+    /// and its due time moved to `now_ms + lease`, in one atomic step, so no other caller
+    /// claims it until the lease lapses. A claimed cleanup is then either finished
+    /// ([`Store::finish_cleanup`]) or put back ([`Store::retry_cleanup`]); if its claimer
+    /// dies it is due again once the lease lapses.
+    async fn claim_cleanups(
+        &self,
+        now_ms: u64,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<PendingCleanup>, StoreError>;
+
+    /// Puts a claimed cleanup back in the queue with its new `attempts` and
+    /// `next_attempt_ms`. Returns `false` if it is no longer queued (finished meanwhile).
+    async fn retry_cleanup(&self, cleanup: &PendingCleanup) -> Result<bool, StoreError>;
+
+    /// Removes a connection's cleanup from the queue (delivered, or given up). Returns
+    /// whether it was queued.
+    async fn finish_cleanup(&self, connection_id: &str) -> Result<bool, StoreError>;
+
+    /// How many cleanups are queued (due or not, claimed or not).
+    async fn pending_cleanups(&self) -> Result<u64, StoreError>;
 
     /// Every member of a group, read page by page (never one round trip per member).
     async fn all_members(&self, group: &str) -> Result<Vec<String>, StoreError> {

@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{ConnectionRecord, MembersPage, NodeInfo, Store, StoreError, names};
+use crate::{ConnectionRecord, MembersPage, NodeInfo, PendingCleanup, Store, StoreError, names};
 
 /// A store held in this process's memory. Cloning is not supported: share it in an `Arc`.
 #[derive(Debug, Default)]
@@ -26,6 +26,9 @@ struct Inner {
     nodes: HashMap<String, (Instant, String)>,
     /// Every node name a record named, shared by the records.
     node_names: HashSet<Arc<str>>,
+    /// The cleanup queue by connection id, and its index by due time.
+    cleanups: HashMap<String, PendingCleanup>,
+    cleanups_due: BTreeSet<(u64, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -276,5 +279,80 @@ impl Store for MemoryStore {
             .collect();
         nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         Ok(nodes)
+    }
+
+    async fn queue_cleanup(&self, cleanup: &PendingCleanup) -> Result<bool, StoreError> {
+        names::id(&cleanup.connection_id)?;
+        let mut inner = self.lock();
+        if inner.cleanups.contains_key(&cleanup.connection_id) {
+            return Ok(false);
+        }
+        let id = cleanup.connection_id.clone();
+        inner
+            .cleanups_due
+            .insert((cleanup.next_attempt_ms, id.clone()));
+        inner.cleanups.insert(id, cleanup.clone());
+        Ok(true)
+    }
+
+    async fn claim_cleanups(
+        &self,
+        now_ms: u64,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<PendingCleanup>, StoreError> {
+        let mut inner = self.lock();
+        let due: Vec<(u64, String)> = inner
+            .cleanups_due
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .take(max)
+            .cloned()
+            .collect();
+        let until = now_ms.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        let mut out = Vec::with_capacity(due.len());
+        for key in due {
+            inner.cleanups_due.remove(&key);
+            let (_, id) = key;
+            inner.cleanups_due.insert((until, id.clone()));
+            if let Some(cleanup) = inner.cleanups.get_mut(&id) {
+                out.push(cleanup.clone());
+                cleanup.next_attempt_ms = until;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn retry_cleanup(&self, cleanup: &PendingCleanup) -> Result<bool, StoreError> {
+        names::id(&cleanup.connection_id)?;
+        let mut inner = self.lock();
+        let Some(old) = inner.cleanups.get(&cleanup.connection_id) else {
+            return Ok(false);
+        };
+        let key = (old.next_attempt_ms, cleanup.connection_id.clone());
+        inner.cleanups_due.remove(&key);
+        inner
+            .cleanups_due
+            .insert((cleanup.next_attempt_ms, cleanup.connection_id.clone()));
+        inner
+            .cleanups
+            .insert(cleanup.connection_id.clone(), cleanup.clone());
+        Ok(true)
+    }
+
+    async fn finish_cleanup(&self, connection_id: &str) -> Result<bool, StoreError> {
+        names::id(connection_id)?;
+        let mut inner = self.lock();
+        let Some(old) = inner.cleanups.remove(connection_id) else {
+            return Ok(false);
+        };
+        inner
+            .cleanups_due
+            .remove(&(old.next_attempt_ms, connection_id.to_owned()));
+        Ok(true)
+    }
+
+    async fn pending_cleanups(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().cleanups.len() as u64)
     }
 }

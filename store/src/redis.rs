@@ -16,6 +16,8 @@
 //! | `<prefix>:node:{<node>}` | string with a TTL (`PX`) | the node's heartbeat: its send-back address (empty for none) |
 //! | `<prefix>:{nodes}` | sorted set with a TTL | live node names, scored by heartbeat expiry (Unix ms); expires with the longest heartbeat |
 //! | `<prefix>:node:{<node>}:conns` | set | the ids registered by that node: what a cleanup after a dead node walks |
+//! | `<prefix>:{cleanups}` | sorted set | the durable cleanup queue: connection ids scored by when each is due next (Unix ms; while claimed, when the claim lapses) |
+//! | `<prefix>:{cleanups}:data` | hash | connection id to its [`PendingCleanup`] as JSON (same tag as the queue) |
 //!
 //! Ids, group names and node names must be non-empty and free of `{` and `}` (see
 //! [`StoreError::InvalidName`]), so the tag is always exactly the name. Empty sets vanish
@@ -54,6 +56,10 @@
 //!   the token: a change after the read changes the token.
 //! - **members** (`SSCAN` with `COUNT`), **count** (`SCARD`), **groups_of** (`SMEMBERS`),
 //!   **get** (`HGETALL`), **node_alive** (`EXISTS`), **node_address** (`GET`): one command.
+//! - **queue_cleanup**, **claim_cleanups**, **retry_cleanup**, **finish_cleanup**: one
+//!   script each on the `{cleanups}` slot, over the queue and its data hash together. A
+//!   claim reads the due ids and moves each one's score to the end of the lease in the same
+//!   step, so two nodes never claim one cleanup at once. **pending_cleanups**: `HLEN`.
 //! - **heartbeat**: `SET .. PX` of the node's key and a script on `{nodes}` (add the node
 //!   with its expiry, drop expired ones, extend the set's TTL), in one pipeline.
 //!   **nodes**: `ZRANGEBYSCORE` of the unexpired names, then one pipeline of `GET`s.
@@ -101,7 +107,10 @@ use ::redis::{
     ScriptInvocation, ServerErrorKind, Value,
 };
 
-use crate::{ConnectionRecord, DEFAULT_PREFIX, MembersPage, NodeInfo, Store, StoreError, names};
+use crate::{
+    ConnectionRecord, DEFAULT_PREFIX, MembersPage, NodeInfo, PendingCleanup, Store, StoreError,
+    names,
+};
 
 const STANDALONE_SCHEME: &str = "redis://";
 const CLUSTER_SCHEME: &str = "redis+cluster://";
@@ -195,6 +204,51 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
 return 1
+";
+
+/// Queues a cleanup unless one for that connection is queued: 1 if added, else 0.
+/// KEYS: queue, data. ARGV: id, due ms, JSON.
+const CLEANUP_QUEUE_LUA: &str = r"
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+";
+
+/// Claims up to ARGV[3] cleanups due at ARGV[1]: each one's score becomes ARGV[2] (the end
+/// of the lease); returns their JSON. KEYS: queue, data. ARGV: now ms, lease end ms, max.
+const CLEANUP_CLAIM_LUA: &str = r"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local data = redis.call('HGET', KEYS[2], id)
+  if data then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    table.insert(out, data)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+";
+
+/// Puts a queued cleanup back with new data and due time: 1, or 0 if it is not queued.
+/// KEYS: queue, data. ARGV: id, due ms, JSON.
+const CLEANUP_RETRY_LUA: &str = r"
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+";
+
+/// Removes a cleanup from the queue: 1 if it was queued. KEYS: queue, data. ARGV: id.
+const CLEANUP_FINISH_LUA: &str = r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+return redis.call('HDEL', KEYS[2], ARGV[1])
 ";
 
 /// How a [`RedisStore`] connects and names its keys.
@@ -302,6 +356,10 @@ impl RedisStore {
                 join: Script::new(JOIN_LUA),
                 unregister: Script::new(UNREGISTER_LUA),
                 group_version: Script::new(GROUP_VERSION_LUA),
+                cleanup_queue: Script::new(CLEANUP_QUEUE_LUA),
+                cleanup_claim: Script::new(CLEANUP_CLAIM_LUA),
+                cleanup_retry: Script::new(CLEANUP_RETRY_LUA),
+                cleanup_finish: Script::new(CLEANUP_FINISH_LUA),
             },
             address,
             round_trip_limit,
@@ -644,6 +702,77 @@ impl Store for RedisStore {
             .filter_map(|(name, address)| address.map(|address| NodeInfo { name, address }))
             .collect())
     }
+
+    async fn queue_cleanup(&self, cleanup: &PendingCleanup) -> Result<bool, StoreError> {
+        let id = cleanup.connection_id.as_str();
+        names::id(id)?;
+        let mut script = self.scripts.cleanup_queue.key(self.keys.cleanups());
+        script
+            .key(self.keys.cleanups_data())
+            .arg(id)
+            .arg(cleanup.next_attempt_ms)
+            .arg(cleanup_json(cleanup)?);
+        let added: i64 = self.eval(&script).await?;
+        Ok(added == 1)
+    }
+
+    async fn claim_cleanups(
+        &self,
+        now_ms: u64,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<PendingCleanup>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let until = now_ms.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        let mut script = self.scripts.cleanup_claim.key(self.keys.cleanups());
+        script
+            .key(self.keys.cleanups_data())
+            .arg(now_ms)
+            .arg(until)
+            .arg(max);
+        let claimed: Vec<String> = self.eval(&script).await?;
+        claimed
+            .iter()
+            .map(|json| {
+                serde_json::from_str(json)
+                    .map_err(|e| StoreError::Backend(format!("a queued cleanup: {e}")))
+            })
+            .collect()
+    }
+
+    async fn retry_cleanup(&self, cleanup: &PendingCleanup) -> Result<bool, StoreError> {
+        let id = cleanup.connection_id.as_str();
+        names::id(id)?;
+        let mut script = self.scripts.cleanup_retry.key(self.keys.cleanups());
+        script
+            .key(self.keys.cleanups_data())
+            .arg(id)
+            .arg(cleanup.next_attempt_ms)
+            .arg(cleanup_json(cleanup)?);
+        let kept: i64 = self.eval(&script).await?;
+        Ok(kept == 1)
+    }
+
+    async fn finish_cleanup(&self, connection_id: &str) -> Result<bool, StoreError> {
+        names::id(connection_id)?;
+        let mut script = self.scripts.cleanup_finish.key(self.keys.cleanups());
+        script.key(self.keys.cleanups_data()).arg(connection_id);
+        let removed: i64 = self.eval(&script).await?;
+        Ok(removed == 1)
+    }
+
+    async fn pending_cleanups(&self) -> Result<u64, StoreError> {
+        self.query(::redis::cmd("HLEN").arg(self.keys.cleanups_data()))
+            .await
+    }
+}
+
+/// A pending cleanup as the JSON the queue's data hash holds.
+fn cleanup_json(cleanup: &PendingCleanup) -> Result<String, StoreError> {
+    serde_json::to_string(cleanup)
+        .map_err(|e| StoreError::Backend(format!("cleanup of {}: {e}", cleanup.connection_id)))
 }
 
 /// Checks a `redis://` or `redis+cluster://` URL without connecting.
@@ -725,6 +854,10 @@ struct Scripts {
     join: Script,
     unregister: Script,
     group_version: Script,
+    cleanup_queue: Script,
+    cleanup_claim: Script,
+    cleanup_retry: Script,
+    cleanup_finish: Script,
 }
 
 /// Builds the keys (see the table in the module docs).
@@ -778,6 +911,14 @@ impl Keys {
 
     fn node_conns(&self, node: &str) -> String {
         format!("{}:node:{{{node}}}:conns", self.prefix)
+    }
+
+    fn cleanups(&self) -> String {
+        format!("{}:{{cleanups}}", self.prefix)
+    }
+
+    fn cleanups_data(&self) -> String {
+        format!("{}:{{cleanups}}:data", self.prefix)
     }
 }
 
@@ -954,6 +1095,8 @@ mod tests {
         assert_eq!(keys.group("lobby"), "sb:group:{lobby}");
         assert_eq!(keys.node("n1"), "sb:node:{n1}");
         assert_eq!(keys.node_conns("n1"), "sb:node:{n1}:conns");
+        assert_eq!(keys.cleanups(), "sb:{cleanups}");
+        assert_eq!(keys.cleanups_data(), "sb:{cleanups}:data");
     }
 
     #[test]

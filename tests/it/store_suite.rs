@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use store::{ConnectionRecord, RedisStore, SharedStore, StoreError};
+use store::{ConnectionRecord, PendingCleanup, RedisStore, SharedStore, StoreError};
 use tests::redis::{RedisServer, Resp};
 
 fn record(id: &str) -> ConnectionRecord {
@@ -192,6 +192,118 @@ pub async fn behaviour_suite(store: SharedStore) {
 
     store.unregister("c1").await.unwrap();
     assert_eq!(store.count("g").await.unwrap(), 0);
+
+    cleanup_queue_suite(&store).await;
+}
+
+fn pending(id: &str, due_ms: u64) -> PendingCleanup {
+    PendingCleanup {
+        connection_id: id.to_owned(),
+        event_id: format!("{id}:cleanup"),
+        node: "node-a".into(),
+        seq: 3,
+        connected_at_ms: 1_700_000_000_000,
+        source_ip: "10.0.0.1".into(),
+        user_agent: Some("ua".into()),
+        host: None,
+        context: serde_json::json!({"room": "r", "n": [1, null]}),
+        reason: "client_close".into(),
+        close_code: Some(4000),
+        close_reason: "bye".into(),
+        queued_at_ms: 1_000,
+        attempts: 0,
+        next_attempt_ms: due_ms,
+    }
+}
+
+/// The durable cleanup queue: one per connection, claims only what is due and never the
+/// same one twice within a lease, retries keep what they say, finish removes.
+async fn cleanup_queue_suite(store: &SharedStore) {
+    let lease = Duration::from_secs(60);
+    assert_eq!(store.pending_cleanups().await.unwrap(), 0);
+    assert!(
+        store
+            .claim_cleanups(10_000, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        store.queue_cleanup(&pending("a{b", 1_000)).await,
+        Err(StoreError::InvalidName { .. })
+    ));
+
+    // one per connection, whoever queues it: the first one stays
+    assert!(store.queue_cleanup(&pending("q1", 1_000)).await.unwrap());
+    let mut other = pending("q1", 1_000);
+    other.node = "node-b".into();
+    assert!(!store.queue_cleanup(&other).await.unwrap(), "queued twice");
+    assert!(store.queue_cleanup(&pending("q2", 2_000)).await.unwrap());
+    assert!(store.queue_cleanup(&pending("q3", 50_000)).await.unwrap());
+    assert_eq!(store.pending_cleanups().await.unwrap(), 3);
+
+    // only what is due, earliest first, at most `max`, with everything it was given
+    let first = store.claim_cleanups(5_000, lease, 1).await.unwrap();
+    assert_eq!(first, [pending("q1", 1_000)]);
+    let rest = store.claim_cleanups(5_000, lease, 10).await.unwrap();
+    assert_eq!(rest, [pending("q2", 2_000)], "q1 is claimed, q3 not due");
+    // a claimed cleanup is not claimed again before its lease lapses, by anyone
+    assert!(
+        store
+            .claim_cleanups(5_000, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (a, b) = tokio::join!(
+        store.claim_cleanups(60_000, lease, 10),
+        store.claim_cleanups(60_000, lease, 10)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        a.len() + b.len(),
+        1,
+        "q3 claimed twice at once: {a:?} {b:?}"
+    );
+    // after the lease (5 000 + 60 000) q1 and q2 are due again: a claimer that died
+    let again = store.claim_cleanups(65_000, lease, 10).await.unwrap();
+    let ids: Vec<&str> = again.iter().map(|c| c.connection_id.as_str()).collect();
+    assert_eq!(ids, ["q1", "q2"]);
+
+    // a retry keeps its attempts and new due time
+    let mut retried = pending("q1", 200_000);
+    retried.attempts = 4;
+    assert!(store.retry_cleanup(&retried).await.unwrap());
+    assert!(
+        store
+            .claim_cleanups(199_999, lease, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.connection_id != "q1")
+    );
+    let due = store.claim_cleanups(200_000, lease, 10).await.unwrap();
+    let q1 = due
+        .iter()
+        .find(|c| c.connection_id == "q1")
+        .expect("q1 due");
+    assert_eq!(q1.attempts, 4);
+
+    // finish removes it; a retry of a finished one does not bring it back
+    assert!(store.finish_cleanup("q1").await.unwrap());
+    assert!(!store.finish_cleanup("q1").await.unwrap());
+    assert!(!store.retry_cleanup(&retried).await.unwrap());
+    assert_eq!(store.pending_cleanups().await.unwrap(), 2);
+    assert!(store.finish_cleanup("q2").await.unwrap());
+    assert!(store.finish_cleanup("q3").await.unwrap());
+    assert_eq!(store.pending_cleanups().await.unwrap(), 0);
+    assert!(
+        store
+            .claim_cleanups(u64::MAX / 2, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]

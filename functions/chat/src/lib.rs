@@ -497,6 +497,31 @@ mod tests {
             self.up()?;
             self.inner.nodes().await
         }
+        async fn queue_cleanup(&self, cleanup: &store::PendingCleanup) -> Result<bool, StoreError> {
+            self.up()?;
+            self.inner.queue_cleanup(cleanup).await
+        }
+        async fn claim_cleanups(
+            &self,
+            now_ms: u64,
+            lease: std::time::Duration,
+            max: usize,
+        ) -> Result<Vec<store::PendingCleanup>, StoreError> {
+            self.up()?;
+            self.inner.claim_cleanups(now_ms, lease, max).await
+        }
+        async fn retry_cleanup(&self, cleanup: &store::PendingCleanup) -> Result<bool, StoreError> {
+            self.up()?;
+            self.inner.retry_cleanup(cleanup).await
+        }
+        async fn finish_cleanup(&self, connection_id: &str) -> Result<bool, StoreError> {
+            self.up()?;
+            self.inner.finish_cleanup(connection_id).await
+        }
+        async fn pending_cleanups(&self) -> Result<u64, StoreError> {
+            self.up()?;
+            self.inner.pending_cleanups().await
+        }
     }
 
     /// A chat over a test store and a send-back API that answers as `mode` says.
@@ -531,6 +556,7 @@ mod tests {
             node: "n1".into(),
             timestamp: 0,
             context,
+            event_id: kind.event_id(id, 0),
             kind,
         }
     }
