@@ -4,8 +4,16 @@
 //! Every event is one JSON object with `type` (`register`, `transport` or `cleanup`),
 //! `connectionId`, `seq` (0 for register, then +1 per event of that connection, so cleanup
 //! has the highest), `node`, `timestamp` (ms since the Unix epoch) and `context` (what the
-//! register reply returned; absent on register). The rest depends on the type; see
-//! [`EventKind`].
+//! register reply returned; absent on register), and `eventId`. The rest depends on the
+//! type; see [`EventKind`].
+//!
+//! # Event ids and delivery
+//!
+//! Every event carries a stable `eventId`: the same on every retry of that event, and, for a
+//! cleanup, from every gateway node (a cleanup may be retried for hours, from the durable
+//! queue, by whichever node drains it). Delivery is at least once; a function that drops an
+//! event whose id it has already handled sees each exactly once. The ids are built by
+//! [`register_event_id`], [`transport_event_id`] and [`cleanup_event_id`].
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +33,11 @@ pub struct Event {
     /// What the register function returned as context; absent on register.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub context: serde_json::Value,
+    /// The event's stable id: the same on every retry (and, for a cleanup, from every node),
+    /// so a function drops a duplicate by it. `<connectionId>:register`,
+    /// `<connectionId>:<seq>` for transport, `<connectionId>:cleanup`.
+    #[serde(default)]
+    pub event_id: String,
     /// What happened.
     #[serde(flatten)]
     pub kind: EventKind,
@@ -62,7 +75,33 @@ pub enum EventKind {
     },
 }
 
+/// The id of a connection's register event: `<connectionId>:register`.
+pub fn register_event_id(connection_id: &str) -> String {
+    format!("{connection_id}:register")
+}
+
+/// The id of a connection's transport event number `seq`: `<connectionId>:<seq>`.
+pub fn transport_event_id(connection_id: &str, seq: u64) -> String {
+    format!("{connection_id}:{seq}")
+}
+
+/// The id of a connection's cleanup event: `<connectionId>:cleanup`. It depends on the
+/// connection id alone, so every node (the one that held the connection, or one cleaning
+/// up after it died) gives the same id.
+pub fn cleanup_event_id(connection_id: &str) -> String {
+    format!("{connection_id}:cleanup")
+}
+
 impl EventKind {
+    /// The stable id of this event of `connection_id` with sequence number `seq`.
+    pub fn event_id(&self, connection_id: &str, seq: u64) -> String {
+        match self {
+            EventKind::Register { .. } => register_event_id(connection_id),
+            EventKind::Transport { .. } => transport_event_id(connection_id, seq),
+            EventKind::Cleanup { .. } => cleanup_event_id(connection_id),
+        }
+    }
+
     /// `register`, `transport` or `cleanup`.
     pub fn name(&self) -> &'static str {
         match self {
@@ -186,6 +225,7 @@ mod tests {
             node: "n".into(),
             timestamp: 5,
             context: serde_json::json!({"room": "lobby"}),
+            event_id: "c1:3".into(),
             kind: EventKind::Transport {
                 data_type: DataType::Binary,
                 data: "AAE=".into(),
@@ -195,10 +235,27 @@ mod tests {
         assert_eq!(
             v,
             serde_json::json!({"type": "transport", "connectionId": "c1", "seq": 3, "node": "n",
-                "timestamp": 5, "context": {"room": "lobby"}, "dataType": "binary", "data": "AAE="})
+                "timestamp": 5, "context": {"room": "lobby"}, "eventId": "c1:3", "dataType": "binary", "data": "AAE="})
         );
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn event_ids_are_stable_per_event() {
+        let cleanup = EventKind::Cleanup {
+            reason: DisconnectReason::ClientClose,
+            close_code: None,
+            close_reason: String::new(),
+        };
+        assert_eq!(cleanup.event_id("c1", 7), "c1:cleanup");
+        assert_eq!(cleanup.event_id("c1", 9), cleanup_event_id("c1"));
+        let transport = EventKind::Transport {
+            data_type: DataType::Text,
+            data: String::new(),
+        };
+        assert_eq!(transport.event_id("c1", 4), "c1:4");
+        assert_eq!(register_event_id("c1"), "c1:register");
     }
 
     #[test]

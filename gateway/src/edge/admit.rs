@@ -162,6 +162,7 @@ impl Admitter {
             node: record.node.clone(),
             timestamp: clock::now_ms(),
             context: serde_json::Value::Null,
+            event_id: wire::event::register_event_id(&record.id),
             kind: EventKind::Register { request },
         };
         let facts = Facts {

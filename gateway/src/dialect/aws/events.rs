@@ -24,7 +24,9 @@ pub(crate) fn encode(
     facts: Facts<'_>,
     route_key: &str,
 ) -> Vec<u8> {
-    let request_id = short_id();
+    // The stable event id (the same on every retry, and for a cleanup from every node) is
+    // the request id: what a handler logs and dedupes by on AWS.
+    let request_id = event.event_id.as_str();
     let mut context = json!({
         "routeKey": route_key,
         "messageId": Value::Null,
@@ -71,7 +73,7 @@ pub(crate) fn encode(
         }
         EventKind::Transport { data_type, data } => {
             context["eventType"] = json!("MESSAGE");
-            context["messageId"] = json!(short_id());
+            context["messageId"] = json!(event.event_id);
             out.insert("body".into(), json!(data));
             out.insert(
                 "isBase64Encoded".into(),
@@ -322,6 +324,7 @@ mod tests {
             node: "n".into(),
             timestamp: 1_607_854_667_186,
             context,
+            event_id: kind.event_id("c1", 0),
             kind,
         }
     }
@@ -355,6 +358,8 @@ mod tests {
         assert_eq!(rc["routeKey"], "$connect");
         assert_eq!(rc["eventType"], "CONNECT");
         assert_eq!(rc["messageId"], Value::Null);
+        assert_eq!(rc["requestId"], "c1:register");
+        assert_eq!(rc["extendedRequestId"], "c1:register");
         assert_eq!(rc["connectionId"], "c1");
         assert_eq!(rc["stage"], "prod");
         assert_eq!(rc["domainName"], "abc.example");
@@ -383,7 +388,8 @@ mod tests {
         assert_eq!(v["isBase64Encoded"], true);
         assert_eq!(v["requestContext"]["routeKey"], "sendmessage");
         assert_eq!(v["requestContext"]["eventType"], "MESSAGE");
-        assert!(v["requestContext"]["messageId"].is_string());
+        assert_eq!(v["requestContext"]["messageId"], "c1:0");
+        assert_eq!(v["requestContext"]["requestId"], "c1:0");
         assert_eq!(v["requestContext"]["authorizer"], ctx);
         let body = encode(
             &AwsConfig::default(),
@@ -402,6 +408,9 @@ mod tests {
         assert_eq!(v["requestContext"]["disconnectStatusCode"], 1001);
         assert_eq!(v["requestContext"]["disconnectReason"], "bye");
         assert_eq!(v["requestContext"]["eventType"], "DISCONNECT");
+        assert_eq!(v["requestContext"]["requestId"], "c1:cleanup");
+        assert_eq!(v["requestContext"]["extendedRequestId"], "c1:cleanup");
+        assert_eq!(v["requestContext"]["messageId"], Value::Null);
         assert_eq!(v["headers"]["Host"], "abc.example");
         assert_eq!(v["multiValueHeaders"]["x-api-key"], json!([""]));
         assert!(v["requestContext"].get("authorizer").is_none());

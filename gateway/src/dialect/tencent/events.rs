@@ -8,6 +8,10 @@
 //! authentication: `headers` (lower-case names to values, repeated headers joined with
 //! `,`), `queryString` (a value per key; an array when the key repeats; `true` for a key
 //! without `=`, as in the `scf-go-lib` `APIGatewayQueryString`), `path` and `httpMethod`.
+//!
+//! Every event carries the stable event id as `websocket.eventId` (and the register event
+//! also as `requestContext.requestId`): not at the top level, because Tencent's handlers
+//! tell register from the rest by the presence of `requestContext`.
 
 use serde_json::{Map, Value, json};
 use wire::event::{DataType, Event, EventKind, RegisterReply, query_pairs};
@@ -24,6 +28,7 @@ pub(crate) fn encode(config: &TencentConfig, event: &Event, facts: Facts<'_>) ->
             let mut websocket = Map::new();
             websocket.insert("action".into(), json!("connecting"));
             websocket.insert("secConnectionID".into(), json!(id));
+            websocket.insert("eventId".into(), json!(event.event_id));
             if !request.subprotocols.is_empty() {
                 websocket.insert(
                     "secWebSocketProtocol".into(),
@@ -44,7 +49,7 @@ pub(crate) fn encode(config: &TencentConfig, event: &Event, facts: Facts<'_>) ->
                     "serviceName": config.service_name,
                     "path": request.path,
                     "httpMethod": "GET",
-                    "requestId": uuid::Uuid::new_v4().to_string(),
+                    "requestId": event.event_id,
                     "identity": {},
                     "sourceIp": facts.source_ip,
                     "stage": config.stage,
@@ -61,12 +66,13 @@ pub(crate) fn encode(config: &TencentConfig, event: &Event, facts: Facts<'_>) ->
             "websocket": {
                 "action": "data recv",
                 "secConnectionID": id,
+                "eventId": event.event_id,
                 "dataType": if *data_type == DataType::Binary { "binary" } else { "text" },
                 "data": data,
             }
         }),
         EventKind::Cleanup { .. } => json!({
-            "websocket": {"action": "closing", "secConnectionID": id}
+            "websocket": {"action": "closing", "secConnectionID": id, "eventId": event.event_id}
         }),
     };
     serde_json::to_vec(&body).unwrap_or_default()
@@ -279,6 +285,7 @@ mod tests {
             node: "n".into(),
             timestamp: 0,
             context: Value::Null,
+            event_id: kind.event_id("c1", 1),
             kind,
         };
         serde_json::from_slice(&encode(&TencentConfig::default(), &event, facts())).unwrap()
@@ -319,13 +326,14 @@ mod tests {
         assert_eq!(rc["httpMethod"], "GET");
         assert_eq!(rc["sourceIp"], "10.0.2.14");
         assert_eq!(rc["websocketEnable"], true);
-        assert!(rc["requestId"].is_string());
+        assert_eq!(rc["requestId"], "c1:register");
         assert_eq!(rc["identity"], json!({}));
         assert_eq!(
             v["websocket"],
             json!({
                 "action": "connecting",
                 "secConnectionID": "c1",
+                "eventId": "c1:register",
                 "secWebSocketProtocol": "chat,binary",
                 "secWebSocketExtensions": "permessage-deflate",
             })
@@ -343,7 +351,7 @@ mod tests {
         let v = encoded(handshake(&[("host", "h")], "", &[]));
         assert_eq!(
             v["websocket"],
-            json!({"action": "connecting", "secConnectionID": "c1"})
+            json!({"action": "connecting", "secConnectionID": "c1", "eventId": "c1:register"})
         );
         assert_eq!(v["queryString"], json!({}));
     }
@@ -355,14 +363,14 @@ mod tests {
                 data_type: DataType::Text,
                 data: "xxx".into(),
             }),
-            json!({"websocket":{"action":"data recv","secConnectionID":"c1","dataType":"text","data":"xxx"}})
+            json!({"websocket":{"action":"data recv","secConnectionID":"c1","eventId":"c1:1","dataType":"text","data":"xxx"}})
         );
         assert_eq!(
             encoded(EventKind::Transport {
                 data_type: DataType::Binary,
                 data: "AAH/".into(),
             }),
-            json!({"websocket":{"action":"data recv","secConnectionID":"c1","dataType":"binary","data":"AAH/"}})
+            json!({"websocket":{"action":"data recv","secConnectionID":"c1","eventId":"c1:1","dataType":"binary","data":"AAH/"}})
         );
         assert_eq!(
             encoded(EventKind::Cleanup {
@@ -370,7 +378,7 @@ mod tests {
                 close_code: Some(1000),
                 close_reason: String::new(),
             }),
-            json!({"websocket":{"action":"closing","secConnectionID":"c1"}})
+            json!({"websocket":{"action":"closing","secConnectionID":"c1","eventId":"c1:cleanup"}})
         );
     }
 }
