@@ -42,6 +42,8 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// The durable cleanup queue and the workers that drain it.
+    pub cleanup: CleanupConfig,
     /// The `aws` dialect.
     pub aws: AwsConfig,
     /// The `tencent` dialect.
@@ -314,6 +316,49 @@ pub struct ShutdownConfig {
     pub grace: Duration,
 }
 
+/// The durable cleanup queue: every ended connection's cleanup is queued in the store and
+/// delivered by a bounded pool of workers, retried with exponential backoff and jitter until
+/// it is delivered or `max_age` passes. Whichever node drains the queue delivers it (this one
+/// after a restart included), so on a shared store a cleanup outlives the node that queued it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CleanupConfig {
+    /// How many cleanup calls (and the store removals after them) this node makes at once.
+    pub workers: usize,
+    /// How long a cleanup is retried after it was first queued; then it is dropped (logged
+    /// at warn with the connection id, and counted) and the connection removed from the store.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// The pause after a cleanup's first failed attempt; doubled after each further one.
+    #[serde(with = "humantime_serde")]
+    pub backoff_initial: Duration,
+    /// The longest pause between two attempts (before jitter).
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// How long a node's claim on a cleanup it works on lasts: no other node sends it
+    /// meanwhile. If the node dies, the cleanup is due again when the claim lapses. Must
+    /// exceed the longest call with its retries (`functions.timeout` × (`retries` + 1)).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often an idle node looks in the queue for cleanups due (its own are picked up at
+    /// once; this finds retries that became due and those other nodes left).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for CleanupConfig {
+    fn default() -> Self {
+        CleanupConfig {
+            workers: 16,
+            max_age: Duration::from_secs(6 * 60 * 60),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(5 * 60),
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -327,6 +372,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             shutdown: ShutdownConfig::default(),
+            cleanup: CleanupConfig::default(),
             aws: AwsConfig::default(),
             tencent: TencentConfig::default(),
         }
@@ -629,11 +675,38 @@ impl Config {
             ("functions.timeout", self.functions.timeout),
             ("node_heartbeat", self.node_heartbeat),
             ("shutdown.grace", self.shutdown.grace),
+            ("cleanup.max_age", self.cleanup.max_age),
+            ("cleanup.backoff_initial", self.cleanup.backoff_initial),
+            ("cleanup.backoff_max", self.cleanup.backoff_max),
+            ("cleanup.lease", self.cleanup.lease),
+            ("cleanup.poll_interval", self.cleanup.poll_interval),
         ];
         for (field, value) in durations {
             if value.is_zero() {
                 return bad(field, "must be greater than 0".into());
             }
+        }
+        let c = &self.cleanup;
+        if c.workers == 0 || c.workers > 4096 {
+            return bad("cleanup.workers", "must be between 1 and 4096".into());
+        }
+        if c.backoff_max < c.backoff_initial {
+            return bad(
+                "cleanup.backoff_max",
+                "must be at least cleanup.backoff_initial".into(),
+            );
+        }
+        let longest_call = self
+            .functions
+            .timeout
+            .saturating_mul(self.functions.retries.saturating_add(1));
+        if c.lease <= longest_call {
+            return bad(
+                "cleanup.lease",
+                "must be longer than functions.timeout × (functions.retries + 1): a claim \
+                 must outlast a cleanup call and its retries"
+                    .into(),
+            );
         }
         if self.functions.retries > 10 {
             return bad("functions.retries", "must be at most 10".into());
@@ -746,6 +819,49 @@ mod tests {
             config.functions.route_selection_expression,
             defaults.functions.route_selection_expression
         );
+        let (c, d) = (&config.cleanup, &defaults.cleanup);
+        assert_eq!(
+            (
+                c.workers,
+                c.max_age,
+                c.backoff_initial,
+                c.backoff_max,
+                c.lease,
+                c.poll_interval
+            ),
+            (
+                d.workers,
+                d.max_age,
+                d.backoff_initial,
+                d.backoff_max,
+                d.lease,
+                d.poll_interval
+            )
+        );
+    }
+
+    #[test]
+    fn cleanup_settings_are_checked() {
+        let token = "[sendback]\ntoken = \"0123456789abcdef\"\n";
+        let field = |extra: &str| match load_str(&format!("{token}{extra}"), &[]) {
+            Err(ConfigError::Field { field, .. }) => field,
+            other => panic!("{extra}: {other:?}"),
+        };
+        assert_eq!(field("[cleanup]\nworkers = 0\n"), "cleanup.workers");
+        assert_eq!(field("[cleanup]\nmax_age = \"0s\"\n"), "cleanup.max_age");
+        assert_eq!(
+            field("[cleanup]\nbackoff_initial = \"10s\"\nbackoff_max = \"1s\"\n"),
+            "cleanup.backoff_max"
+        );
+        // The default call bound: 10 s × (2 retries + 1) = 30 s.
+        assert_eq!(field("[cleanup]\nlease = \"30s\"\n"), "cleanup.lease");
+        let ok = load_str(
+            &format!("{token}[cleanup]\nworkers = 2\nmax_age = \"2s\"\nlease = \"31s\"\n"),
+            &[("SWITCHBOARD_CLEANUP__BACKOFF_INITIAL", "50ms")],
+        )
+        .unwrap();
+        assert_eq!(ok.cleanup.workers, 2);
+        assert_eq!(ok.cleanup.backoff_initial, Duration::from_millis(50));
     }
 
     #[test]

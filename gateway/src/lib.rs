@@ -37,12 +37,14 @@ use bytes::Bytes;
 use store::SharedStore;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::Config;
 pub use error::{ConfigError, GatewayError};
 
+use crate::cluster::cleanup::Cleanups;
 use crate::cluster::liveness::{Heartbeat, Removals};
 use crate::cluster::relay::Relay;
 use crate::delivery::core::Delivery;
@@ -79,6 +81,7 @@ pub struct Gateway {
     grace: std::time::Duration,
     registry: Arc<Registry>,
     removals: Arc<Removals>,
+    cleanups: Arc<Cleanups>,
     heartbeat: Arc<Heartbeat>,
     /// Cancelled when shutdown starts: listeners stop accepting, sockets close with 1001.
     stop: Arc<Stop>,
@@ -135,6 +138,12 @@ impl Gateway {
         let registry = Arc::new(Registry::default());
         let removals = Arc::new(Removals::new(store.clone()));
         let stop = Arc::new(Stop::default());
+        let cleanups = Arc::new(Cleanups::new(
+            store.clone(),
+            config.clone(),
+            invoker.clone(),
+            removals.clone(),
+        ));
         let limits = BodyLimits {
             message: config.limits.max_message_bytes,
             body: config.sendback.max_body_bytes,
@@ -187,7 +196,7 @@ impl Gateway {
                 config: config.clone(),
                 invoker,
                 registry: registry.clone(),
-                removals: removals.clone(),
+                cleanups: cleanups.clone(),
                 stop: stop.clone(),
                 ws_config,
             }),
@@ -204,6 +213,7 @@ impl Gateway {
             grace: config.shutdown.grace,
             registry,
             removals,
+            cleanups,
             heartbeat,
             stop,
             tracker: TaskTracker::new(),
@@ -244,9 +254,11 @@ impl Gateway {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let Gateway {
             node,
+            store,
             grace,
             registry,
             removals,
+            cleanups,
             heartbeat,
             stop,
             tracker,
@@ -277,12 +289,17 @@ impl Gateway {
         ));
         listeners.spawn(heartbeat.run(stop.clone(), removals.clone()));
         listeners.close();
+        // The cleanup workers outlive the listeners: they drain what the closing sockets
+        // queue, after those are done.
+        let cleanups_done = CancellationToken::new();
+        let workers = tokio::spawn(cleanups.clone().run(cleanups_done.clone()));
         shutdown.await;
         let open = registry.len();
         info!(connections = open, "shutting down: closing connections");
         stop.cancel();
         listeners.wait().await;
         tracker.close();
+        let started = tokio::time::Instant::now();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             warn!(
                 still_open = registry.len(),
@@ -290,6 +307,33 @@ impl Gateway {
                 "shutdown grace period ended with tasks still running"
             );
         }
+        // Deliver the cleanups due now within what is left of the grace period; the rest
+        // (and any that fail) stay queued in the store for the next node that drains it.
+        cleanups_done.cancel();
+        let left = grace.saturating_sub(started.elapsed());
+        let abort = workers.abort_handle();
+        if tokio::time::timeout(left, workers).await.is_err() {
+            abort.abort();
+            warn!(
+                ?grace,
+                "shutdown grace period ended with cleanups in flight: they stay queued"
+            );
+        }
+        if let Ok(queued) = store.pending_cleanups().await {
+            if queued > 0 {
+                // On Redis the next node that drains the queue delivers them; the embedded
+                // memory store ends with this process, and them with it.
+                warn!(
+                    queued,
+                    "cleanups left queued in the store for the next node to deliver"
+                );
+            }
+        }
+        info!(
+            delivered = cleanups.delivered(),
+            expired = cleanups.expired(),
+            "cleanup workers stopped"
+        );
         let left = removals.retry().await;
         if left > 0 {
             warn!(

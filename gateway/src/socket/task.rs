@@ -1,7 +1,8 @@
 //! One connection's socket task: reads client frames, calls transport (one call in flight,
 //! so events reach the function in order), writes queued messages, answers the
 //! application heartbeat, enforces idle, ping and duration limits, and when the connection
-//! ends for any reason sends cleanup exactly once and unregisters it.
+//! ends for any reason hands its cleanup over to the durable queue (`cluster::cleanup`),
+//! whose workers deliver it and then unregister the connection.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -26,7 +27,7 @@ use wire::event::{DataType, DisconnectReason, Event, EventKind};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::clock;
-use crate::cluster::liveness::Removals;
+use crate::cluster::cleanup::{Cleanups, Ended};
 use crate::config::{Config, Dialect};
 use crate::dialect::{self, model::Facts, model::FailureAction};
 use crate::function::invoke::{Call, CallError, Invoker, Reply};
@@ -55,7 +56,8 @@ pub(crate) struct Sockets {
     pub config: Arc<Config>,
     pub invoker: Invoker,
     pub registry: Arc<Registry>,
-    pub removals: Arc<Removals>,
+    /// Where a connection's cleanup goes when it ends.
+    pub cleanups: Arc<Cleanups>,
     pub stop: Arc<Stop>,
     pub ws_config: WebSocketConfig,
 }
@@ -156,8 +158,10 @@ impl Session {
     fn event(&mut self, kind: EventKind) -> Event {
         let seq = self.seq;
         self.seq += 1;
+        let connection_id = self.conn.id.to_string();
         Event {
-            connection_id: self.conn.id.to_string(),
+            event_id: kind.event_id(&connection_id, seq),
+            connection_id,
             seq,
             node: self.shared.node.to_string(),
             timestamp: clock::now_ms(),
@@ -436,26 +440,20 @@ impl Session {
                 "gave up delivering messages sent before disconnect"
             );
         }
-        let shared = self.shared.clone();
-        if let Some(target) = &shared.config.functions.cleanup {
-            let dialect = target.dialect(shared.config.functions.dialect);
-            let kind = EventKind::Cleanup {
-                reason: end.reason,
-                close_code: end.code,
-                close_reason: end.text.clone(),
-            };
-            let (event, body) = self.encode(kind, dialect, "$disconnect");
-            let id = self.conn.id.to_string();
-            let call = Call {
-                event,
-                connection_id: &id,
-                body,
-            };
-            if let Err(e) = shared.invoker.call_with_retries(target.url(), &call).await {
-                error!(cause = %e, "cleanup function failed");
-            }
-        }
-        self.shared.removals.forget(self.conn.id.to_string()).await;
+        // Handed over to the durable queue: a cleanup worker delivers it (retrying through
+        // an outage of the function) and then removes the connection from the store.
+        let id = self.conn.id.to_string();
+        let ended = Ended {
+            connection_id: &id,
+            node: &self.shared.node,
+            seq: self.seq,
+            facts: self.facts(),
+            context: &self.conn.context,
+            reason: end.reason,
+            close_code: end.code,
+            close_reason: &end.text,
+        };
+        self.shared.cleanups.hand_over(ended).await;
         info!(reason = ?end.reason, code = ?end.code, "connection closed");
     }
 }
