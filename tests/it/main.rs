@@ -8,6 +8,7 @@ mod cleanup;
 mod config;
 mod dialect_aws;
 mod dialect_tencent;
+mod durable_cleanup;
 mod limits;
 mod multi_node;
 mod ordering;

@@ -10,7 +10,10 @@
 //! jitter (`cleanup.backoff_initial` doubled per attempt, at most `cleanup.backoff_max`);
 //! once `cleanup.max_age` has passed since it was first queued it is dropped, logged at warn
 //! with the connection id and counted, and the connection removed from the store. Either
-//! way, once a cleanup is done no key of its connection is left.
+//! way, once a cleanup is done no key of its connection is left. The price of that order:
+//! while a cleanup waits (an outage of its function), the closed connection is still listed
+//! in its groups; a send to it finds it gone (this node no longer holds its socket, and a
+//! node that relays to this one hears the same), as for a member that leaves mid-send.
 //!
 //! The queue lives in the store, so with Redis it outlives this process: cleanups not
 //! delivered at shutdown stay queued and whichever node drains the queue next delivers them
@@ -157,16 +160,23 @@ impl Cleanups {
         let settings = &self.config.cleanup;
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut store_healthy = true;
+        // Once draining: claim only what was due when the drain began, so a cleanup that
+        // fails during the drain is not tried again and again until the grace period ends.
+        let mut drain_from: Option<u64> = None;
         loop {
             while tasks.try_join_next().is_some() {}
-            let draining = finish.is_cancelled();
+            if finish.is_cancelled() && drain_from.is_none() {
+                drain_from = Some(clock::now_ms());
+            }
+            let draining = drain_from.is_some();
             let free = settings.workers.saturating_sub(tasks.len());
             let mut claimed = 0;
             if free > 0 {
                 if !self.lock_backlog().is_empty() {
                     self.requeue_backlog().await;
                 }
-                match self.claim(free).await {
+                let now = drain_from.unwrap_or_else(clock::now_ms);
+                match self.claim(now, free).await {
                     Ok(cleanups) => {
                         if !store_healthy {
                             info!("cleanup queue reachable again");
@@ -219,9 +229,9 @@ impl Cleanups {
         }
     }
 
-    async fn claim(&self, max: usize) -> Result<Vec<PendingCleanup>, StoreError> {
+    async fn claim(&self, now_ms: u64, max: usize) -> Result<Vec<PendingCleanup>, StoreError> {
         self.store
-            .claim_cleanups(clock::now_ms(), self.config.cleanup.lease, max)
+            .claim_cleanups(now_ms, self.config.cleanup.lease, max)
             .await
     }
 
