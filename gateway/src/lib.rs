@@ -249,8 +249,10 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully: stop accepting, close
-    /// every socket with 1001, send every cleanup, and wait for all of it up to
-    /// `shutdown.grace`.
+    /// every socket with 1001, queue every cleanup, and let the cleanup workers deliver
+    /// what is due, all within `shutdown.grace`. Cleanups not delivered by then (or failing)
+    /// stay queued in the store for the next node that drains it (lost with the embedded
+    /// memory store).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let Gateway {
             node,

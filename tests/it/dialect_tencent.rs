@@ -447,10 +447,10 @@ async fn register_replies_event_shapes_and_a_failing_transport() {
     assert_eq!(rc["httpMethod"], "GET");
     assert_eq!(rc["sourceIp"], "127.0.0.1");
     assert_eq!(rc["websocketEnable"], true);
-    assert!(rc["requestId"].is_string(), "{register}");
+    assert_eq!(rc["requestId"], format!("{id}:register"), "{register}");
     assert_eq!(
         register["websocket"],
-        json!({"action": "connecting", "secConnectionID": id, "secWebSocketProtocol": "chat,binary"})
+        json!({"action": "connecting", "secConnectionID": id, "eventId": format!("{id}:register"), "secWebSocketProtocol": "chat,binary"})
     );
     assert_eq!(register["headers"]["user-agent"], "tencent-dialect-test/1");
     assert_eq!(register["headers"]["x-tenant"], "acme");
@@ -481,11 +481,11 @@ async fn register_replies_event_shapes_and_a_failing_transport() {
         .collect();
     assert_eq!(
         *recv[0],
-        json!({"websocket": {"action": "data recv", "secConnectionID": id, "dataType": "text", "data": "hello"}})
+        json!({"websocket": {"action": "data recv", "secConnectionID": id, "eventId": format!("{id}:1"), "dataType": "text", "data": "hello"}})
     );
     assert_eq!(
         *recv[1],
-        json!({"websocket": {"action": "data recv", "secConnectionID": id, "dataType": "binary", "data": BASE64.encode([0u8, 1, 254, 255])}})
+        json!({"websocket": {"action": "data recv", "secConnectionID": id, "eventId": format!("{id}:2"), "dataType": "binary", "data": BASE64.encode([0u8, 1, 254, 255])}})
     );
 
     // A transport function answering 500 (after the retry) closes the client with 1011.
@@ -496,7 +496,7 @@ async fn register_replies_event_shapes_and_a_failing_transport() {
     let closing = wait_event(&rec, "closing", |e| id_of(e) == id).await;
     assert_eq!(
         closing,
-        json!({"websocket": {"action": "closing", "secConnectionID": id}})
+        json!({"websocket": {"action": "closing", "secConnectionID": id, "eventId": format!("{id}:cleanup")}})
     );
 
     gw.shutdown().await;
