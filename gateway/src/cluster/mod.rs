@@ -1,6 +1,8 @@
 //! What nodes sharing a store do for each other: this node's heartbeat and the retry of
-//! store removals that failed (`liveness`), and the relay of send-back requests to the
-//! node holding a connection (`relay`).
+//! store removals that failed (`liveness`), the relay of send-back requests to the
+//! node holding a connection (`relay`), and the cleanup after dead nodes and this node's
+//! fencing when it was reaped (`reaper`).
 
 pub(crate) mod liveness;
+pub(crate) mod reaper;
 pub(crate) mod relay;

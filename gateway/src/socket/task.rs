@@ -437,7 +437,11 @@ impl Session {
             );
         }
         let shared = self.shared.clone();
-        if let Some(target) = &shared.config.functions.cleanup {
+        // `NodeLost` ends only a connection whose cleanup a reaper already sent.
+        let cleanup = (end.reason != DisconnectReason::NodeLost)
+            .then_some(shared.config.functions.cleanup.as_ref())
+            .flatten();
+        if let Some(target) = cleanup {
             let dialect = target.dialect(shared.config.functions.dialect);
             let kind = EventKind::Cleanup {
                 reason: end.reason,
@@ -477,11 +481,13 @@ async fn flush_outbox(ws: &mut Ws, outbox: &Outbox, batch: &mut Vec<Message>) ->
     }
     let request = close_request?;
     Box::pin(close(ws, outbox, request.code, &request.reason)).await;
-    Some(End::new(
-        DisconnectReason::ServerDisconnect,
-        Some(request.code),
-        request.reason,
-    ))
+    // Reaped: another node sent this connection's `node_lost` cleanup already.
+    let reason = if request.reaped {
+        DisconnectReason::NodeLost
+    } else {
+        DisconnectReason::ServerDisconnect
+    };
+    Some(End::new(reason, Some(request.code), request.reason))
 }
 
 async fn write_all(ws: &mut Ws, batch: &mut Vec<Message>) -> Result<(), WsError> {
