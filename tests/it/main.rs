@@ -10,6 +10,7 @@ mod dialect_aws;
 mod dialect_tencent;
 mod limits;
 mod multi_node;
+mod node_faults;
 mod ordering;
 mod public_http;
 mod redis_e2e;

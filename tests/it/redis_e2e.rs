@@ -29,12 +29,15 @@ fn connection_keys(redis: &RedisServer, prefix: &str) -> Vec<String> {
     };
     let heartbeat = format!("{prefix}:node:");
     let live_nodes = format!("{prefix}:{{nodes}}");
+    let seen_nodes = format!("{prefix}:{{nodes}}:seen");
     keys.into_iter()
         .filter_map(|k| match k {
             Resp::Bulk(Some(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
             _ => None,
         })
-        .filter(|k| !(k.starts_with(&heartbeat) && k.ends_with('}')) && *k != live_nodes)
+        .filter(|k| {
+            !(k.starts_with(&heartbeat) && k.ends_with('}')) && *k != live_nodes && *k != seen_nodes
+        })
         .collect()
 }
 
