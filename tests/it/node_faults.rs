@@ -246,7 +246,12 @@ async fn a_killed_node_is_reaped_once_by_a_survivor() {
 
     close_all(on_a).await;
     audit(&function, &redis, &prefix).await;
+    // A clean shutdown takes the node's heartbeat with it at once (its TTL is 1 s).
+    let heartbeat = format!("{prefix}:node:{{gw-a}}");
+    assert!(keys_with_prefix(&redis, &prefix).contains(&heartbeat));
     a.terminate().await;
+    let keys = keys_with_prefix(&redis, &prefix);
+    assert!(!keys.contains(&heartbeat), "{keys:?}");
     b.terminate().await;
 }
 
