@@ -34,9 +34,9 @@ pub struct Config {
     /// How long a heartbeat lives: a node silent for longer is dead to the others. They
     /// answer 503 (retryable) for its connections meanwhile, and then one of them reaps it:
     /// sends a `node_lost` cleanup for each of its connections and removes their records.
-    /// Shorter: a dead node's connections are cleaned up sooner; but a node paused (GC-free
-    /// as Rust is: a stopped VM, a SIGSTOP, a long store outage seen by it alone) for longer
-    /// is reaped while its clients are still connected, and closes them when it comes back
+    /// Shorter: a dead node's connections are cleaned up sooner; but a node silent for
+    /// longer while alive (a paused VM or process, a store outage that it alone sees) is
+    /// reaped while its clients are still connected, and closes them when it comes back
     /// (it finds the reaper's mark). A store outage that every node sees reaps no one: a
     /// node reaps only after its own store access has worked for one TTL. Must be greater
     /// than `node_heartbeat` (default: three intervals).
