@@ -11,9 +11,10 @@
 //! - **Fencing**: the reaper first leaves a mark ("reaped at") on the dead node. A node that
 //!   was not dead but silent (paused, or cut off from the store) for longer than its TTL
 //!   looks for that mark before it beats again ([`Reaper::fence`]): if it was reaped, it
-//!   waits for the reaper to finish (by taking the lease itself) and closes its
-//!   connections, without a second cleanup for those the reaper cleaned up. If not, it
-//!   carries on. A reaper stops as soon as the node beats again.
+//!   waits for the reaper to finish (by taking the lease itself) and closes the
+//!   connections whose records the reaper removed, without a second cleanup. If not, it
+//!   carries on. A reaper stops as soon as the node beats again (checked once per page of
+//!   connections: a node that beats again in the middle of a page loses that page).
 //! - **Restart**: a node starting with the name of a dead one reaps its own leftovers before
 //!   it takes connections ([`Reaper::reap_own`]).
 //!
@@ -277,8 +278,10 @@ impl Reaper {
     /// Run before this node beats again after more than a TTL without a beat that reached
     /// the store (`last_beat_ms`: when the last one did). If another node reaped this one
     /// since, waits for that reaper to finish (takes the lease itself) and closes every
-    /// connection it holds, telling each whether its cleanup was sent already (its record
-    /// is gone). Fails if the store does: then this node does not beat yet.
+    /// connection it reaped (record gone: its cleanup was sent, none is sent again); one
+    /// whose record is still this node's serves on, one the store cannot tell about is
+    /// closed with its own cleanup. Fails if the store does: then this node does not beat
+    /// yet.
     pub async fn fence(&self, last_beat_ms: u64) -> Result<(), StoreError> {
         let node = &*self.node;
         let Some(at) = self.store.reaped_at(node).await? else {
@@ -299,16 +302,21 @@ impl Reaper {
             tokio::time::sleep(self.interval.min(Duration::from_millis(100))).await;
         }
         let conns = self.registry.all();
-        let mut reaped = 0usize;
+        let (mut reaped, mut unknown) = (0usize, 0usize);
         for conn in &conns {
             let id = conn.id.to_string();
             let was_reaped = match self.store.get(&id).await {
-                Ok(Some(record)) => record.node != node,
-                Ok(None) => true,
-                // Unknown: send our own cleanup (a duplicate at worst).
+                // Not reaped (the reaper stopped, or it connected since): it serves on.
+                Ok(Some(record)) if record.node == node => continue,
+                Ok(_) => true,
+                // Unknown: close it with its own cleanup (a duplicate at worst).
                 Err(_) => false,
             };
-            reaped += usize::from(was_reaped);
+            if was_reaped {
+                reaped += 1;
+            } else {
+                unknown += 1;
+            }
             conn.outbox.request_close(CloseRequest {
                 code: codes::CLOSE_GOING_AWAY,
                 reason: "gateway node was declared dead".into(),
@@ -316,8 +324,8 @@ impl Reaper {
             });
         }
         info!(
-            closed = conns.len(),
-            reaped, "closed the connections of a reaped node"
+            held = conns.len(),
+            reaped, unknown, "closed the connections another node reaped"
         );
         self.store.clear_reaped(node).await?;
         self.store.drop_reap_lease(node, node).await
