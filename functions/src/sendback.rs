@@ -401,6 +401,7 @@ mod tests {
                         delivered: results.len() - gone,
                         gone,
                         throttled: 0,
+                        unavailable: 0,
                         results,
                     },
                 )
@@ -476,6 +477,8 @@ mod tests {
                 gone: 1,
                 throttled: 0,
                 excluded,
+                // A gateway node that did not answer: the client reads the list.
+                unreachable_nodes: vec!["gw-2".into()],
             },
         )
     }
@@ -660,7 +663,8 @@ mod tests {
                 delivered: 2,
                 gone: 1,
                 throttled: 0,
-                excluded: 2
+                excluded: 2,
+                unreachable_nodes: vec!["gw-2".into()],
             }
         );
         let result = sendback

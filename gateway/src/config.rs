@@ -26,10 +26,27 @@ pub struct Config {
     pub store: String,
     /// The prefix of every Redis key (several deployments can share one Redis).
     pub store_prefix: String,
-    /// How often this node refreshes its liveness key in the store (it expires after three
-    /// intervals) and retries store removals that failed while the store was down.
+    /// How often this node refreshes its liveness key in the store (it expires after
+    /// `node_heartbeat_ttl`), retries store removals that failed while the store was down,
+    /// and looks for dead nodes to reap.
     #[serde(with = "humantime_serde")]
     pub node_heartbeat: Duration,
+    /// How long a heartbeat lives: a node silent for longer is dead to the others. They
+    /// answer 503 (retryable) for its connections meanwhile, and then one of them reaps it:
+    /// sends a `node_lost` cleanup for each of its connections and removes their records.
+    /// Shorter: a dead node's connections are cleaned up sooner; but a node silent for
+    /// longer while alive (a paused VM or process, a store outage that it alone sees) is
+    /// reaped while its clients are still connected, and closes them when it comes back
+    /// (it finds the reaper's mark). A store outage that every node sees reaps no one: a
+    /// node reaps only after its own store access has worked for one TTL. Must be greater
+    /// than `node_heartbeat` (default: three intervals).
+    #[serde(with = "humantime_serde")]
+    pub node_heartbeat_ttl: Duration,
+    /// How long a send-back request relayed to another node may take: a node slower than
+    /// this did not answer (503 for its connection; a group send lists it in
+    /// `unreachableNodes`). A group send never waits longer on a silent node.
+    #[serde(with = "humantime_serde")]
+    pub relay_timeout: Duration,
     /// The listener clients connect to.
     pub public: PublicConfig,
     /// The send-back API listener.
@@ -366,6 +383,8 @@ impl Default for Config {
             store: "memory".to_owned(),
             store_prefix: store::DEFAULT_PREFIX.to_owned(),
             node_heartbeat: Duration::from_secs(5),
+            node_heartbeat_ttl: Duration::from_secs(15),
+            relay_timeout: Duration::from_secs(2),
             public: PublicConfig::default(),
             sendback: SendbackConfig::default(),
             functions: FunctionsConfig::default(),
@@ -674,6 +693,8 @@ impl Config {
             ("limits.max_duration", l.max_duration),
             ("functions.timeout", self.functions.timeout),
             ("node_heartbeat", self.node_heartbeat),
+            ("node_heartbeat_ttl", self.node_heartbeat_ttl),
+            ("relay_timeout", self.relay_timeout),
             ("shutdown.grace", self.shutdown.grace),
             ("cleanup.max_age", self.cleanup.max_age),
             ("cleanup.backoff_initial", self.cleanup.backoff_initial),
@@ -706,6 +727,12 @@ impl Config {
                 "must be longer than functions.timeout × (functions.retries + 1): a claim \
                  must outlast a cleanup call and its retries"
                     .into(),
+            );
+        }
+        if self.node_heartbeat_ttl <= self.node_heartbeat {
+            return bad(
+                "node_heartbeat_ttl",
+                "must be greater than node_heartbeat (a node must beat before it expires)".into(),
             );
         }
         if self.functions.retries > 10 {
@@ -838,6 +865,9 @@ mod tests {
                 d.poll_interval
             )
         );
+        assert_eq!(config.node_heartbeat, defaults.node_heartbeat);
+        assert_eq!(config.node_heartbeat_ttl, defaults.node_heartbeat_ttl);
+        assert_eq!(config.relay_timeout, defaults.relay_timeout);
     }
 
     #[test]
@@ -862,6 +892,25 @@ mod tests {
         .unwrap();
         assert_eq!(ok.cleanup.workers, 2);
         assert_eq!(ok.cleanup.backoff_initial, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn the_heartbeat_ttl_must_outlive_the_interval() {
+        let token = "[sendback]\ntoken = \"0123456789abcdef\"\n";
+        let err = load_str(
+            &format!("node_heartbeat = \"1s\"\nnode_heartbeat_ttl = \"1s\"\n{token}"),
+            &[],
+        )
+        .and_then(|c| c.validate().map(|()| c))
+        .unwrap_err();
+        assert!(err.to_string().contains("node_heartbeat_ttl"), "{err}");
+        let ok = load_str(
+            &format!("node_heartbeat = \"100ms\"\nnode_heartbeat_ttl = \"500ms\"\nrelay_timeout = \"300ms\"\n{token}"),
+            &[],
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.relay_timeout, Duration::from_millis(300));
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub use config::Config;
 pub use error::{ConfigError, GatewayError};
 
 use crate::cluster::cleanup::Cleanups;
-use crate::cluster::liveness::{Heartbeat, Removals};
+use crate::cluster::liveness::{Heartbeat, Removals, StoreHealth};
+use crate::cluster::reaper::Reaper;
 use crate::cluster::relay::Relay;
 use crate::delivery::core::Delivery;
 use crate::dialect::aws::management::ManagementApi;
@@ -83,6 +84,7 @@ pub struct Gateway {
     removals: Arc<Removals>,
     cleanups: Arc<Cleanups>,
     heartbeat: Arc<Heartbeat>,
+    reaper: Arc<Reaper>,
     /// Cancelled when shutdown starts: listeners stop accepting, sockets close with 1001.
     stop: Arc<Stop>,
     /// Every task that must finish before the gateway exits: one per TCP connection on
@@ -151,7 +153,7 @@ impl Gateway {
         let delivery = Arc::new(Delivery::new(
             registry.clone(),
             store.clone(),
-            Relay::new(node.clone(), store.clone()),
+            Relay::new(node.clone(), store.clone(), config.relay_timeout),
             QueueLimits {
                 messages: config.limits.outbound_queue_messages,
                 bytes: config.limits.outbound_queue_bytes,
@@ -194,18 +196,31 @@ impl Gateway {
             sockets: Arc::new(Sockets {
                 node: node.clone(),
                 config: config.clone(),
-                invoker,
+                invoker: invoker.clone(),
                 registry: registry.clone(),
                 cleanups: cleanups.clone(),
                 stop: stop.clone(),
                 ws_config,
             }),
         });
+        let health = Arc::new(StoreHealth::default());
         let heartbeat = Arc::new(Heartbeat {
             store: store.clone(),
             node: node.clone(),
             advertise,
             interval: config.node_heartbeat,
+            ttl: config.node_heartbeat_ttl,
+            health: health.clone(),
+        });
+        let reaper = Arc::new(Reaper {
+            node: node.clone(),
+            store: store.clone(),
+            config: config.clone(),
+            cleanups: cleanups.clone(),
+            registry: registry.clone(),
+            health,
+            interval: config.node_heartbeat,
+            ttl: config.node_heartbeat_ttl,
         });
         Ok(Gateway {
             node,
@@ -215,6 +230,7 @@ impl Gateway {
             removals,
             cleanups,
             heartbeat,
+            reaper,
             stop,
             tracker: TaskTracker::new(),
             edge,
@@ -262,6 +278,7 @@ impl Gateway {
             removals,
             cleanups,
             heartbeat,
+            reaper,
             stop,
             tracker,
             edge,
@@ -270,6 +287,16 @@ impl Gateway {
             sendback,
             ..
         } = self;
+        // The cleanup workers outlive the listeners: they drain what the closing sockets
+        // queue, after those are done. They start first: a previous run's leftovers are
+        // theirs to deliver.
+        let cleanups_done = CancellationToken::new();
+        let workers = tokio::spawn(cleanups.clone().run(cleanups_done.clone()));
+        // A previous run of this node (same `node_id`) that died left connections: their
+        // cleanups first, before this node takes new ones.
+        if let Err(e) = reaper.reap_own().await {
+            warn!(cause = %e, "could not reap what a previous run of this node left");
+        }
         info!(
             public = %public.local_addr()?,
             sendback = %sendback.local_addr()?,
@@ -289,12 +316,15 @@ impl Gateway {
             stop.clone(),
             tracker.clone(),
         ));
-        listeners.spawn(heartbeat.run(stop.clone(), removals.clone()));
+        let fencing = reaper.clone();
+        listeners.spawn(
+            heartbeat.run(stop.clone(), removals.clone(), move |last_beat_ms| {
+                let fencing = fencing.clone();
+                async move { fencing.fence(last_beat_ms).await }
+            }),
+        );
+        listeners.spawn(reaper.run(stop.clone()));
         listeners.close();
-        // The cleanup workers outlive the listeners: they drain what the closing sockets
-        // queue, after those are done.
-        let cleanups_done = CancellationToken::new();
-        let workers = tokio::spawn(cleanups.clone().run(cleanups_done.clone()));
         shutdown.await;
         let open = registry.len();
         info!(connections = open, "shutting down: closing connections");
@@ -342,6 +372,11 @@ impl Gateway {
                 left,
                 "store unreachable at shutdown: records of closed connections remain"
             );
+        }
+        // Gone at once for the other nodes (no relays to a node that stopped); anything
+        // left registered is reaped as a dead node's.
+        if let Err(e) = store.remove_heartbeat(&node).await {
+            warn!(cause = %e, "could not remove this node's heartbeat at shutdown");
         }
         info!("shutdown complete");
         Ok(())

@@ -128,6 +128,49 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// How many cleanups are queued (due or not, claimed or not).
     async fn pending_cleanups(&self) -> Result<u64, StoreError>;
 
+    /// Whether a cleanup for `connection_id` is queued (a reaper's, or the connection's own).
+    async fn cleanup_queued(&self, connection_id: &str) -> Result<bool, StoreError>;
+
+    /// Deletes `node`'s heartbeat at once (a clean shutdown): the other nodes stop relaying
+    /// to it, and any connection it leaves registered is reaped as a dead node's.
+    async fn remove_heartbeat(&self, node: &str) -> Result<(), StoreError>;
+
+    /// The nodes to reap: each heartbeat has expired (or was removed) and the node still
+    /// has registered connections (a non-empty connection set). Sorted by name.
+    async fn dead_nodes(&self) -> Result<Vec<String>, StoreError>;
+
+    /// One page of the ids `node` registered (its connection set; on Redis it may also list
+    /// an id whose record is gone, see [`Store::release`]). Paged like [`Store::members`].
+    async fn node_connections(
+        &self,
+        node: &str,
+        cursor: Option<&str>,
+        count: usize,
+    ) -> Result<MembersPage, StoreError>;
+
+    /// Takes `id` out of `node`'s connection set (for an id whose record is gone or names
+    /// another node; [`Store::unregister`] does this for a registered one).
+    async fn release(&self, node: &str, id: &str) -> Result<(), StoreError>;
+
+    /// Takes, or renews, the lease on reaping dead node `node` for `ttl`, on behalf of
+    /// `holder`: `true` if `holder` holds it now. One holder at a time: whoever else asks
+    /// before it expires (or is dropped) gets `false`.
+    async fn reap_lease(&self, node: &str, holder: &str, ttl: Duration)
+    -> Result<bool, StoreError>;
+
+    /// Drops the lease on reaping `node` if `holder` holds it.
+    async fn drop_reap_lease(&self, node: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Leaves the fencing mark "`node` was reaped at `at_ms`" (ms since the Unix epoch),
+    /// kept for `ttl`: a node that comes back finds it and closes what was reaped.
+    async fn mark_reaped(&self, node: &str, at_ms: u64, ttl: Duration) -> Result<(), StoreError>;
+
+    /// When `node` was last reaped, if the mark is still there.
+    async fn reaped_at(&self, node: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Removes the fencing mark of `node` (it has acted on it).
+    async fn clear_reaped(&self, node: &str) -> Result<(), StoreError>;
+
     /// Every member of a group, read page by page (never one round trip per member).
     async fn all_members(&self, group: &str) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();

@@ -24,11 +24,16 @@ struct Inner {
     last_version: u64,
     /// Each node's heartbeat expiry and address.
     nodes: HashMap<String, (Instant, String)>,
-    /// Every node name a record named, shared by the records.
+    /// Every node name a record named, shared by the records: a name referenced by more
+    /// than this set has connections.
     node_names: HashSet<Arc<str>>,
     /// The cleanup queue by connection id, and its index by due time.
     cleanups: HashMap<String, PendingCleanup>,
     cleanups_due: BTreeSet<(u64, String)>,
+    /// Reap leases: node -> (expiry, holder).
+    leases: HashMap<String, (Instant, String)>,
+    /// Fencing marks: node -> (expiry, reaped at ms).
+    reaped: HashMap<String, (Instant, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +92,12 @@ impl Inner {
             entry.version = self.last_version;
         }
         true
+    }
+}
+
+impl Inner {
+    fn alive(&self, node: &str, now: Instant) -> bool {
+        self.nodes.get(node).is_some_and(|(until, _)| *until > now)
     }
 }
 
@@ -354,5 +365,115 @@ impl Store for MemoryStore {
 
     async fn pending_cleanups(&self) -> Result<u64, StoreError> {
         Ok(self.lock().cleanups.len() as u64)
+    }
+
+    async fn cleanup_queued(&self, connection_id: &str) -> Result<bool, StoreError> {
+        names::id(connection_id)?;
+        Ok(self.lock().cleanups.contains_key(connection_id))
+    }
+
+    async fn remove_heartbeat(&self, node: &str) -> Result<(), StoreError> {
+        names::node(node)?;
+        self.lock().nodes.remove(node);
+        Ok(())
+    }
+
+    async fn dead_nodes(&self) -> Result<Vec<String>, StoreError> {
+        let now = Instant::now();
+        let inner = self.lock();
+        let mut dead: Vec<String> = inner
+            .node_names
+            .iter()
+            .filter(|name| Arc::strong_count(name) > 1 && !inner.alive(name, now))
+            .map(|name| name.to_string())
+            .collect();
+        dead.sort_unstable();
+        Ok(dead)
+    }
+
+    /// A scan of every record (this store keeps no per-node index: a dead node on an
+    /// embedded store is rare, and its reaping pays for it).
+    async fn node_connections(
+        &self,
+        node: &str,
+        cursor: Option<&str>,
+        count: usize,
+    ) -> Result<MembersPage, StoreError> {
+        names::node(node)?;
+        let count = count.max(1);
+        let inner = self.lock();
+        let mut ids: Vec<&str> = inner
+            .connections
+            .iter()
+            .filter(|(id, e)| &*e.node == node && cursor.is_none_or(|after| &***id > after))
+            .map(|(id, _)| &**id)
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(count);
+        let cursor = (ids.len() == count).then(|| ids[count - 1].to_owned());
+        Ok(MembersPage {
+            members: ids.into_iter().map(str::to_owned).collect(),
+            cursor,
+        })
+    }
+
+    async fn release(&self, node: &str, id: &str) -> Result<(), StoreError> {
+        names::node(node)?;
+        names::id(id)?;
+        Ok(())
+    }
+
+    async fn reap_lease(
+        &self,
+        node: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        names::node(node)?;
+        let now = Instant::now();
+        let mut inner = self.lock();
+        match inner.leases.get(node) {
+            Some((until, other)) if *until > now && other != holder => Ok(false),
+            _ => {
+                inner
+                    .leases
+                    .insert(node.to_owned(), (now + ttl, holder.to_owned()));
+                Ok(true)
+            }
+        }
+    }
+
+    async fn drop_reap_lease(&self, node: &str, holder: &str) -> Result<(), StoreError> {
+        names::node(node)?;
+        let mut inner = self.lock();
+        if inner.leases.get(node).is_some_and(|(_, h)| h == holder) {
+            inner.leases.remove(node);
+        }
+        Ok(())
+    }
+
+    async fn mark_reaped(&self, node: &str, at_ms: u64, ttl: Duration) -> Result<(), StoreError> {
+        names::node(node)?;
+        self.lock()
+            .reaped
+            .insert(node.to_owned(), (Instant::now() + ttl, at_ms));
+        Ok(())
+    }
+
+    async fn reaped_at(&self, node: &str) -> Result<Option<u64>, StoreError> {
+        names::node(node)?;
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .reaped
+            .get(node)
+            .filter(|(until, _)| *until > now)
+            .map(|(_, at)| *at))
+    }
+
+    async fn clear_reaped(&self, node: &str) -> Result<(), StoreError> {
+        names::node(node)?;
+        self.lock().reaped.remove(node);
+        Ok(())
     }
 }

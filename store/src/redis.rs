@@ -18,6 +18,9 @@
 //! | `<prefix>:node:{<node>}:conns` | set | the ids registered by that node: what a cleanup after a dead node walks |
 //! | `<prefix>:{cleanups}` | sorted set | the durable cleanup queue: connection ids scored by when each is due next (Unix ms; while claimed, when the claim lapses) |
 //! | `<prefix>:{cleanups}:data` | hash | connection id to its [`PendingCleanup`] as JSON (same tag as the queue) |
+//! | `<prefix>:{nodes}:seen` | sorted set with a TTL (a day after the last heartbeat of any node) | every node that has beaten, scored by heartbeat expiry (Unix ms; 0 once removed): where [`Store::dead_nodes`] looks; a node is dropped once expired with an empty connection set |
+//! | `<prefix>:node:{<node>}:reaper` | string with a TTL | the lease on reaping dead node `<node>`: the holder's name |
+//! | `<prefix>:node:{<node>}:reaped` | string with a TTL | the fencing mark: when `<node>` was reaped (Unix ms) |
 //!
 //! Ids, group names and node names must be non-empty and free of `{` and `}` (see
 //! [`StoreError::InvalidName`]), so the tag is always exactly the name. Empty sets vanish
@@ -61,7 +64,14 @@
 //!   claim reads the due ids and moves each one's score to the end of the lease in the same
 //!   step, so two nodes never claim one cleanup at once. **pending_cleanups**: `HLEN`.
 //! - **heartbeat**: `SET .. PX` of the node's key and a script on `{nodes}` (add the node
-//!   with its expiry, drop expired ones, extend the set's TTL), in one pipeline.
+//!   with its expiry to the live set and to `seen`, drop expired ones from the live set,
+//!   extend its TTL), in one pipeline. **remove_heartbeat**: `DEL` of the node's key and a
+//!   script on `{nodes}` (out of the live set, expired in `seen`).
+//! - **dead_nodes**: `ZRANGEBYSCORE` of `seen` up to now, one pipeline of `SCARD`s of those
+//!   nodes' connection sets, and a script on `{nodes}` dropping from `seen` the ones with
+//!   none that are still expired. **reap_lease** / **drop_reap_lease**: one script on the
+//!   node's slot (`SET NX PX`, or `PEXPIRE` / `DEL` by its holder). **node_connections**:
+//!   `SSCAN`; **release**: `SREM`; the fencing mark: `SET PX`, `GET`, `DEL`.
 //!   **nodes**: `ZRANGEBYSCORE` of the unexpired names, then one pipeline of `GET`s.
 //!
 //! Multi-step operations are not atomic as a whole. Interrupted between two steps (the
@@ -194,10 +204,12 @@ redis.call('SET', KEYS[2], ARGV[1])
 return ARGV[1]
 ";
 
-/// Adds a node to the live set with its expiry, drops expired ones, and keeps the set
-/// alive at least as long as this heartbeat. KEYS: the set. ARGV: node, expiry ms, now ms,
-/// ttl ms.
+/// Adds a node to the live set and to `seen` with its expiry, drops expired ones from the
+/// live set, and keeps it alive at least as long as this heartbeat. KEYS: the live set,
+/// `seen`. ARGV: node, expiry ms, now ms, ttl ms.
 const NODES_LUA: &str = r"
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], 86400000)
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
@@ -249,6 +261,48 @@ return 1
 const CLEANUP_FINISH_LUA: &str = r"
 redis.call('ZREM', KEYS[1], ARGV[1])
 return redis.call('HDEL', KEYS[2], ARGV[1])
+";
+
+/// Takes a node out of the live set and marks it expired in `seen`. KEYS: the live set,
+/// `seen`. ARGV: node.
+const NODE_GONE_LUA: &str = r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return 1
+";
+
+/// Drops from `seen` the named nodes whose expiry is still before now. KEYS: `seen`.
+/// ARGV: now ms, node, node, ...
+const FORGET_NODES_LUA: &str = r"
+for i = 2, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) < tonumber(ARGV[1]) then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return 1
+";
+
+/// Takes or renews a lease: 1 if `ARGV[1]` holds it now. KEYS: lease. ARGV: holder, ttl ms.
+const LEASE_LUA: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+";
+
+/// Drops a lease held by `ARGV[1]`. KEYS: lease.
+const DROP_LEASE_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
 ";
 
 /// How a [`RedisStore`] connects and names its keys.
@@ -648,8 +702,9 @@ impl Store for RedisStore {
         let mut listed = ::redis::cmd("EVAL");
         listed
             .arg(NODES_LUA)
-            .arg(1)
+            .arg(2)
             .arg(self.keys.nodes())
+            .arg(self.keys.nodes_seen())
             .arg(node)
             .arg(now_ms.saturating_add(ttl_ms))
             .arg(now_ms)
@@ -766,6 +821,170 @@ impl Store for RedisStore {
     async fn pending_cleanups(&self) -> Result<u64, StoreError> {
         self.query(::redis::cmd("HLEN").arg(self.keys.cleanups_data()))
             .await
+    }
+
+    async fn cleanup_queued(&self, connection_id: &str) -> Result<bool, StoreError> {
+        names::id(connection_id)?;
+        self.query(
+            ::redis::cmd("HEXISTS")
+                .arg(self.keys.cleanups_data())
+                .arg(connection_id),
+        )
+        .await
+    }
+    async fn remove_heartbeat(&self, node: &str) -> Result<(), StoreError> {
+        names::node(node)?;
+        let mut delete = ::redis::cmd("DEL");
+        delete.arg(self.keys.node(node));
+        let mut unlist = ::redis::cmd("EVAL");
+        unlist
+            .arg(NODE_GONE_LUA)
+            .arg(2)
+            .arg(self.keys.nodes())
+            .arg(self.keys.nodes_seen())
+            .arg(node);
+        let _: Vec<Value> = self.batch(vec![(node, delete), ("nodes", unlist)]).await?;
+        Ok(())
+    }
+
+    async fn dead_nodes(&self) -> Result<Vec<String>, StoreError> {
+        let now = now_ms();
+        let expired: Vec<String> = self
+            .query(
+                ::redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.keys.nodes_seen())
+                    .arg("-inf")
+                    .arg(format!("({now}")),
+            )
+            .await?;
+        if expired.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sizes: Vec<u64> = self
+            .batch(
+                expired
+                    .iter()
+                    .map(|node| {
+                        let mut card = ::redis::cmd("SCARD");
+                        card.arg(self.keys.node_conns(node));
+                        (node.as_str(), card)
+                    })
+                    .collect(),
+            )
+            .await?;
+        let (mut dead, empty): (Vec<(String, u64)>, Vec<(String, u64)>) = expired
+            .into_iter()
+            .zip(sizes)
+            .partition(|(_, size)| *size > 0);
+        if !empty.is_empty() {
+            let mut forget = ::redis::cmd("EVAL");
+            forget
+                .arg(FORGET_NODES_LUA)
+                .arg(1)
+                .arg(self.keys.nodes_seen())
+                .arg(now);
+            for (node, _) in &empty {
+                forget.arg(node);
+            }
+            let _: i64 = self.query(&forget).await?;
+        }
+        dead.sort_unstable();
+        Ok(dead.into_iter().map(|(node, _)| node).collect())
+    }
+
+    async fn node_connections(
+        &self,
+        node: &str,
+        cursor: Option<&str>,
+        count: usize,
+    ) -> Result<MembersPage, StoreError> {
+        names::node(node)?;
+        let (next, members): (String, Vec<String>) = self
+            .query(
+                ::redis::cmd("SSCAN")
+                    .arg(self.keys.node_conns(node))
+                    .arg(cursor.unwrap_or("0"))
+                    .arg("COUNT")
+                    .arg(count.max(1)),
+            )
+            .await?;
+        Ok(MembersPage {
+            members,
+            cursor: (next != "0").then_some(next),
+        })
+    }
+
+    async fn release(&self, node: &str, id: &str) -> Result<(), StoreError> {
+        names::node(node)?;
+        names::id(id)?;
+        let _: i64 = self
+            .query(&command("SREM", self.keys.node_conns(node), id))
+            .await?;
+        Ok(())
+    }
+
+    async fn reap_lease(
+        &self,
+        node: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        names::node(node)?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut take = ::redis::cmd("EVAL");
+        take.arg(LEASE_LUA)
+            .arg(1)
+            .arg(self.keys.reaper(node))
+            .arg(holder)
+            .arg(ttl_ms);
+        let held: i64 = self.query(&take).await?;
+        Ok(held == 1)
+    }
+
+    async fn drop_reap_lease(&self, node: &str, holder: &str) -> Result<(), StoreError> {
+        names::node(node)?;
+        let mut drop = ::redis::cmd("EVAL");
+        drop.arg(DROP_LEASE_LUA)
+            .arg(1)
+            .arg(self.keys.reaper(node))
+            .arg(holder);
+        let _: i64 = self.query(&drop).await?;
+        Ok(())
+    }
+
+    async fn mark_reaped(&self, node: &str, at_ms: u64, ttl: Duration) -> Result<(), StoreError> {
+        names::node(node)?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let _: () = self
+            .query(
+                ::redis::cmd("SET")
+                    .arg(self.keys.reaped(node))
+                    .arg(at_ms)
+                    .arg("PX")
+                    .arg(ttl_ms),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn reaped_at(&self, node: &str) -> Result<Option<u64>, StoreError> {
+        names::node(node)?;
+        let at: Option<String> = self
+            .query(::redis::cmd("GET").arg(self.keys.reaped(node)))
+            .await?;
+        at.map(|at| {
+            at.parse()
+                .map_err(|_| StoreError::Backend(format!("node {node}: reaped mark {at:?}")))
+        })
+        .transpose()
+    }
+
+    async fn clear_reaped(&self, node: &str) -> Result<(), StoreError> {
+        names::node(node)?;
+        let _: i64 = self
+            .query(::redis::cmd("DEL").arg(self.keys.reaped(node)))
+            .await?;
+        Ok(())
     }
 }
 
@@ -919,6 +1138,18 @@ impl Keys {
 
     fn cleanups_data(&self) -> String {
         format!("{}:{{cleanups}}:data", self.prefix)
+    }
+
+    fn nodes_seen(&self) -> String {
+        format!("{}:{{nodes}}:seen", self.prefix)
+    }
+
+    fn reaper(&self, node: &str) -> String {
+        format!("{}:node:{{{node}}}:reaper", self.prefix)
+    }
+
+    fn reaped(&self, node: &str) -> String {
+        format!("{}:node:{{{node}}}:reaped", self.prefix)
     }
 }
 

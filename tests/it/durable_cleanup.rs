@@ -177,7 +177,9 @@ const QUICK_CLEANUP_TOML: &str =
 fn connection_keys(redis: &RedisServer, prefix: &str) -> Vec<String> {
     keys_with_prefix(redis, prefix)
         .into_iter()
-        .filter(|k| !k.contains(":node:") && !k.ends_with(":{nodes}"))
+        .filter(|k| {
+            !k.contains(":node:") && !k.ends_with(":{nodes}") && !k.ends_with(":{nodes}:seen")
+        })
         .collect()
 }
 

@@ -11,6 +11,7 @@ mod dialect_tencent;
 mod durable_cleanup;
 mod limits;
 mod multi_node;
+mod node_faults;
 mod ordering;
 mod public_http;
 mod redis_e2e;

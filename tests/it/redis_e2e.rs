@@ -29,12 +29,15 @@ fn connection_keys(redis: &RedisServer, prefix: &str) -> Vec<String> {
     };
     let heartbeat = format!("{prefix}:node:");
     let live_nodes = format!("{prefix}:{{nodes}}");
+    let seen_nodes = format!("{prefix}:{{nodes}}:seen");
     keys.into_iter()
         .filter_map(|k| match k {
             Resp::Bulk(Some(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
             _ => None,
         })
-        .filter(|k| !(k.starts_with(&heartbeat) && k.ends_with('}')) && *k != live_nodes)
+        .filter(|k| {
+            !(k.starts_with(&heartbeat) && k.ends_with('}')) && *k != live_nodes && *k != seen_nodes
+        })
         .collect()
 }
 
@@ -362,6 +365,27 @@ async fn redis_restart_under_live_connections() {
     let member_ids = store.all_members("r").await.unwrap();
 
     redis.stop();
+    // A connection this node does not hold cannot be looked up: 503, retryable, never
+    // 410 (its node may well hold it), alone or in a batch.
+    let elsewhere = uuid::Uuid::new_v4().to_string();
+    let r = post_to_connection(&gw.sendback_url(), &elsewhere, "x").await;
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "store_unavailable");
+    let batch: functions::api::BatchResult =
+        sendback_request(Method::POST, format!("{}/@connections", gw.sendback_url()))
+            .json(&serde_json::json!({"connectionIds": [member_ids[0], elsewhere], "data": "b"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        (batch.delivered, batch.unavailable, batch.gone),
+        (1, 1, 0),
+        "{batch:?}"
+    );
     // Connections the gateway holds are still served.
     send_text(&mut alice, "ping").await;
     skip_until(&mut alice, |m| *m == Message::text("pong")).await;

@@ -132,11 +132,15 @@ async fn key_layout_is_the_documented_one() {
     };
     assert!((1..=60_000).contains(&ttl), "{ttl}");
 
-    // Unregistering leaves only the heartbeat.
+    // Unregistering leaves only the heartbeat (the key, the live set, the seen set).
     assert!(store.unregister("c1").await.unwrap());
     assert_eq!(
         keys_with_prefix(&redis, &p),
-        [format!("{p}:node:{{n2}}"), format!("{p}:{{nodes}}")]
+        [
+            format!("{p}:node:{{n2}}"),
+            format!("{p}:{{nodes}}"),
+            format!("{p}:{{nodes}}:seen")
+        ]
     );
 }
 

@@ -190,8 +190,12 @@ pub async fn behaviour_suite(store: SharedStore) {
     .await;
     assert_eq!(store.node_address("node-a").await.unwrap(), None);
 
+    dead_node_reaping(&store).await;
+
     store.unregister("c1").await.unwrap();
     assert_eq!(store.count("g").await.unwrap(), 0);
+    // node-a's heartbeat expired: with its last connection gone it is no longer listed.
+    assert_eq!(store.dead_nodes().await.unwrap(), Vec::<String>::new());
 
     cleanup_queue_suite(&store).await;
 }
@@ -241,6 +245,8 @@ async fn cleanup_queue_suite(store: &SharedStore) {
     assert!(store.queue_cleanup(&pending("q2", 2_000)).await.unwrap());
     assert!(store.queue_cleanup(&pending("q3", 50_000)).await.unwrap());
     assert_eq!(store.pending_cleanups().await.unwrap(), 3);
+    assert!(store.cleanup_queued("q1").await.unwrap());
+    assert!(!store.cleanup_queued("q4").await.unwrap());
 
     // only what is due, earliest first, at most `max`, with everything it was given
     let first = store.claim_cleanups(5_000, lease, 1).await.unwrap();
@@ -297,6 +303,7 @@ async fn cleanup_queue_suite(store: &SharedStore) {
     assert!(store.finish_cleanup("q2").await.unwrap());
     assert!(store.finish_cleanup("q3").await.unwrap());
     assert_eq!(store.pending_cleanups().await.unwrap(), 0);
+    assert!(!store.cleanup_queued("q3").await.unwrap());
     assert!(
         store
             .claim_cleanups(u64::MAX / 2, lease, 10)
@@ -304,6 +311,106 @@ async fn cleanup_queue_suite(store: &SharedStore) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// What a reaper needs: the dead nodes with connections, their connection sets, one lease
+/// holder at a time, the fencing mark, and a clean shutdown's heartbeat removal.
+async fn dead_node_reaping(store: &SharedStore) {
+    // node-a's heartbeat expired above and it still holds c1: it is dead.
+    assert_eq!(store.dead_nodes().await.unwrap(), ["node-a"]);
+    let mut on_c = record("d1");
+    on_c.node = "node-c".into();
+    store.register(&on_c).await.unwrap();
+    on_c.id = "d2".into();
+    store.register(&on_c).await.unwrap();
+    store.join("dg", "d1").await.unwrap();
+    store
+        .heartbeat("node-c", "", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .dead_nodes()
+            .await
+            .unwrap()
+            .contains(&"node-c".to_owned()),
+        "alive"
+    );
+    // A clean shutdown removes the heartbeat at once.
+    store.remove_heartbeat("node-c").await.unwrap();
+    assert!(!store.node_alive("node-c").await.unwrap());
+    assert!(
+        store
+            .nodes()
+            .await
+            .unwrap()
+            .iter()
+            .all(|n| n.name != "node-c")
+    );
+    assert_eq!(store.dead_nodes().await.unwrap(), ["node-a", "node-c"]);
+
+    // Its connection set, page by page.
+    let mut listed = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = store
+            .node_connections("node-c", cursor.as_deref(), 1)
+            .await
+            .unwrap();
+        listed.extend(page.members);
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    listed.sort();
+    listed.dedup();
+    assert_eq!(listed, ["d1", "d2"]);
+
+    // One lease holder at a time; the holder renews it; dropped, another takes it.
+    let lease = Duration::from_secs(30);
+    assert!(store.reap_lease("node-c", "node-x", lease).await.unwrap());
+    assert!(!store.reap_lease("node-c", "node-y", lease).await.unwrap());
+    assert!(store.reap_lease("node-c", "node-x", lease).await.unwrap());
+    store.drop_reap_lease("node-c", "node-y").await.unwrap();
+    assert!(!store.reap_lease("node-c", "node-y", lease).await.unwrap());
+    store.drop_reap_lease("node-c", "node-x").await.unwrap();
+    assert!(
+        store
+            .reap_lease("node-c", "node-y", Duration::from_millis(200))
+            .await
+            .unwrap()
+    );
+    tests::wait::eventually("the lease to expire", Duration::from_secs(5), || {
+        let store = store.clone();
+        async move { store.reap_lease("node-c", "node-x", lease).await.unwrap() }
+    })
+    .await;
+    store.drop_reap_lease("node-c", "node-x").await.unwrap();
+
+    // The fencing mark.
+    assert_eq!(store.reaped_at("node-c").await.unwrap(), None);
+    store.mark_reaped("node-c", 1234, lease).await.unwrap();
+    assert_eq!(store.reaped_at("node-c").await.unwrap(), Some(1234));
+    store.clear_reaped("node-c").await.unwrap();
+    assert_eq!(store.reaped_at("node-c").await.unwrap(), None);
+
+    // Reaping: unregister takes the id out of its node's set and its groups.
+    assert!(store.unregister("d1").await.unwrap());
+    assert_eq!(store.count("dg").await.unwrap(), 0);
+    let left = store.node_connections("node-c", None, 10).await.unwrap();
+    assert_eq!(left.members, ["d2"]);
+    assert!(store.unregister("d2").await.unwrap());
+    store.release("node-c", "d2").await.unwrap();
+    assert!(
+        store
+            .node_connections("node-c", None, 10)
+            .await
+            .unwrap()
+            .members
+            .is_empty()
+    );
+    assert_eq!(store.dead_nodes().await.unwrap(), ["node-a"]);
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@
 pub mod function_server;
 pub mod gateway;
 pub mod process;
+pub mod proxy;
 pub mod python;
 pub mod recorder;
 pub mod redis;

@@ -130,6 +130,27 @@ impl Process {
         &self.output
     }
 
+    /// Its process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`, ...) to it.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the process runs");
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
+    /// SIGKILL, then waits for it to exit.
+    pub async fn kill(&mut self) {
+        self.signal("KILL");
+        self.child.wait().await.unwrap();
+    }
+
     /// Sends SIGTERM and asserts that it exits successfully within 15 s.
     pub async fn terminate(mut self) {
         if let Some(pid) = self.child.id() {
@@ -199,6 +220,11 @@ impl GatewayProcess {
     /// Its log.
     pub fn log(&self) -> &OutputLines {
         self.process.output()
+    }
+
+    /// The process, to signal it (SIGKILL, SIGSTOP, SIGCONT).
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
     }
 
     /// Sends SIGTERM and asserts that it exits successfully within 15 s.

@@ -522,6 +522,61 @@ mod tests {
             self.up()?;
             self.inner.pending_cleanups().await
         }
+        async fn cleanup_queued(&self, connection_id: &str) -> Result<bool, StoreError> {
+            self.up()?;
+            self.inner.cleanup_queued(connection_id).await
+        }
+        async fn remove_heartbeat(&self, node: &str) -> Result<(), StoreError> {
+            self.up()?;
+            self.inner.remove_heartbeat(node).await
+        }
+        async fn dead_nodes(&self) -> Result<Vec<String>, StoreError> {
+            self.up()?;
+            self.inner.dead_nodes().await
+        }
+        async fn node_connections(
+            &self,
+            node: &str,
+            cursor: Option<&str>,
+            count: usize,
+        ) -> Result<MembersPage, StoreError> {
+            self.up()?;
+            self.inner.node_connections(node, cursor, count).await
+        }
+        async fn release(&self, node: &str, id: &str) -> Result<(), StoreError> {
+            self.up()?;
+            self.inner.release(node, id).await
+        }
+        async fn reap_lease(
+            &self,
+            node: &str,
+            holder: &str,
+            ttl: Duration,
+        ) -> Result<bool, StoreError> {
+            self.up()?;
+            self.inner.reap_lease(node, holder, ttl).await
+        }
+        async fn drop_reap_lease(&self, node: &str, holder: &str) -> Result<(), StoreError> {
+            self.up()?;
+            self.inner.drop_reap_lease(node, holder).await
+        }
+        async fn mark_reaped(
+            &self,
+            node: &str,
+            at_ms: u64,
+            ttl: Duration,
+        ) -> Result<(), StoreError> {
+            self.up()?;
+            self.inner.mark_reaped(node, at_ms, ttl).await
+        }
+        async fn reaped_at(&self, node: &str) -> Result<Option<u64>, StoreError> {
+            self.up()?;
+            self.inner.reaped_at(node).await
+        }
+        async fn clear_reaped(&self, node: &str) -> Result<(), StoreError> {
+            self.up()?;
+            self.inner.clear_reaped(node).await
+        }
     }
 
     /// A chat over a test store and a send-back API that answers as `mode` says.

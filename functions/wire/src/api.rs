@@ -16,7 +16,8 @@
 //! - `GET /@groups/{group}?cursor=&limit=`: [`GroupInfo`], one page of members.
 //!
 //! Errors are [`ApiError`] bodies with the status that names them (410 for a gone
-//! connection, 413 too large, 429 the client's outbound queue is full, 401 no or wrong token).
+//! connection, 413 too large, 429 the client's outbound queue is full, 401 no or wrong token,
+//! 503 `node_unavailable` when the node holding it is down or silent, or `store_unavailable`).
 
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +72,10 @@ pub struct BatchResult {
     pub gone: usize,
     /// How many connections' outbound queues were full.
     pub throttled: usize,
+    /// How many ids named a connection held by a node that is down or did not answer, or
+    /// could not be looked up (store unavailable): not delivered, retry later.
+    #[serde(default)]
+    pub unavailable: usize,
     /// Per id outcome, in request order.
     pub results: Vec<BatchItem>,
 }
@@ -95,6 +100,9 @@ pub enum DeliveryStatus {
     Gone,
     /// The connection's outbound queue is full (slow client); not queued.
     Throttled,
+    /// Its node is down or did not answer, or the store could not say where it is: not
+    /// queued, retry later (it is `gone` once its node's connections are cleaned up).
+    Unavailable,
 }
 
 /// The outcome of a group send.
@@ -109,6 +117,10 @@ pub struct GroupSendResult {
     pub throttled: usize,
     /// Members skipped because the request excluded them.
     pub excluded: usize,
+    /// The gateway nodes that did not answer within the relay timeout: their members are
+    /// counted in `gone`, and did not get the message. Omitted when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_nodes: Vec<String>,
 }
 
 /// A group's size and one page of its members.

@@ -91,7 +91,13 @@ pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
 pub const STORE_UNAVAILABLE: &str = "store_unavailable";
 
 /// 502: the gateway node holding the connection did not answer a relayed request.
+/// (Kept for older gateways; this one answers [`NODE_UNAVAILABLE`].)
 pub const NODE_UNREACHABLE: &str = "node_unreachable";
+
+/// 503: the gateway node holding the connection stopped heartbeating or did not answer in
+/// time; retry later. Once another node has cleaned up after it, the connection is
+/// [`GONE`].
+pub const NODE_UNAVAILABLE: &str = "node_unavailable";
 
 /// 404: no route for the path.
 pub const NOT_FOUND: &str = "not_found";

@@ -198,6 +198,9 @@ pub enum DisconnectReason {
     Shutdown,
     /// The WebSocket upgrade did not complete after register accepted.
     UpgradeFailed,
+    /// The gateway node holding the connection stopped (its heartbeat expired); another
+    /// node sent this cleanup for it. No close frame was exchanged that the gateway saw.
+    NodeLost,
 }
 
 /// What a register function may reply with a 2xx status. An empty body accepts with no

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use store::{PendingCleanup, SharedStore, StoreError};
+use store::{ConnectionRecord, PendingCleanup, SharedStore, StoreError};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -123,6 +123,44 @@ impl Cleanups {
                 self.lock_backlog().push(cleanup);
             }
         }
+    }
+
+    /// Queues the `node_lost` cleanup of a connection whose node died (the reaper's call):
+    /// encoded later from the store's record, with the same event id as the connection's
+    /// own cleanup and the given `seq`. A worker delivers it, then removes the connection
+    /// from the store. With no cleanup function the connection is only removed. Queueing
+    /// one that is queued already changes nothing.
+    pub async fn queue_reaped(
+        &self,
+        record: &ConnectionRecord,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        if self.config.functions.cleanup.is_none() {
+            self.store.unregister(&record.id).await?;
+            return Ok(());
+        }
+        let now = clock::now_ms();
+        let cleanup = PendingCleanup {
+            connection_id: record.id.clone(),
+            event_id: wire::event::cleanup_event_id(&record.id),
+            node: record.node.clone(),
+            seq,
+            connected_at_ms: record.connected_at_ms,
+            source_ip: record.source_ip.clone(),
+            user_agent: record.user_agent.clone(),
+            host: None,
+            context: record.context.clone(),
+            reason: reason_name(DisconnectReason::NodeLost),
+            close_code: None,
+            close_reason: format!("gateway node {} stopped", record.node),
+            queued_at_ms: now,
+            attempts: 0,
+            next_attempt_ms: now,
+        };
+        if self.store.queue_cleanup(&cleanup).await? {
+            self.queued.notify_one();
+        }
+        Ok(())
     }
 
     /// Cleanups delivered by this node so far.

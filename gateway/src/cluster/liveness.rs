@@ -1,16 +1,48 @@
 //! This node's presence in the store: a heartbeat key with a TTL and this node's send-back
 //! address (so another node can tell that this one died and clean up after it, and relay
-//! send-back requests to it), and the retry of store removals that failed
-//! while the store was down (so no record of a closed connection outlives an outage).
+//! send-back requests to it), the retry of store removals that failed
+//! while the store was down (so no record of a closed connection outlives an outage), and
+//! [`StoreHealth`]: how long this node's own store access has worked without a break
+//! (a node reaps others only once it has worked for a whole TTL).
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use store::{SharedStore, StoreError};
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
+use crate::clock;
 use crate::stop::Stop;
+
+/// Since when this node's heartbeats have reached the store without a miss (a failed beat,
+/// or more than a TTL between two beats: a pause).
+#[derive(Debug, Default)]
+pub(crate) struct StoreHealth {
+    up_since: Mutex<Option<Instant>>,
+}
+
+impl StoreHealth {
+    fn lock(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.up_since.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A beat reached the store.
+    fn up(&self) {
+        self.lock().get_or_insert_with(Instant::now);
+    }
+
+    /// A beat failed, or this node missed its TTL.
+    fn down(&self) {
+        *self.lock() = None;
+    }
+
+    /// Whether the store has worked for at least `span` without a break.
+    pub fn up_for(&self, span: Duration) -> bool {
+        self.lock().is_some_and(|since| since.elapsed() >= span)
+    }
+}
 
 /// Removals of closed connections from the store, with the ones that failed (store down)
 /// kept for the next heartbeat to retry.
@@ -69,28 +101,57 @@ pub(crate) struct Heartbeat {
     pub node: Arc<str>,
     /// Where the other nodes reach this node's send-back API (empty: they cannot).
     pub advertise: String,
-    /// `node_heartbeat`: how often it beats; it lives three intervals.
+    /// `node_heartbeat`: how often it beats.
     pub interval: Duration,
+    /// `node_heartbeat_ttl`: how long a beat lives.
+    pub ttl: Duration,
+    pub health: Arc<StoreHealth>,
 }
 
 impl Heartbeat {
-    /// One heartbeat: this node and its send-back address, alive for three intervals.
+    /// One heartbeat: this node and its send-back address, alive for the TTL.
     pub async fn beat(&self) -> Result<(), StoreError> {
-        self.store
-            .heartbeat(&self.node, &self.advertise, self.interval * 3)
-            .await
+        let beat = self
+            .store
+            .heartbeat(&self.node, &self.advertise, self.ttl)
+            .await;
+        match &beat {
+            Ok(()) => self.health.up(),
+            Err(_) => self.health.down(),
+        }
+        beat
     }
 
     /// Beats every interval until `stop`, retrying failed removals after each beat that
-    /// reached the store.
-    pub async fn run(self: Arc<Self>, stop: Arc<Stop>, removals: Arc<Removals>) {
+    /// reached the store. When more than a TTL has passed since the last beat that reached
+    /// the store (its writes failed, or this process was paused), the other nodes may have
+    /// reaped this one: `fence` (given when that last beat was, ms since the Unix epoch)
+    /// runs first and must succeed before this node beats again.
+    pub async fn run<F, Fut>(self: Arc<Self>, stop: Arc<Stop>, removals: Arc<Removals>, fence: F)
+    where
+        F: Fn(u64) -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut healthy = true;
+        // `run` is called right after the first beat (which may have failed).
+        let (mut last_ok, mut last_ok_ms) = (Instant::now(), clock::now_ms());
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            if last_ok.elapsed() > self.ttl {
+                // Monotonic time: it counts a pause of this process too.
+                self.health.down();
+                if let Err(e) = fence(last_ok_ms).await {
+                    if healthy {
+                        warn!(cause = %e, "store heartbeat failed");
+                        healthy = false;
+                    }
+                    continue;
+                }
             }
             match self.beat().await {
                 Ok(()) => {
@@ -98,6 +159,7 @@ impl Heartbeat {
                         info!("store reachable again");
                         healthy = true;
                     }
+                    (last_ok, last_ok_ms) = (Instant::now(), clock::now_ms());
                     removals.retry().await;
                 }
                 Err(e) => {

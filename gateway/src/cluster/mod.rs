@@ -1,8 +1,10 @@
 //! What nodes sharing a store do for each other: this node's heartbeat and the retry of
-//! store removals that failed (`liveness`), and the relay of send-back requests to the
-//! node holding a connection (`relay`), and the durable cleanup queue drained by bounded
-//! workers (`cleanup`).
+//! store removals that failed (`liveness`), the relay of send-back requests to the
+//! node holding a connection (`relay`), the durable cleanup queue drained by bounded
+//! workers (`cleanup`), and the cleanup after dead nodes and this node's fencing when it
+//! was reaped (`reaper`).
 
 pub(crate) mod cleanup;
 pub(crate) mod liveness;
+pub(crate) mod reaper;
 pub(crate) mod relay;

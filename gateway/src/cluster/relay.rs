@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::Full;
-use store::SharedStore;
+use store::{NodeInfo, SharedStore};
 use tracing::{debug, warn};
 
 use crate::function::http_client::{HttpClient, HttpError, HttpReply};
@@ -23,9 +23,6 @@ pub(crate) const FORWARDED: &str = "x-switchboard-forwarded";
 
 /// The largest reply read from a peer.
 const MAX_PEER_REPLY: usize = 16 << 20;
-
-/// How long a relayed request may take: a peer slower than this counts as unreachable.
-pub(crate) const RELAY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether another node relayed this request (answer it here; never relay it again).
 pub(crate) fn is_forwarded(headers: &HeaderMap) -> bool {
@@ -58,12 +55,28 @@ pub(crate) enum RelayError {
     /// Sending or reading failed.
     #[error("node {node}: {source}")]
     Http { node: String, source: HttpError },
-    /// No answer in time.
-    #[error("node {node}: no answer within {RELAY_TIMEOUT:?}")]
-    Timeout { node: String },
+    /// No answer within `relay_timeout`.
+    #[error("node {node}: no answer within {timeout:?}")]
+    Timeout { node: String, timeout: Duration },
     /// An answer that is not a 200 with the expected JSON.
     #[error("node {node}: unexpected answer: {what}")]
     Answer { node: String, what: String },
+}
+
+/// Which node holds a connection this node does not, as the store tells.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// Its record names this node: it has ended here (its record is on its way out).
+    Here,
+    /// Another live node, at this send-back address.
+    At(String),
+    /// Its record names a node whose heartbeat expired (or that gave no address to reach
+    /// it): unavailable until that node is reaped and the record removed.
+    Down(String),
+    /// No record: no node holds it.
+    NoRecord,
+    /// The store could not say (record or address lookup failed).
+    StoreUnavailable,
 }
 
 /// The other nodes, as this node reaches them: the store says who is alive, where, and
@@ -73,47 +86,49 @@ pub(crate) struct Relay {
     node: std::sync::Arc<str>,
     store: SharedStore,
     peers: HttpClient,
+    /// `relay_timeout`.
+    timeout: Duration,
 }
 
 impl Relay {
-    pub fn new(node: std::sync::Arc<str>, store: SharedStore) -> Self {
+    pub fn new(node: std::sync::Arc<str>, store: SharedStore, timeout: Duration) -> Self {
         Relay {
             node,
             store,
             peers: HttpClient::new(64, Duration::from_secs(30)),
+            timeout,
         }
     }
 
-    /// The send-back address of the other live node that holds connection `id`, if any.
-    /// Store failures count as "none": the caller answers as for a connection that is gone.
-    pub async fn owner(&self, id: &str) -> Option<String> {
+    /// Which node holds connection `id` (one this node does not hold).
+    pub async fn owner(&self, id: &str) -> Owner {
         let record = match self.store.get(id).await {
             Ok(Some(record)) => record,
-            Ok(None) => return None,
+            Ok(None) => return Owner::NoRecord,
             Err(e) => {
                 debug!(connection = id, cause = %e, "cannot look up the node of a connection");
-                return None;
+                return Owner::StoreUnavailable;
             }
         };
         if *record.node == *self.node {
-            return None;
+            return Owner::Here;
         }
         match self.store.node_address(&record.node).await {
-            Ok(address) => address.filter(|a| relayable(a)),
+            Ok(Some(address)) if relayable(&address) => Owner::At(address),
+            Ok(_) => Owner::Down(record.node),
             Err(e) => {
                 debug!(node = %record.node, cause = %e, "cannot look up a node's address");
-                None
+                Owner::StoreUnavailable
             }
         }
     }
 
-    /// The send-back addresses of every other live node that gave one.
-    pub async fn peers(&self) -> Vec<String> {
+    /// Every other live node that gave a send-back address.
+    pub async fn peers(&self) -> Vec<NodeInfo> {
         match self.store.nodes().await {
             Ok(nodes) => nodes
                 .into_iter()
                 .filter(|n| *n.name != *self.node && relayable(&n.address))
-                .map(|n| n.address)
                 .collect(),
             Err(e) => {
                 warn!(cause = %e, "cannot list the other nodes: a group send reaches this node only");
@@ -148,12 +163,15 @@ impl Relay {
         pass.push((FORWARDED, &self.node));
         let body = body.unwrap_or(origin.body);
         let sent = endpoint.send(origin.method.as_str(), &pass, body, MAX_PEER_REPLY);
-        match tokio::time::timeout(RELAY_TIMEOUT, sent).await {
+        match tokio::time::timeout(self.timeout, sent).await {
             Ok(reply) => reply.map_err(|source| RelayError::Http {
                 node: node(),
                 source,
             }),
-            Err(_) => Err(RelayError::Timeout { node: node() }),
+            Err(_) => Err(RelayError::Timeout {
+                node: node(),
+                timeout: self.timeout,
+            }),
         }
     }
 

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 use uuid::Uuid;
 use wire::api::{BatchItem, BatchResult, BatchSend, DeliveryStatus, GroupSendResult};
 
-use crate::cluster::relay::{self, Origin, Relay};
+use crate::cluster::relay::{self, Origin, Owner, Relay};
 use crate::delivery::group_cache::{GroupCache, Members};
 use crate::respond::Body;
 use crate::socket::outbox::{CloseRequest, PushError, QueueLimits};
@@ -43,12 +43,16 @@ pub(crate) enum Outcome {
     Info(Arc<Connection>),
     /// Its outbound queue is full: the client is not reading fast enough.
     Throttled,
-    /// No node holds it.
+    /// No node holds it: no record (or its record names this node, which no longer
+    /// holds it).
     Gone,
     /// Another node holds it and answered: its reply, passed on as it is.
     Relayed(Response<Body>),
-    /// Another node holds it and did not answer.
-    Unavailable,
+    /// Its node stopped heartbeating, or did not answer the relay in time: retry later
+    /// (503). It is [`Outcome::Gone`] once a reaper has cleaned up after that node.
+    NodeUnavailable,
+    /// The store could not say where it is (503, retry later): never "gone".
+    StoreUnavailable,
 }
 
 /// The delivery core of one node.
@@ -95,14 +99,23 @@ impl Delivery {
             if origin.is_forwarded() {
                 return Outcome::Gone;
             }
-            let Some(base) = self.relay.owner(id).await else {
-                return Outcome::Gone;
+            let base = match self.relay.owner(id).await {
+                Owner::At(base) => base,
+                Owner::Here | Owner::NoRecord => return Outcome::Gone,
+                Owner::Down(node) => {
+                    debug!(
+                        connection = id,
+                        node, "the node holding the connection is down"
+                    );
+                    return Outcome::NodeUnavailable;
+                }
+                Owner::StoreUnavailable => return Outcome::StoreUnavailable,
             };
             return match self.relay.send(&base, origin, None).await {
                 Ok(reply) => Outcome::Relayed(relay::into_response(reply)),
                 Err(cause) => {
-                    warn!(%cause, "could not relay a send-back request to the node holding the connection");
-                    Outcome::Unavailable
+                    warn!(connection = id, %cause, "could not relay a send-back request to the node holding the connection");
+                    Outcome::NodeUnavailable
                 }
             };
         };
@@ -164,6 +177,7 @@ impl Delivery {
                 DeliveryStatus::Delivered => result.delivered += 1,
                 DeliveryStatus::Gone => result.gone += 1,
                 DeliveryStatus::Throttled => result.throttled += 1,
+                DeliveryStatus::Unavailable => result.unavailable += 1,
             }
         }
         result.results = items;
@@ -187,8 +201,12 @@ impl Delivery {
         .await;
         let mut by_node: HashMap<String, Vec<usize>> = HashMap::new();
         for (&i, owner) in elsewhere.iter().zip(owners) {
-            if let Some(base) = owner {
-                by_node.entry(base).or_default().push(i);
+            match owner {
+                Owner::At(base) => by_node.entry(base).or_default().push(i),
+                Owner::Down(_) | Owner::StoreUnavailable => {
+                    items[i].status = DeliveryStatus::Unavailable;
+                }
+                Owner::Here | Owner::NoRecord => {}
             }
         }
         let post = Origin {
@@ -224,7 +242,10 @@ impl Delivery {
                     }
                 }
                 Err(cause) => {
-                    warn!(%cause, "a node did not take its part of a batch send: reported as gone");
+                    warn!(%cause, "a node did not take its part of a batch send: reported as unavailable");
+                    for &i in positions {
+                        items[i].status = DeliveryStatus::Unavailable;
+                    }
                 }
             }
         }
@@ -247,9 +268,9 @@ impl Delivery {
             let (members, peers) = tokio::join!(self.group_members(group), self.relay.peers());
             (members?, peers)
         };
-        let relayed = futures_util::future::join_all(peers.iter().map(|base| {
+        let relayed = futures_util::future::join_all(peers.iter().map(|peer| {
             self.relay
-                .send_for_json::<GroupSendResult>(base, origin, None)
+                .send_for_json::<GroupSendResult>(&peer.address, origin, None)
         }));
         let mut result = GroupSendResult::default();
         let excluded_ids: IdSet = excluded
@@ -284,14 +305,16 @@ impl Delivery {
             });
         }
         if !peers.is_empty() {
-            for answer in relayed.await {
+            // Each relay is bounded by `relay_timeout`: a silent node costs that, once.
+            for (peer, answer) in peers.iter().zip(relayed.await) {
                 match answer {
                     Ok(theirs) => {
                         result.delivered += theirs.delivered;
                         result.throttled += theirs.throttled;
                     }
                     Err(cause) => {
-                        warn!(%cause, group, "a node did not take a group send: its members are reported as gone");
+                        warn!(%cause, group, node = peer.name, "a node did not take a group send: listed as unreachable");
+                        result.unreachable_nodes.push(peer.name.clone());
                     }
                 }
             }

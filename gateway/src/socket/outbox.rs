@@ -31,6 +31,9 @@ pub struct CloseRequest {
     pub code: u16,
     /// The close reason to send.
     pub reason: String,
+    /// This node was reaped while it could not beat and another node already sent this
+    /// connection's cleanup: close it without sending one again.
+    pub reaped: bool,
 }
 
 /// The queue itself.
@@ -192,11 +195,13 @@ mod tests {
         let outbox = Outbox::default();
         assert!(outbox.request_close(CloseRequest {
             code: 1000,
-            reason: String::new()
+            reason: String::new(),
+            reaped: false,
         }));
         assert!(!outbox.request_close(CloseRequest {
             code: 1000,
-            reason: String::new()
+            reason: String::new(),
+            reaped: false,
         }));
         assert_eq!(
             outbox.push(Message::text("x"), LIMITS),
@@ -211,7 +216,8 @@ mod tests {
         assert!(outbox.is_closed());
         assert!(!outbox.request_close(CloseRequest {
             code: 1000,
-            reason: String::new()
+            reason: String::new(),
+            reaped: false,
         }));
     }
 
@@ -256,7 +262,8 @@ mod tests {
         assert_eq!(poll(&mut cx), Poll::Pending, "drained: nothing to do");
         assert!(outbox.request_close(CloseRequest {
             code: 1000,
-            reason: String::new()
+            reason: String::new(),
+            reaped: false,
         }));
         assert_eq!(counter.0.load(SeqCst), 2, "a close request wakes it too");
         assert_eq!(poll(&mut cx), Poll::Ready(()));

@@ -115,7 +115,11 @@ impl Registry {
         self.lock().get(id).cloned()
     }
 
-    /// How many connections are registered.
+    /// Every connection this node holds (a rare path: fencing after this node was reaped).
+    pub fn all(&self) -> Vec<std::sync::Arc<Connection>> {
+        self.lock().values().cloned().collect()
+    }
+
     /// Calls `f` with the connection of each id this node holds (which may be closing:
     /// its outbox says so), or `None`, all under one lock: a group send reaches a page of
     /// members without a lock and a reference count round trip per member.
@@ -126,6 +130,7 @@ impl Registry {
         }
     }
 
+    /// How many connections are registered.
     pub fn len(&self) -> usize {
         self.lock().len()
     }

@@ -453,7 +453,10 @@ impl Session {
             close_code: end.code,
             close_reason: &end.text,
         };
-        self.shared.cleanups.hand_over(ended).await;
+        // `NodeLost` ends only a connection whose cleanup a reaper already queued.
+        if end.reason != DisconnectReason::NodeLost {
+            self.shared.cleanups.hand_over(ended).await;
+        }
         info!(reason = ?end.reason, code = ?end.code, "connection closed");
     }
 }
@@ -475,11 +478,13 @@ async fn flush_outbox(ws: &mut Ws, outbox: &Outbox, batch: &mut Vec<Message>) ->
     }
     let request = close_request?;
     Box::pin(close(ws, outbox, request.code, &request.reason)).await;
-    Some(End::new(
-        DisconnectReason::ServerDisconnect,
-        Some(request.code),
-        request.reason,
-    ))
+    // Reaped: another node sent this connection's `node_lost` cleanup already.
+    let reason = if request.reaped {
+        DisconnectReason::NodeLost
+    } else {
+        DisconnectReason::ServerDisconnect
+    };
+    Some(End::new(reason, Some(request.code), request.reason))
 }
 
 async fn write_all(ws: &mut Ws, batch: &mut Vec<Message>) -> Result<(), WsError> {

@@ -440,6 +440,8 @@ mod tests {
             disconnect(DisconnectReason::ServerDisconnect, Some(1000)),
             Some(1000)
         );
+        // A reaper's cleanup for a dead node's connection: no close frame was seen.
+        assert_eq!(disconnect(DisconnectReason::NodeLost, None), Some(1006));
     }
 
     fn reply(status: u16, body: &str) -> Reply {

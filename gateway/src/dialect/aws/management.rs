@@ -34,7 +34,6 @@ use crate::cluster::relay::Origin;
 use crate::config::AwsConfig;
 use crate::delivery::core::{Delivery, Op, Outcome};
 use crate::dialect::aws::sigv4::{EXECUTE_API, Rejection, SignedRequest, Verifier};
-use crate::dialect::native::sendback::node_unreachable;
 use crate::request;
 use crate::respond::{self, Body};
 use crate::socket::outbox::CloseRequest;
@@ -165,6 +164,7 @@ impl ManagementApi {
             Method::DELETE => Op::Close(CloseRequest {
                 code: codes::CLOSE_NORMAL,
                 reason: String::new(),
+                reaped: false,
             }),
             _ => {
                 return Err(AwsError::new(
@@ -210,7 +210,17 @@ impl ManagementApi {
             )),
             Outcome::Gone => Err(AwsError::gone(id)),
             Outcome::Relayed(reply) => Ok(reply),
-            Outcome::Unavailable => Ok(node_unreachable()),
+            // 5xx: AWS SDKs retry it.
+            Outcome::NodeUnavailable => Err(AwsError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailableException",
+                format!("the gateway node holding connection {id} is not answering; retry later"),
+            )),
+            Outcome::StoreUnavailable => Err(AwsError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailableException",
+                "the gateway's store is unavailable; retry later",
+            )),
         }
     }
 }

@@ -140,7 +140,8 @@ impl NativeApi {
             ),
             Outcome::Gone => gone(id),
             Outcome::Relayed(reply) => reply,
-            Outcome::Unavailable => node_unreachable(),
+            Outcome::NodeUnavailable => node_unavailable(),
+            Outcome::StoreUnavailable => store_unavailable(),
         })
     }
 
@@ -265,12 +266,22 @@ fn gone(id: &str) -> Response<Body> {
     )
 }
 
-/// The reply when the node holding a connection did not answer a relayed request.
-pub(crate) fn node_unreachable() -> Response<Body> {
+/// The reply when the node holding a connection is down or did not answer a relayed
+/// request: retryable.
+fn node_unavailable() -> Response<Body> {
     respond::error(
-        StatusCode::BAD_GATEWAY,
-        codes::NODE_UNREACHABLE,
-        "the gateway node holding this connection did not answer",
+        StatusCode::SERVICE_UNAVAILABLE,
+        codes::NODE_UNAVAILABLE,
+        "the gateway node holding this connection is not answering; retry later",
+    )
+}
+
+/// The reply when the store could not say where a connection is: retryable.
+fn store_unavailable() -> Response<Body> {
+    respond::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        codes::STORE_UNAVAILABLE,
+        "the gateway's store is unavailable; retry later",
     )
 }
 
@@ -307,7 +318,11 @@ fn close_request(query: &str) -> Result<CloseRequest, Failure> {
             _ => {}
         }
     }
-    Ok(CloseRequest { code, reason })
+    Ok(CloseRequest {
+        code,
+        reason,
+        reaped: false,
+    })
 }
 
 /// The ids a group send skips (`?exclude=a&exclude=b`).

@@ -18,7 +18,6 @@ use tracing::debug;
 
 use crate::cluster::relay::Origin;
 use crate::delivery::core::{Delivery, Op, Outcome};
-use crate::dialect::native::sendback::node_unreachable;
 use crate::request::{self, BodyLimits};
 use crate::respond::{self, Body};
 use crate::socket::outbox::CloseRequest;
@@ -145,7 +144,14 @@ impl TencentApi {
             Outcome::Throttled => answer(StatusCode::TOO_MANY_REQUESTS, "client not reading"),
             Outcome::Gone => answer(StatusCode::GONE, "connection gone"),
             Outcome::Relayed(reply) => reply,
-            Outcome::Unavailable => node_unreachable(),
+            Outcome::NodeUnavailable => answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gateway node holding the connection not answering; retry later",
+            ),
+            Outcome::StoreUnavailable => answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store unavailable; retry later",
+            ),
         }
     }
 
@@ -193,6 +199,7 @@ impl TencentApi {
             "closing" => Ok(Op::Close(CloseRequest {
                 code: codes::CLOSE_NORMAL,
                 reason: String::new(),
+                reaped: false,
             })),
             other => Err((
                 StatusCode::BAD_REQUEST,
