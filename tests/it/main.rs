@@ -15,6 +15,7 @@ mod public_http;
 mod redis_e2e;
 mod register;
 mod sendback;
+mod stalled_client;
 mod store_redis;
 mod store_suite;
 
