@@ -5,6 +5,7 @@ mod bad_input;
 mod browser;
 mod chat;
 mod cleanup;
+mod close_codes;
 mod config;
 mod dialect_aws;
 mod dialect_tencent;

@@ -662,18 +662,20 @@ async fn close(
 }
 
 /// Reads until the client ends the connection: its close frame, or EOF. Through
-/// tungstenite while it reads frames, then straight from the socket (tungstenite keeps
-/// failing on data it refused once, such as the rest of an oversize message).
+/// tungstenite while it reads frames, then straight from the socket (after an error, such
+/// as an oversize message, tungstenite reads nothing more).
 async fn drain_after_close<S>(ws: &mut WebSocketStream<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
         match ws.next().await {
-            // The client's close frame (tungstenite answers nothing more), or EOF.
-            None | Some(Ok(Message::Close(_))) => return,
+            // The client's answer: the close handshake is done.
+            Some(Ok(Message::Close(_))) => return,
             Some(Ok(_)) => {}
-            Some(Err(_)) => break,
+            // An error (EOF before the client's close frame is one), or a stream that
+            // already failed: tokio-tungstenite reads nothing after its first error.
+            Some(Err(_)) | None => break,
         }
     }
     discard_until_eof(ws.get_mut()).await;
@@ -714,4 +716,98 @@ async fn protocol_end(shared: &Sockets, ws: &mut Ws, outbox: &Outbox, e: WsError
     info!(cause = %e, code, "closing connection: client broke the protocol");
     close(shared, ws, outbox, Cuts::CLOSING, code, text).await;
     End::new(DisconnectReason::ProtocolError, Some(code), text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets: (client, gateway side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    fn close_frame(code: u16) -> Message {
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        }))
+    }
+
+    /// The oversize case: tungstenite refused a frame, the client is still sending it. The
+    /// gateway's close frame must reach the client followed by a FIN, not a reset.
+    #[tokio::test]
+    async fn after_a_refused_frame_the_rest_is_drained_and_the_close_frame_arrives() {
+        let (mut client, server) = pair().await;
+        let config = WebSocketConfig::default()
+            .max_frame_size(Some(1024))
+            .max_message_size(Some(1024));
+        let mut ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await;
+        let sender = tokio::spawn(async move {
+            // A masked binary frame announcing 4 MiB, then the 4 MiB.
+            let len: u64 = 4 << 20;
+            let mut head = vec![0x82, 0x80 | 127];
+            head.extend_from_slice(&len.to_be_bytes());
+            head.extend_from_slice(&[1, 2, 3, 4]);
+            client.write_all(&head).await.unwrap();
+            let chunk = vec![0u8; 64 * 1024];
+            for _ in 0..(len / chunk.len() as u64) {
+                client.write_all(&chunk).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            let read = client.read_to_end(&mut got).await;
+            (read.map(|_| got), client)
+        });
+        let refused = ws.next().await;
+        assert!(
+            matches!(refused, Some(Err(WsError::Capacity(_)))),
+            "{refused:?}"
+        );
+        ws.send(close_frame(codes::CLOSE_MESSAGE_TOO_BIG))
+            .await
+            .unwrap();
+        tokio::time::timeout(CLOSE_WAIT, drain_after_close(&mut ws))
+            .await
+            .expect("the drain ends at the client's EOF");
+        ws.get_mut().shutdown().await.unwrap();
+        drop(ws);
+        let (read, _client) = sender.await.unwrap();
+        let got = read.expect("the client reads to a FIN, not a reset");
+        assert_eq!(&got[..4], &[0x88, 2, 0x03, 0xF1], "a close frame with 1009");
+    }
+
+    /// A client that answers the close frame and waits for the server to close TCP (as
+    /// RFC 6455 asks): the drain ends at its answer, not after the close wait.
+    #[tokio::test]
+    async fn the_drain_ends_at_the_clients_close_frame() {
+        let (client, server) = pair().await;
+        let mut ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let answered = tokio::spawn(async move {
+            // Reading the close frame queues the answer; the next read sends it and then
+            // waits for the server's FIN.
+            let first = client.next().await;
+            let rest = client.next().await;
+            (first, rest)
+        });
+        ws.send(close_frame(1000)).await.unwrap();
+        let started = Instant::now();
+        tokio::time::timeout(CLOSE_WAIT, drain_after_close(&mut ws))
+            .await
+            .expect("the drain ends at the client's close frame");
+        assert!(started.elapsed() < CLOSE_WAIT / 2);
+        ws.get_mut().shutdown().await.unwrap();
+        drop(ws);
+        let (first, rest) = answered.await.unwrap();
+        assert!(
+            matches!(first, Some(Ok(Message::Close(Some(ref f)))) if u16::from(f.code) == 1000),
+            "{first:?}"
+        );
+        assert!(rest.is_none(), "a clean end after the handshake: {rest:?}");
+    }
 }
