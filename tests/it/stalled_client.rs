@@ -124,8 +124,12 @@ async fn delete_closes_a_client_that_reads_nothing_at_once() {
     assert_eq!(function.events_of("cleanup", &id).len(), 1);
 }
 
+/// SIGTERM with many connections, one of them stalled in a write: every reading client
+/// gets 1001, and every connection, the stalled one included, exactly one cleanup
+/// before the process exits.
 #[tokio::test]
 async fn sigterm_sends_the_cleanup_of_a_client_that_reads_nothing() {
+    const READERS: usize = 100;
     let function = function().await;
     let url = function.url();
     let config = format!(
@@ -137,13 +141,35 @@ async fn sigterm_sends_the_cleanup_of_a_client_that_reads_nothing() {
     let gateway = GatewayProcess::start(&crate::switchboard_bin(), &config).await;
     let public: SocketAddr = gateway.public().parse().unwrap();
     let sendback = format!("http://{}", gateway.sendback());
-    let _client = stalled_client(public).await;
-    let id = function.wait_register().await;
-    push_until_blocked(&sendback, &id).await;
+    let _stalled = stalled_client(public).await;
+    let stalled = function.wait_register().await;
+    push_until_blocked(&sendback, &stalled).await;
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let (client, _) = tokio_tungstenite::connect_async(format!("ws://{public}/"))
+            .await
+            .expect("connect");
+        readers.push(tokio::spawn(async move {
+            let mut client = client;
+            tests::gateway::expect_close(&mut client)
+                .await
+                .map(|f| u16::from(f.code))
+        }));
+    }
+    let registered = function
+        .wait_until("every register", Duration::from_secs(10), |e| {
+            e.iter().filter(|e| e.kind.name() == "register").count() == READERS + 1
+        })
+        .await;
     // Exits successfully within 15 s (grace is 2 s)...
     gateway.terminate().await;
-    // ... and its cleanup went out before it did.
-    let cleanups = function.events_of("cleanup", &id);
-    assert_eq!(cleanups.len(), 1, "one cleanup before the process exited");
-    assert_eq!(reason(&cleanups[0]), DisconnectReason::Shutdown);
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), Some(1001));
+    }
+    // ... and every cleanup went out before it did.
+    for id in registered.iter().map(|e| &e.connection_id) {
+        let cleanups = function.events_of("cleanup", id);
+        assert_eq!(cleanups.len(), 1, "cleanups of {id}: {cleanups:?}");
+        assert_eq!(reason(&cleanups[0]), DisconnectReason::Shutdown);
+    }
 }
