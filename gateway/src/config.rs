@@ -282,11 +282,11 @@ pub struct LimitsConfig {
     pub write_delay: Duration,
     /// The longest one write to a client's socket may wait (queued messages, replies,
     /// pings, close frames): a client that takes none of it for this long is dropped
-    /// without a close frame and cleaned up (`connection_lost`). Shutdown, a close through
-    /// the send-back API and the idle / duration limits end a waiting write at once
-    /// whatever this is. Shorter frees the slot and the queued memory of a client that
-    /// stopped reading sooner; longer spares clients on slow or briefly stalled networks
-    /// (a phone changing cells) that would catch up.
+    /// without a close frame and cleaned up (`connection_lost`). Shutdown and the idle /
+    /// duration limits end a waiting write at once, and a close through the send-back API
+    /// within 2 s, whatever this is. Shorter frees the slot and the queued memory of a
+    /// client that stopped reading sooner; longer spares clients on slow or briefly
+    /// stalled networks (a phone changing cells) that would catch up.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
     /// The most messages queued for one client; a send beyond it gets 429.

@@ -249,6 +249,7 @@ impl Session {
         let cuts = |last_activity: Instant| Cuts {
             shutdown: true,
             close_request: true,
+            close_requested: false,
             idle_at: Some(last_activity + limits.idle_timeout),
             max_at: Some(max_at),
         };
@@ -491,6 +492,10 @@ async fn flush_outbox(
     cuts: Cuts,
 ) -> Option<End> {
     let close_request = outbox.drain(batch);
+    let cuts = Cuts {
+        close_requested: close_request.is_some(),
+        ..cuts
+    };
     let written = guarded(shared, outbox, cuts, write_all(ws, batch)).await;
     // Cut short: what was not written is dropped with the connection.
     batch.clear();
@@ -527,8 +532,12 @@ async fn write_all(ws: &mut Ws, batch: &mut Vec<Message>) -> Result<(), WsError>
 struct Cuts {
     /// Shutdown.
     shutdown: bool,
-    /// A close requested through the send-back API (and not yet taken from the outbox).
+    /// A close requested through the send-back API (and not yet taken from the outbox):
+    /// the write then gets [`CLOSE_WAIT`] more at most (a client that catches up still
+    /// gets the messages queued before the close, and the close frame).
     close_request: bool,
+    /// Such a close was already requested, before this write started.
+    close_requested: bool,
     /// The idle deadline.
     idle_at: Option<Instant>,
     /// The connection's maximum duration.
@@ -540,6 +549,7 @@ impl Cuts {
     const CLOSING: Cuts = Cuts {
         shutdown: true,
         close_request: false,
+        close_requested: false,
         idle_at: None,
         max_at: None,
     };
@@ -601,25 +611,43 @@ async fn guarded<W>(shared: &Sockets, outbox: &Outbox, cuts: Cuts, write: W) -> 
 where
     W: Future<Output = Result<(), WsError>>,
 {
-    let write_by = Instant::now() + shared.config.limits.write_timeout;
-    let wake_at = [cuts.idle_at, cuts.max_at]
-        .into_iter()
-        .flatten()
-        .fold(write_by, Instant::min);
-    tokio::select! {
-        biased;
-        written = write => written.map_err(WriteCut::Failed),
-        _ = shared.stop.cancelled(), if cuts.shutdown => Err(WriteCut::Shutdown),
-        _ = outbox.wait_close_request(), if cuts.close_request => Err(WriteCut::CloseRequested),
-        _ = tokio::time::sleep_until(wake_at) => {
-            let now = Instant::now();
-            Err(if cuts.max_at.is_some_and(|at| now >= at) {
-                WriteCut::MaxDuration
-            } else if cuts.idle_at.is_some_and(|at| now >= at) {
-                WriteCut::IdleTimeout
-            } else {
-                WriteCut::TimedOut
-            })
+    let now = Instant::now();
+    let mut write_by = now + shared.config.limits.write_timeout;
+    let mut closing = cuts.close_requested;
+    if closing {
+        write_by = write_by.min(now + CLOSE_WAIT);
+    }
+    let wake_at = |write_by: Instant| {
+        [cuts.idle_at, cuts.max_at]
+            .into_iter()
+            .flatten()
+            .fold(write_by, Instant::min)
+    };
+    let mut write = std::pin::pin!(write);
+    let mut shutdown = std::pin::pin!(shared.stop.cancelled());
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(wake_at(write_by)));
+    loop {
+        tokio::select! {
+            biased;
+            written = &mut write => return written.map_err(WriteCut::Failed),
+            _ = &mut shutdown, if cuts.shutdown => return Err(WriteCut::Shutdown),
+            _ = outbox.wait_close_request(), if cuts.close_request && !closing => {
+                closing = true;
+                write_by = write_by.min(Instant::now() + CLOSE_WAIT);
+                timer.as_mut().reset(wake_at(write_by));
+            }
+            _ = timer.as_mut() => {
+                let now = Instant::now();
+                return Err(if cuts.max_at.is_some_and(|at| now >= at) {
+                    WriteCut::MaxDuration
+                } else if cuts.idle_at.is_some_and(|at| now >= at) {
+                    WriteCut::IdleTimeout
+                } else if closing {
+                    WriteCut::CloseRequested
+                } else {
+                    WriteCut::TimedOut
+                });
+            }
         }
     }
 }
