@@ -2,6 +2,13 @@
 //! so events reach the function in order), writes queued messages, answers the
 //! application heartbeat, enforces idle, ping and duration limits, and when the connection
 //! ends for any reason sends cleanup exactly once and unregisters it.
+//!
+//! No write waits forever: each runs under `limits.write_timeout`, and while one is
+//! pending (only then: an idle connection's task pays nothing for it) shutdown and the
+//! idle / duration deadlines end the connection at once, socket dropped, and a close
+//! requested through the send-back API gives the write [`CLOSE_WAIT`] more. After a close
+//! frame the task reads what the client still sends until it closes, so no TCP reset hides
+//! the close code.
 
 use std::collections::VecDeque;
 use std::future::Future;
