@@ -90,24 +90,30 @@ if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 
     rustup component add rustfmt clippy
 fi
 
-# npm packages of the browser test, only when missing or stale: npm writes
+# npm packages of the Node tests, only when missing or stale: npm writes
 # node_modules/.package-lock.json on every install, so anything newer than it
 # (package.json, package-lock.json) means the install is out of date.
-BROWSER=tests/browser
-STAMP="$BROWSER/node_modules/.package-lock.json"
-if [ ! -f "$STAMP" ] || [ ! -d "$BROWSER/node_modules/playwright-core" ] ||
-    [ "$BROWSER/package.json" -nt "$STAMP" ] ||
-    { [ -f "$BROWSER/package-lock.json" ] && [ "$BROWSER/package-lock.json" -nt "$STAMP" ]; }; then
-    step "npm install (tests/browser)"
-    # playwright-core never downloads a browser; the system chromium is used.
-    export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
-    if [ -f "$BROWSER/package-lock.json" ]; then
-        (cd "$BROWSER" && npm ci --no-audit --no-fund)
-    else
-        (cd "$BROWSER" && npm install --no-audit --no-fund)
+#   tests/browser  the headless-Chromium chat test (playwright-core)
+#   tests/clients  Node WebSocket clients of tests/it (ws)
+npm_install() {
+    local dir=$1 marker=$2
+    local stamp="$dir/node_modules/.package-lock.json"
+    if [ ! -f "$stamp" ] || [ ! -d "$dir/node_modules/$marker" ] ||
+        [ "$dir/package.json" -nt "$stamp" ] ||
+        { [ -f "$dir/package-lock.json" ] && [ "$dir/package-lock.json" -nt "$stamp" ]; }; then
+        step "npm install ($dir)"
+        if [ -f "$dir/package-lock.json" ]; then
+            (cd "$dir" && npm ci --no-audit --no-fund)
+        else
+            (cd "$dir" && npm install --no-audit --no-fund)
+        fi
+        if [ -d "$dir/node_modules" ]; then touch "$stamp"; fi
     fi
-    if [ -d "$BROWSER/node_modules" ]; then touch "$STAMP"; fi
-fi
+}
+# playwright-core never downloads a browser; the system chromium is used.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+npm_install tests/browser playwright-core
+npm_install tests/clients ws
 
 # ------------------------------------------------------------------ checks
 step "fmt"

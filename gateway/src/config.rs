@@ -299,6 +299,15 @@ pub struct LimitsConfig {
     /// client's own message are never delayed.
     #[serde(with = "humantime_serde")]
     pub write_delay: Duration,
+    /// The longest one write to a client's socket may wait (queued messages, replies,
+    /// pings, close frames): a client that takes none of it for this long is dropped
+    /// without a close frame and cleaned up (`connection_lost`). Shutdown and the idle /
+    /// duration limits end a waiting write at once, and a close through the send-back API
+    /// within 2 s, whatever this is. Shorter frees the slot and the queued memory of a
+    /// client that stopped reading sooner; longer spares clients on slow or briefly
+    /// stalled networks (a phone changing cells) that would catch up.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// The most messages queued for one client; a send beyond it gets 429.
     pub outbound_queue_messages: usize,
     /// The most bytes queued for one client; a send beyond it gets 429.
@@ -448,6 +457,7 @@ impl Default for LimitsConfig {
             ping_interval: Duration::from_secs(30),
             max_duration: Duration::from_secs(2 * 60 * 60),
             write_delay: Duration::ZERO,
+            write_timeout: Duration::from_secs(10),
             outbound_queue_messages: 1024,
             outbound_queue_bytes: 1 << 20,
             inbound_queue_messages: 16,
@@ -691,6 +701,7 @@ impl Config {
             ("limits.idle_timeout", l.idle_timeout),
             ("limits.ping_interval", l.ping_interval),
             ("limits.max_duration", l.max_duration),
+            ("limits.write_timeout", l.write_timeout),
             ("functions.timeout", self.functions.timeout),
             ("node_heartbeat", self.node_heartbeat),
             ("node_heartbeat_ttl", self.node_heartbeat_ttl),
@@ -839,6 +850,7 @@ mod tests {
             config.limits.max_message_bytes,
             defaults.limits.max_message_bytes
         );
+        assert_eq!(config.limits.write_timeout, defaults.limits.write_timeout);
         assert_eq!(config.aws.stage, defaults.aws.stage);
         assert_eq!(config.aws.region, defaults.aws.region);
         assert_eq!(config.tencent.stage, defaults.tencent.stage);
@@ -959,6 +971,8 @@ mod tests {
         assert!(m.contains("insecure_no_auth"), "{m}");
         let m = msg("[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nmax_message_bytes = 0\n");
         assert!(m.contains("limits.max_message_bytes"), "{m}");
+        let m = msg("[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nwrite_timeout = \"0s\"\n");
+        assert!(m.contains("limits.write_timeout"), "{m}");
         assert!(msg("this is not toml").contains("gateway.toml"));
         let m = msg("store = \"postgres://x\"\n[sendback]\ntoken = \"0123456789abcdef\"\n");
         assert!(m.contains("`store`"), "{m}");

@@ -5,6 +5,7 @@ mod bad_input;
 mod browser;
 mod chat;
 mod cleanup;
+mod close_codes;
 mod config;
 mod dialect_aws;
 mod dialect_tencent;
@@ -17,6 +18,7 @@ mod public_http;
 mod redis_e2e;
 mod register;
 mod sendback;
+mod stalled_client;
 mod store_redis;
 mod store_suite;
 

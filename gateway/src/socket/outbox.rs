@@ -150,9 +150,22 @@ impl Outbox {
     /// Waits until there is something to [`drain`](Outbox::drain): a queued message or a
     /// close request. Ready at once if there already is.
     pub async fn wait(&self) {
+        self.wait_for(State::ready).await
+    }
+
+    /// Waits until a close is requested that [`drain`](Outbox::drain) has not taken yet
+    /// (queued messages do not wake it). The socket task races its pending writes against
+    /// it: a close requested while the client reads nothing ends the connection at once.
+    pub async fn wait_close_request(&self) {
+        self.wait_for(|state| state.close.is_some()).await
+    }
+
+    /// Waits until `ready(state)`; the one waker slot is the socket task's, whichever of
+    /// the two waits it is in.
+    async fn wait_for(&self, ready: fn(&State) -> bool) {
         poll_fn(|cx| {
             let mut state = self.lock();
-            if state.ready() {
+            if ready(&state) {
                 return Poll::Ready(());
             }
             match &mut state.waiter {
@@ -267,6 +280,38 @@ mod tests {
         }));
         assert_eq!(counter.0.load(SeqCst), 2, "a close request wakes it too");
         assert_eq!(poll(&mut cx), Poll::Ready(()));
+    }
+
+    #[tokio::test]
+    async fn a_close_request_wakes_a_close_wait_and_messages_do_not() {
+        use std::sync::Arc;
+        let outbox = Arc::new(Outbox::default());
+        let waiter = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.wait_close_request().await }
+        });
+        outbox.push(Message::text("x"), LIMITS).unwrap();
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "a queued message is not a close request"
+        );
+        assert!(outbox.request_close(CloseRequest {
+            code: 1000,
+            reason: String::new(),
+            reaped: false,
+        }));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        // Taken by drain: no close request waits any more.
+        outbox.drain(&mut Vec::new());
+        let pending = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            outbox.wait_close_request(),
+        );
+        assert!(pending.await.is_err());
     }
 
     const LIMITS_MANY: QueueLimits = QueueLimits {

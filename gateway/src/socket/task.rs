@@ -3,6 +3,13 @@
 //! application heartbeat, enforces idle, ping and duration limits, and when the connection
 //! ends for any reason hands its cleanup over to the durable queue (`cluster::cleanup`),
 //! whose workers deliver it and then unregister the connection.
+//!
+//! No write waits forever: each runs under `limits.write_timeout`, and while one is
+//! pending (only then: an idle connection's task pays nothing for it) shutdown and the
+//! idle / duration deadlines end the connection at once, socket dropped, and a close
+//! requested through the send-back API gives the write [`CLOSE_WAIT`] more. After a close
+//! frame the task reads what the client still sends until it closes, so no TCP reset hides
+//! the close code.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -14,6 +21,7 @@ use wire::codes;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
@@ -247,6 +255,15 @@ impl Session {
         let limits = &shared.config.limits;
         let heartbeat = &shared.config.heartbeat;
         let started = Instant::now();
+        let max_at = started + limits.max_duration;
+        // What may cut a write in this loop short, with the idle deadline as it is now.
+        let cuts = |last_activity: Instant| Cuts {
+            shutdown: true,
+            close_request: true,
+            close_requested: false,
+            idle_at: Some(last_activity + limits.idle_timeout),
+            max_at: Some(max_at),
+        };
         let mut last_rx = started;
         let mut last_activity = started;
         let mut ping_sent: Option<Instant> = None;
@@ -263,7 +280,7 @@ impl Session {
                 Some(sent) => sent + limits.ping_interval,
                 None => last_rx + limits.ping_interval,
             };
-            let mut deadline = (started + limits.max_duration)
+            let mut deadline = max_at
                 .min(last_activity + limits.idle_timeout)
                 .min(ping_due);
             if let Some(at) = flush_at {
@@ -277,7 +294,7 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => {
-                    Box::pin(close(ws, &self.conn.outbox, codes::CLOSE_GOING_AWAY, "server shutting down")).await;
+                    Box::pin(close(&shared, ws, &self.conn.outbox, Cuts::SHUTTING_DOWN, codes::CLOSE_GOING_AWAY, "server shutting down")).await;
                     return End::new(DisconnectReason::Shutdown, Some(codes::CLOSE_GOING_AWAY), "server shutting down");
                 }
                 _ = self.conn.outbox.wait(), if flush_at.is_none() => {
@@ -285,7 +302,7 @@ impl Session {
                         flush_at = Some(Instant::now() + limits.write_delay);
                         continue;
                     }
-                    if let Some(end) = flush_outbox(ws, &self.conn.outbox, &mut batch).await {
+                    if let Some(end) = Box::pin(flush_outbox(&shared, ws, &self.conn.outbox, &mut batch, cuts(last_activity))).await {
                         return end;
                     }
                 }
@@ -299,21 +316,23 @@ impl Session {
                             warn!(len = message.len(), "transport reply larger than limits.max_message_bytes; not sent");
                         }
                         Ok(Some(message)) => {
-                            if let Err(e) = ws.send(message).await {
-                                return lost(e);
+                            let write = ws.send(message);
+                            if let Err(cut) = Box::pin(guarded(&shared, &self.conn.outbox, cuts(last_activity), write)).await {
+                                return cut.end();
                             }
                         }
                         Ok(None) => {}
                         Err(e) => match dialect::transport_failure(done.dialect, &self.conn.id.to_string()) {
                             FailureAction::Notify(message) => {
                                 error!(cause = %e, "transport function failed; the client is told");
-                                if let Err(e) = ws.send(message).await {
-                                    return lost(e);
+                                let write = ws.send(message);
+                                if let Err(cut) = Box::pin(guarded(&shared, &self.conn.outbox, cuts(last_activity), write)).await {
+                                    return cut.end();
                                 }
                             }
                             FailureAction::Close(code, reason) => {
                                 error!(cause = %e, code, "transport function failed; closing the connection");
-                                Box::pin(close(ws, &self.conn.outbox, code, reason)).await;
+                                Box::pin(close(&shared, ws, &self.conn.outbox, Cuts::CLOSING, code, reason)).await;
                                 let dropped = self.pending.len();
                                 if dropped > 0 {
                                     warn!(dropped, "client messages not delivered after transport failure");
@@ -328,7 +347,7 @@ impl Session {
                 frame = ws.next(), if read_more => {
                     let message = match frame {
                         None => return End::new(DisconnectReason::ConnectionLost, None, "connection closed without a close frame"),
-                        Some(Err(e)) => return Box::pin(protocol_end(ws, &self.conn.outbox, e)).await,
+                        Some(Err(e)) => return Box::pin(protocol_end(&shared, ws, &self.conn.outbox, e)).await,
                         Some(Ok(message)) => message,
                     };
                     last_rx = Instant::now();
@@ -340,8 +359,9 @@ impl Session {
                             if !heartbeat.request.is_empty()
                                 && matches!(&message, Message::Text(t) if t.as_str() == heartbeat.request)
                             {
-                                if let Err(e) = ws.send(Message::text(heartbeat.reply.as_str())).await {
-                                    return lost(e);
+                                let write = ws.send(Message::text(heartbeat.reply.as_str()));
+                                if let Err(cut) = Box::pin(guarded(&shared, &self.conn.outbox, cuts(last_activity), write)).await {
+                                    return cut.end();
                                 }
                                 continue;
                             }
@@ -351,7 +371,7 @@ impl Session {
                             if functions.transport.is_none()
                                 && dialect::select_route(functions, &message).is_none()
                             {
-                                Box::pin(close(ws, &self.conn.outbox, codes::CLOSE_UNSUPPORTED_DATA, "this gateway accepts no messages")).await;
+                                Box::pin(close(&shared, ws, &self.conn.outbox, Cuts::CLOSING, codes::CLOSE_UNSUPPORTED_DATA, "this gateway accepts no messages")).await;
                                 return End::new(DisconnectReason::ProtocolError, Some(codes::CLOSE_UNSUPPORTED_DATA), "this gateway accepts no messages");
                             }
                             self.pending.push_back(message);
@@ -370,8 +390,8 @@ impl Session {
                         }
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
                             // tungstenite answers pings itself; flush that answer.
-                            if let Err(e) = ws.flush().await {
-                                return lost(e);
+                            if let Err(cut) = Box::pin(guarded(&shared, &self.conn.outbox, cuts(last_activity), ws.flush())).await {
+                                return cut.end();
                             }
                         }
                     }
@@ -380,27 +400,28 @@ impl Session {
                     let now = Instant::now();
                     if flush_at.is_some_and(|at| now >= at) {
                         flush_at = None;
-                        if let Some(end) = flush_outbox(ws, &self.conn.outbox, &mut batch).await {
+                        if let Some(end) = Box::pin(flush_outbox(&shared, ws, &self.conn.outbox, &mut batch, cuts(last_activity))).await {
                             return end;
                         }
                     }
-                    if now >= started + limits.max_duration {
-                        Box::pin(close(ws, &self.conn.outbox, codes::CLOSE_GOING_AWAY, "maximum connection duration reached")).await;
+                    if now >= max_at {
+                        Box::pin(close(&shared, ws, &self.conn.outbox, Cuts::CLOSING, codes::CLOSE_GOING_AWAY, "maximum connection duration reached")).await;
                         return End::new(DisconnectReason::MaxDuration, Some(codes::CLOSE_GOING_AWAY), "maximum connection duration reached");
                     }
                     if now >= last_activity + limits.idle_timeout {
-                        Box::pin(close(ws, &self.conn.outbox, codes::CLOSE_GOING_AWAY, "idle timeout")).await;
+                        Box::pin(close(&shared, ws, &self.conn.outbox, Cuts::CLOSING, codes::CLOSE_GOING_AWAY, "idle timeout")).await;
                         return End::new(DisconnectReason::IdleTimeout, Some(codes::CLOSE_GOING_AWAY), "idle timeout");
                     }
                     match ping_sent {
                         Some(sent) if now >= sent + limits.ping_interval => {
-                            Box::pin(close(ws, &self.conn.outbox, codes::CLOSE_GOING_AWAY, "ping timeout")).await;
+                            Box::pin(close(&shared, ws, &self.conn.outbox, Cuts::CLOSING, codes::CLOSE_GOING_AWAY, "ping timeout")).await;
                             return End::new(DisconnectReason::PingTimeout, Some(codes::CLOSE_GOING_AWAY), "ping timeout");
                         }
                         Some(_) => {}
                         None if now >= last_rx + limits.ping_interval => {
-                            if let Err(e) = ws.send(Message::Ping(Bytes::new())).await {
-                                return lost(e);
+                            let write = ws.send(Message::Ping(Bytes::new()));
+                            if let Err(cut) = Box::pin(guarded(&shared, &self.conn.outbox, cuts(last_activity), write)).await {
+                                return cut.end();
                             }
                             ping_sent = Some(now);
                         }
@@ -471,14 +492,35 @@ async fn in_flight(call: &mut Option<TransportCall>) -> TransportResult {
 
 /// Writes everything queued in `outbox` with one flush, then performs a requested close.
 /// Returns how the connection ended, if it did.
-async fn flush_outbox(ws: &mut Ws, outbox: &Outbox, batch: &mut Vec<Message>) -> Option<End> {
+async fn flush_outbox(
+    shared: &Sockets,
+    ws: &mut Ws,
+    outbox: &Outbox,
+    batch: &mut Vec<Message>,
+    cuts: Cuts,
+) -> Option<End> {
     let close_request = outbox.drain(batch);
-    if let Err(e) = write_all(ws, batch).await {
-        return Some(lost(e));
+    let cuts = Cuts {
+        close_requested: close_request.is_some(),
+        ..cuts
+    };
+    let written = guarded(shared, outbox, cuts, write_all(ws, batch)).await;
+    // Cut short: what was not written is dropped with the connection.
+    batch.clear();
+    if let Err(cut) = written {
+        return Some(cut.end());
     }
     let request = close_request?;
-    Box::pin(close(ws, outbox, request.code, &request.reason)).await;
-    // Reaped: another node sent this connection's `node_lost` cleanup already.
+    close(
+        shared,
+        ws,
+        outbox,
+        Cuts::CLOSING,
+        request.code,
+        &request.reason,
+    )
+    .await;
+    // Reaped: another node queued this connection's `node_lost` cleanup already.
     let reason = if request.reaped {
         DisconnectReason::NodeLost
     } else {
@@ -494,22 +536,197 @@ async fn write_all(ws: &mut Ws, batch: &mut Vec<Message>) -> Result<(), WsError>
     ws.flush().await
 }
 
-/// Sends a close frame and waits (briefly) for the client's answer. The outbox is closed
-/// first: a send-back during the close handshake gets 410, not a 200 for a message that
-/// would never be written.
-async fn close(ws: &mut Ws, outbox: &Outbox, code: u16, reason: &str) {
+/// What, besides its own deadline (`limits.write_timeout`), ends a write the client does
+/// not take.
+#[derive(Debug, Clone, Copy)]
+struct Cuts {
+    /// Shutdown.
+    shutdown: bool,
+    /// A close requested through the send-back API (and not yet taken from the outbox):
+    /// the write then gets [`CLOSE_WAIT`] more at most (a client that catches up still
+    /// gets the messages queued before the close, and the close frame).
+    close_request: bool,
+    /// Such a close was already requested, before this write started.
+    close_requested: bool,
+    /// The idle deadline.
+    idle_at: Option<Instant>,
+    /// The connection's maximum duration.
+    max_at: Option<Instant>,
+}
+
+impl Cuts {
+    /// While sending a close frame: the end is decided, only shutdown cuts the wait short.
+    const CLOSING: Cuts = Cuts {
+        shutdown: true,
+        close_request: false,
+        close_requested: false,
+        idle_at: None,
+        max_at: None,
+    };
+    /// While sending shutdown's own close frame: only the deadlines.
+    const SHUTTING_DOWN: Cuts = Cuts {
+        shutdown: false,
+        ..Cuts::CLOSING
+    };
+}
+
+/// Why a write did not complete.
+#[derive(Debug)]
+enum WriteCut {
+    /// The socket failed.
+    Failed(WsError),
+    /// The client took nothing for `limits.write_timeout`.
+    TimedOut,
+    Shutdown,
+    CloseRequested,
+    IdleTimeout,
+    MaxDuration,
+}
+
+impl WriteCut {
+    /// How the connection ends: at once, without a close frame (the client is not taking
+    /// what we write), hence with no close code.
+    fn end(self) -> End {
+        let (reason, text) = match self {
+            WriteCut::Failed(e) => return lost(e),
+            WriteCut::TimedOut => (
+                DisconnectReason::ConnectionLost,
+                "the client read nothing for limits.write_timeout",
+            ),
+            WriteCut::Shutdown => (
+                DisconnectReason::Shutdown,
+                "server shutting down; the client was not reading",
+            ),
+            WriteCut::CloseRequested => (
+                DisconnectReason::ServerDisconnect,
+                "closed through the send-back API; the client was not reading",
+            ),
+            WriteCut::IdleTimeout => (
+                DisconnectReason::IdleTimeout,
+                "idle timeout; the client was not reading",
+            ),
+            WriteCut::MaxDuration => (
+                DisconnectReason::MaxDuration,
+                "maximum connection duration reached; the client was not reading",
+            ),
+        };
+        info!(reason = ?reason, "dropping the connection: a write to it was pending");
+        End::new(reason, None, text)
+    }
+}
+
+/// Runs one socket write under `limits.write_timeout`, cut short by what `cuts` names.
+/// The write is polled first: a write the socket takes at once never looks at the rest.
+async fn guarded<W>(shared: &Sockets, outbox: &Outbox, cuts: Cuts, write: W) -> Result<(), WriteCut>
+where
+    W: Future<Output = Result<(), WsError>>,
+{
+    let now = Instant::now();
+    let mut write_by = now + shared.config.limits.write_timeout;
+    let mut closing = cuts.close_requested;
+    if closing {
+        write_by = write_by.min(now + CLOSE_WAIT);
+    }
+    let wake_at = |write_by: Instant| {
+        [cuts.idle_at, cuts.max_at]
+            .into_iter()
+            .flatten()
+            .fold(write_by, Instant::min)
+    };
+    let mut write = std::pin::pin!(write);
+    let mut shutdown = std::pin::pin!(shared.stop.cancelled());
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(wake_at(write_by)));
+    loop {
+        tokio::select! {
+            biased;
+            written = &mut write => return written.map_err(WriteCut::Failed),
+            _ = &mut shutdown, if cuts.shutdown => return Err(WriteCut::Shutdown),
+            _ = outbox.wait_close_request(), if cuts.close_request && !closing => {
+                closing = true;
+                write_by = write_by.min(Instant::now() + CLOSE_WAIT);
+                timer.as_mut().reset(wake_at(write_by));
+            }
+            _ = timer.as_mut() => {
+                let now = Instant::now();
+                return Err(if cuts.max_at.is_some_and(|at| now >= at) {
+                    WriteCut::MaxDuration
+                } else if cuts.idle_at.is_some_and(|at| now >= at) {
+                    WriteCut::IdleTimeout
+                } else if closing {
+                    WriteCut::CloseRequested
+                } else {
+                    WriteCut::TimedOut
+                });
+            }
+        }
+    }
+}
+
+/// Sends a close frame, then reads and discards what the client still sends until it
+/// closes too (or [`CLOSE_WAIT`] passes), then shuts the write side down. The outbox is
+/// closed first: a send-back during the close handshake gets 410, not a 200 for a message
+/// that would never be written.
+///
+/// The reading matters: a socket closed with unread bytes in its receive buffer sends a
+/// TCP reset, and a client that gets the reset before it read our close frame (it was
+/// still sending, say the rest of an oversize message) reports 1006, not our code.
+async fn close(
+    shared: &Sockets,
+    ws: &mut Ws,
+    outbox: &Outbox,
+    cuts: Cuts,
+    code: u16,
+    reason: &str,
+) {
     outbox.mark_closed();
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: reason.into(),
     };
-    let _ = tokio::time::timeout(CLOSE_WAIT, async {
-        if ws.send(Message::Close(Some(frame))).await.is_err() {
-            return;
+    let sent = tokio::time::timeout(CLOSE_WAIT, async {
+        let write = ws.send(Message::Close(Some(frame)));
+        if guarded(shared, outbox, cuts, write).await.is_err() {
+            return false;
         }
-        while let Some(Ok(_)) = ws.next().await {}
+        drain_after_close(ws).await;
+        true
     })
     .await;
+    if sent != Ok(false) {
+        // The close frame went out (and the client closed, or the wait ran out): FIN. A
+        // cut write is not retried: the socket is dropped as it is.
+        let _ = tokio::time::timeout(CLOSE_WAIT, ws.get_mut().shutdown()).await;
+    }
+}
+
+/// Reads until the client ends the connection: its close frame, or EOF. Through
+/// tungstenite while it reads frames, then straight from the socket (after an error, such
+/// as an oversize message, tungstenite reads nothing more).
+async fn drain_after_close<S>(ws: &mut WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await {
+            // The client's answer: the close handshake is done.
+            Some(Ok(Message::Close(_))) => return,
+            Some(Ok(_)) => {}
+            // An error (EOF before the client's close frame is one), or a stream that
+            // already failed: tokio-tungstenite reads nothing after its first error.
+            Some(Err(_)) | None => break,
+        }
+    }
+    discard_until_eof(ws.get_mut()).await;
+}
+
+/// Reads and drops bytes until EOF or an error.
+async fn discard_until_eof(socket: &mut (impl AsyncRead + Unpin)) {
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = socket.read(&mut sink).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 fn lost(e: WsError) -> End {
@@ -519,7 +736,7 @@ fn lost(e: WsError) -> End {
 
 /// The end of a connection whose read failed: protocol violations get the close code
 /// RFC 6455 names for them; broken transport is just lost.
-async fn protocol_end(ws: &mut Ws, outbox: &Outbox, e: WsError) -> End {
+async fn protocol_end(shared: &Sockets, ws: &mut Ws, outbox: &Outbox, e: WsError) -> End {
     let (code, text) = match &e {
         // The TCP connection ended without a close frame: lost, not a protocol violation.
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return lost(e),
@@ -535,6 +752,100 @@ async fn protocol_end(ws: &mut Ws, outbox: &Outbox, e: WsError) -> End {
         _ => return lost(e),
     };
     info!(cause = %e, code, "closing connection: client broke the protocol");
-    close(ws, outbox, code, text).await;
+    close(shared, ws, outbox, Cuts::CLOSING, code, text).await;
     End::new(DisconnectReason::ProtocolError, Some(code), text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets: (client, gateway side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    fn close_frame(code: u16) -> Message {
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        }))
+    }
+
+    /// The oversize case: tungstenite refused a frame, the client is still sending it. The
+    /// gateway's close frame must reach the client followed by a FIN, not a reset.
+    #[tokio::test]
+    async fn after_a_refused_frame_the_rest_is_drained_and_the_close_frame_arrives() {
+        let (mut client, server) = pair().await;
+        let config = WebSocketConfig::default()
+            .max_frame_size(Some(1024))
+            .max_message_size(Some(1024));
+        let mut ws = WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await;
+        let sender = tokio::spawn(async move {
+            // A masked binary frame announcing 4 MiB, then the 4 MiB.
+            let len: u64 = 4 << 20;
+            let mut head = vec![0x82, 0x80 | 127];
+            head.extend_from_slice(&len.to_be_bytes());
+            head.extend_from_slice(&[1, 2, 3, 4]);
+            client.write_all(&head).await.unwrap();
+            let chunk = vec![0u8; 64 * 1024];
+            for _ in 0..(len / chunk.len() as u64) {
+                client.write_all(&chunk).await.unwrap();
+            }
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            let read = client.read_to_end(&mut got).await;
+            (read.map(|_| got), client)
+        });
+        let refused = ws.next().await;
+        assert!(
+            matches!(refused, Some(Err(WsError::Capacity(_)))),
+            "{refused:?}"
+        );
+        ws.send(close_frame(codes::CLOSE_MESSAGE_TOO_BIG))
+            .await
+            .unwrap();
+        tokio::time::timeout(CLOSE_WAIT, drain_after_close(&mut ws))
+            .await
+            .expect("the drain ends at the client's EOF");
+        ws.get_mut().shutdown().await.unwrap();
+        drop(ws);
+        let (read, _client) = sender.await.unwrap();
+        let got = read.expect("the client reads to a FIN, not a reset");
+        assert_eq!(&got[..4], &[0x88, 2, 0x03, 0xF1], "a close frame with 1009");
+    }
+
+    /// A client that answers the close frame and waits for the server to close TCP (as
+    /// RFC 6455 asks): the drain ends at its answer, not after the close wait.
+    #[tokio::test]
+    async fn the_drain_ends_at_the_clients_close_frame() {
+        let (client, server) = pair().await;
+        let mut ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let answered = tokio::spawn(async move {
+            // Reading the close frame queues the answer; the next read sends it and then
+            // waits for the server's FIN.
+            let first = client.next().await;
+            let rest = client.next().await;
+            (first, rest)
+        });
+        ws.send(close_frame(1000)).await.unwrap();
+        let started = Instant::now();
+        tokio::time::timeout(CLOSE_WAIT, drain_after_close(&mut ws))
+            .await
+            .expect("the drain ends at the client's close frame");
+        assert!(started.elapsed() < CLOSE_WAIT / 2);
+        ws.get_mut().shutdown().await.unwrap();
+        drop(ws);
+        let (first, rest) = answered.await.unwrap();
+        assert!(
+            matches!(first, Some(Ok(Message::Close(Some(ref f)))) if u16::from(f.code) == 1000),
+            "{first:?}"
+        );
+        assert!(rest.is_none(), "a clean end after the handshake: {rest:?}");
+    }
 }
