@@ -1,7 +1,10 @@
 //! Scenario `idle`: open C connections through the full register path (for the gateway:
 //! store write + register call) and hold them. Reports the system's RSS growth per
 //! connection (`VmRSS` before and after, divided by C), the connect rate, the connect time
-//! percentiles, and CPU per connect.
+//! percentiles, and CPU per connect. Then every client leaves at once (a mass disconnect,
+//! `wave`): where the system's function counts ends, the row `wave` reports how fast their
+//! cleanups arrived and the system's peak RSS during the wave and its RSS after it, as
+//! ratios to the held state.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +14,9 @@ use super::report::Row;
 use super::stats::Percentiles;
 use super::systems::Target;
 use super::worker::WorkerPool;
+
+/// How long a mass disconnect's cleanups may take to arrive.
+const WAVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long memory may take to settle after the last connect.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -84,6 +90,56 @@ pub async fn run(target: &mut Target, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         "connect_seconds": connected.elapsed.as_secs_f64(),
     });
     // Dropping the pool kills the workers: their sockets reset, the system cleans up.
+    let wave = wave(target, ctx, pool, ok, after.rss_kib).await;
+    Ok(std::iter::once(row).chain(wave).collect())
+}
+
+/// Every held client leaves at once (the workers are killed, their sockets reset): the
+/// rate at which the cleanups reach the function, and the system's RSS at its peak during
+/// the wave and once it settled after, against `held_kib`. `None` for a system whose
+/// function counts no ends.
+async fn wave(
+    target: &mut Target,
+    ctx: &Ctx,
+    pool: WorkerPool,
+    left: u64,
+    held_kib: u64,
+) -> Option<Row> {
+    let ends_before = target.function_stats(&ctx.env.http).await?.cleanup;
+    let mut row = ctx.row("wave", target);
+    row.conns = left as usize;
+    row.rate_unit = "cleanup/s".to_owned();
+    let started = Instant::now();
     drop(pool);
-    Ok(vec![row])
+    let mut peak = target.usage().rss_kib;
+    let mut ended = 0;
+    while ended < left {
+        if started.elapsed() > WAVE_TIMEOUT {
+            row.error(
+                left - ended,
+                format!("{ended} of {left} cleanups arrived within {WAVE_TIMEOUT:?}"),
+            );
+            break;
+        }
+        // Sampled while the wave drains: the peak is what the wave costs.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        peak = peak.max(target.usage().rss_kib);
+        if let Some(stats) = target.function_stats(&ctx.env.http).await {
+            ended = stats.cleanup.saturating_sub(ends_before);
+        }
+    }
+    let elapsed = started.elapsed();
+    let settled = settled_usage(target).await;
+    row.ops = ended;
+    row.rate = Some(ended as f64 / elapsed.as_secs_f64().max(1e-9));
+    row.rss_kib = Some(peak);
+    row.detail = serde_json::json!({
+        "rss_held_kib": held_kib,
+        "rss_peak_kib": peak,
+        "rss_after_kib": settled.rss_kib,
+        "peak_vs_held": peak as f64 / held_kib.max(1) as f64,
+        "after_vs_held": settled.rss_kib as f64 / held_kib.max(1) as f64,
+        "wave_seconds": elapsed.as_secs_f64(),
+    });
+    Some(row)
 }

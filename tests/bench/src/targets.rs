@@ -87,6 +87,27 @@ pub fn check(rows: &[Row], store: &str) -> Vec<Verdict> {
         |k| k <= 4.0,
     ));
 
+    out.push(verdict(
+        format!("wave [{store}]: peak RSS while every held client leaves, vs held"),
+        "<= 1.25x",
+        sb("wave").and_then(|r| {
+            let held = r.detail.get("rss_held_kib")?.as_f64()?;
+            let peak = r.rss_kib? as f64;
+            let ratio = peak / held.max(1.0);
+            Some((
+                ratio,
+                format!(
+                    "{ratio:.2}x ({:.1} vs {:.1} MiB, {} cleanups at {:.0}/s)",
+                    peak / 1024.0,
+                    held / 1024.0,
+                    r.ops,
+                    r.rate.unwrap_or_default()
+                ),
+            ))
+        }),
+        |x| x <= 1.25,
+    ));
+
     let echo = rate(sb("echo"));
     out.push(verdict(
         format!("echo [{store}]: vs Pushpin"),
