@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use store::{ConnectionRecord, PendingCleanup, SharedStore, StoreError};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -42,6 +42,9 @@ use crate::config::Config;
 use crate::dialect::{self, model::Facts};
 use crate::function::invoke::{Call, Invoker};
 
+/// Hand-overs writing to the store at once.
+const HAND_OVER_WRITES: usize = 64;
+
 /// The cleanup queue's producer side and its workers.
 #[derive(Debug)]
 pub(crate) struct Cleanups {
@@ -50,6 +53,9 @@ pub(crate) struct Cleanups {
     config: Arc<Config>,
     invoker: Invoker,
     removals: Arc<Removals>,
+    /// Bounds the hand-overs writing to the store at once: in a wave of disconnects the
+    /// rest wait before they build anything, so the wave costs time, not memory.
+    writes: Semaphore,
     /// Woken when this node queued a cleanup, so a worker takes it at once.
     queued: Notify,
     /// Cleanups the store refused (it was down), queued again on the workers' next round.
@@ -79,6 +85,7 @@ impl Cleanups {
         removals: Arc<Removals>,
     ) -> Self {
         Cleanups {
+            writes: Semaphore::new(HAND_OVER_WRITES),
             store,
             config,
             invoker,
@@ -98,6 +105,7 @@ impl Cleanups {
             self.removals.forget(ended.connection_id.to_owned()).await;
             return;
         }
+        let _write = self.writes.acquire().await;
         let now = clock::now_ms();
         let cleanup = PendingCleanup {
             connection_id: ended.connection_id.to_owned(),
