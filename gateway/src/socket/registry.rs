@@ -120,6 +120,11 @@ impl Registry {
         self.lock().values().cloned().collect()
     }
 
+    /// The ids of every connection this node holds (the store resync's sweep).
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.lock().keys().copied().collect()
+    }
+
     /// Calls `f` with the connection of each id this node holds (which may be closing:
     /// its outbox says so), or `None`, all under one lock: a group send reaches a page of
     /// members without a lock and a reference count round trip per member.
