@@ -604,4 +604,61 @@ mod tests {
         resync.round().await.unwrap();
         assert_eq!(resync.restored(), 2);
     }
+
+    /// A connection that closed while it was written back is removed again, but only once
+    /// its cleanup is no longer queued: never before its cleanup is delivered.
+    #[tokio::test]
+    async fn a_late_removal_waits_for_the_cleanup() {
+        let store: SharedStore = Arc::new(Forgetful::default());
+        let resync = Resync::for_store(ResyncParts {
+            node: Arc::from("node-r"),
+            store: store.clone(),
+            registry: Arc::default(),
+            health: Arc::default(),
+            removals: Arc::new(Removals::new(store.clone())),
+            interval: Duration::from_secs(1),
+            ttl: Duration::from_secs(5),
+            cleanup: true,
+            handover_wait: Duration::from_secs(30),
+        })
+        .expect("a store that can lose data");
+        let record = ConnectionRecord {
+            id: "late".into(),
+            node: "node-r".into(),
+            connected_at_ms: 1,
+            source_ip: "10.0.0.7".into(),
+            user_agent: None,
+            context: serde_json::Value::Null,
+        };
+        store.register(&record).await.unwrap();
+        let cleanup = store::PendingCleanup {
+            connection_id: "late".into(),
+            event_id: "late:cleanup".into(),
+            node: "node-r".into(),
+            seq: 1,
+            connected_at_ms: 1,
+            source_ip: "10.0.0.7".into(),
+            user_agent: None,
+            host: None,
+            context: serde_json::Value::Null,
+            reason: "client_close".into(),
+            close_code: None,
+            close_reason: String::new(),
+            queued_at_ms: 1,
+            attempts: 0,
+            next_attempt_ms: 1,
+        };
+        assert!(store.queue_cleanup(&cleanup).await.unwrap());
+        resync.remove_late("late".into());
+        // While the cleanup is queued the record stays (a negative: give the removal a few
+        // looks).
+        tokio::time::sleep(LATE_POLL * 3).await;
+        assert!(store.get("late").await.unwrap().is_some());
+        assert!(store.finish_cleanup("late").await.unwrap());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while store.get("late").await.unwrap().is_some() {
+            assert!(Instant::now() < deadline, "the late removal never came");
+            tokio::time::sleep(Duration::from_millis(10)).await; // polling interval
+        }
+    }
 }
