@@ -16,9 +16,10 @@
 //!   join is lost (or the left group comes back).
 //! - **Detection**: each round starts with [`Store::node_check`] (one round trip): this
 //!   node's mark (a key only this node writes, at start and after each write-back) is gone,
-//!   or its connection set lists fewer ids than the registry holds (every held connection
-//!   was added to the set before it entered the registry, and leaves the set only after
-//!   its cleanup, which follows its removal from the registry). After the fencing path finds
+//!   or its connection set lists fewer ids than the registry holds open connections (every
+//!   held connection was added to the set before it entered the registry, and leaves the
+//!   set only after its cleanup, which follows its removal from the registry; one a reaper
+//!   took is closing, so not counted). After the fencing path finds
 //!   this node was not reaped, [`Resync::reassert`] asks for a round at once that writes the
 //!   records back whatever the check says.
 //! - **Write-back** runs only while this node's heartbeat is live (its last beat reached the
@@ -193,7 +194,7 @@ impl Resync {
     /// One round: check, then write back or sweep.
     async fn round(&self) -> Result<(), ResyncError> {
         let reassert = self.reassert.swap(false, Ordering::AcqRel);
-        let held = self.registry.len() as u64;
+        let held = self.registry.open_count() as u64;
         let check = self.store.node_check(&self.node, MARK_KEEP).await?;
         let lost = !check.marked || check.connections < held;
         if !lost && !reassert {

@@ -115,7 +115,8 @@ impl Registry {
         self.lock().get(id).cloned()
     }
 
-    /// Every connection this node holds (a rare path: fencing after this node was reaped).
+    /// Every connection this node holds (rare paths: fencing after this node was reaped, the
+    /// write-back after the store lost this node's state).
     pub fn all(&self) -> Vec<std::sync::Arc<Connection>> {
         self.lock().values().cloned().collect()
     }
@@ -133,6 +134,15 @@ impl Registry {
         for id in ids {
             f(map.get(id).map(|c| &**c));
         }
+    }
+
+    /// How many connections are registered and not closing (the store resync's check, once
+    /// per interval: one pass under the lock).
+    pub fn open_count(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|c| !c.outbox.is_closed())
+            .count()
     }
 
     /// How many connections are registered.
