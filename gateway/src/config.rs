@@ -61,6 +61,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The durable cleanup queue and the workers that drain it.
     pub cleanup: CleanupConfig,
+    /// Writing this node's state back when a Redis store lost it.
+    pub store_resync: StoreResyncConfig,
     /// The `aws` dialect.
     pub aws: AwsConfig,
     /// The `tencent` dialect.
@@ -372,6 +374,31 @@ pub struct CleanupConfig {
     pub poll_interval: Duration,
 }
 
+/// When a Redis store loses its data (restarted without persistence), every node writes back
+/// the records, node-set entries and group memberships of the connections it holds. Group
+/// memberships are written by functions straight to the store, so each node keeps a copy of
+/// its connections' groups, refreshed by a background sweep (pipelined reads, a few hundred
+/// ids per round trip). Not used with the embedded memory store, which cannot lose data apart
+/// from the process.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreResyncConfig {
+    /// How often this node checks that the store still holds its state (one round trip) and
+    /// otherwise sweeps its connections' groups. Shorter: fewer joins lost (a join or leave
+    /// newer than the last sweep is not written back if Redis loses its data right then)
+    /// and a faster write-back, for one `SMEMBERS` per held connection per sweep.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for StoreResyncConfig {
+    fn default() -> Self {
+        StoreResyncConfig {
+            interval: Duration::from_secs(5),
+        }
+    }
+}
+
 impl Default for CleanupConfig {
     fn default() -> Self {
         CleanupConfig {
@@ -401,6 +428,7 @@ impl Default for Config {
             heartbeat: HeartbeatConfig::default(),
             shutdown: ShutdownConfig::default(),
             cleanup: CleanupConfig::default(),
+            store_resync: StoreResyncConfig::default(),
             aws: AwsConfig::default(),
             tencent: TencentConfig::default(),
         }
@@ -712,6 +740,7 @@ impl Config {
             ("cleanup.backoff_max", self.cleanup.backoff_max),
             ("cleanup.lease", self.cleanup.lease),
             ("cleanup.poll_interval", self.cleanup.poll_interval),
+            ("store_resync.interval", self.store_resync.interval),
         ];
         for (field, value) in durations {
             if value.is_zero() {
@@ -880,6 +909,7 @@ mod tests {
         assert_eq!(config.node_heartbeat, defaults.node_heartbeat);
         assert_eq!(config.node_heartbeat_ttl, defaults.node_heartbeat_ttl);
         assert_eq!(config.relay_timeout, defaults.relay_timeout);
+        assert_eq!(config.store_resync.interval, defaults.store_resync.interval);
     }
 
     #[test]
@@ -891,6 +921,10 @@ mod tests {
         };
         assert_eq!(field("[cleanup]\nworkers = 0\n"), "cleanup.workers");
         assert_eq!(field("[cleanup]\nmax_age = \"0s\"\n"), "cleanup.max_age");
+        assert_eq!(
+            field("[store_resync]\ninterval = \"0s\"\n"),
+            "store_resync.interval"
+        );
         assert_eq!(
             field("[cleanup]\nbackoff_initial = \"10s\"\nbackoff_max = \"1s\"\n"),
             "cleanup.backoff_max"

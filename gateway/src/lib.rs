@@ -46,8 +46,10 @@ pub use error::{ConfigError, GatewayError};
 
 use crate::cluster::cleanup::Cleanups;
 use crate::cluster::liveness::{Heartbeat, Removals, StoreHealth};
+use crate::cluster::reaper::Fenced;
 use crate::cluster::reaper::Reaper;
 use crate::cluster::relay::Relay;
+use crate::cluster::resync::{Resync, ResyncParts};
 use crate::delivery::core::Delivery;
 use crate::dialect::aws::management::ManagementApi;
 use crate::dialect::native::sendback::NativeApi;
@@ -85,6 +87,8 @@ pub struct Gateway {
     cleanups: Arc<Cleanups>,
     heartbeat: Arc<Heartbeat>,
     reaper: Arc<Reaper>,
+    /// The write-back of this node's state when the store lost it (Redis only).
+    resync: Option<Arc<Resync>>,
     /// Cancelled when shutdown starts: listeners stop accepting, sockets close with 1001.
     stop: Arc<Stop>,
     /// Every task that must finish before the gateway exits: one per TCP connection on
@@ -212,6 +216,19 @@ impl Gateway {
             ttl: config.node_heartbeat_ttl,
             health: health.clone(),
         });
+        let resync = Resync::for_store(ResyncParts {
+            node: node.clone(),
+            store: store.clone(),
+            registry: registry.clone(),
+            health: health.clone(),
+            removals: removals.clone(),
+            interval: config.store_resync.interval,
+            ttl: config.node_heartbeat_ttl,
+            cleanup: config.functions.cleanup.is_some(),
+            // A closing socket task drains its transport calls (within the grace) before
+            // it queues its cleanup.
+            handover_wait: config.shutdown.grace + config.cleanup.poll_interval,
+        });
         let reaper = Arc::new(Reaper {
             node: node.clone(),
             store: store.clone(),
@@ -231,6 +248,7 @@ impl Gateway {
             cleanups,
             heartbeat,
             reaper,
+            resync,
             stop,
             tracker: TaskTracker::new(),
             edge,
@@ -279,6 +297,7 @@ impl Gateway {
             cleanups,
             heartbeat,
             reaper,
+            resync,
             stop,
             tracker,
             edge,
@@ -317,12 +336,23 @@ impl Gateway {
             tracker.clone(),
         ));
         let fencing = reaper.clone();
+        let reassert = resync.clone();
         listeners.spawn(
             heartbeat.run(stop.clone(), removals.clone(), move |last_beat_ms| {
-                let fencing = fencing.clone();
-                async move { fencing.fence(last_beat_ms).await }
+                let (fencing, reassert) = (fencing.clone(), reassert.clone());
+                async move {
+                    if fencing.fence(last_beat_ms).await? == Fenced::NotReaped {
+                        if let Some(resync) = reassert {
+                            resync.reassert();
+                        }
+                    }
+                    Ok(())
+                }
             }),
         );
+        if let Some(resync) = resync {
+            listeners.spawn(resync.run(stop.clone()));
+        }
         listeners.spawn(reaper.run(stop.clone()));
         listeners.close();
         shutdown.await;

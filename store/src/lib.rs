@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use self::redis::{RedisOptions, RedisStore};
 pub use error::StoreError;
 pub use memory::MemoryStore;
-pub use record::{ConnectionRecord, MembersPage, NodeInfo, PendingCleanup};
+pub use record::{ConnectionRecord, MembersPage, NodeCheck, NodeInfo, PendingCleanup};
 
 /// The key prefix a Redis-backed store uses unless told otherwise.
 pub const DEFAULT_PREFIX: &str = "switchboard";
@@ -85,6 +85,33 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// The groups a connection has joined.
     async fn groups_of(&self, id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// The groups of each of `ids`, in the order of `ids` (each sorted; empty for an id in
+    /// no group or not registered). On Redis one pipeline per call (split by hash tag on a
+    /// cluster), never one round trip per id: callers pass pages of a few hundred ids.
+    async fn groups_of_many(&self, ids: &[String]) -> Result<Vec<Vec<String>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.groups_of(id).await?);
+        }
+        Ok(out)
+    }
+
+    /// Whether this store can lose what it holds while the process using it lives on (a
+    /// Redis restarted without persistence): then each gateway node watches for it and
+    /// writes back what it holds. `false` for the embedded store, which lives and dies with
+    /// its process.
+    fn can_lose_data(&self) -> bool {
+        false
+    }
+
+    /// Leaves gateway `node`'s mark, kept for `keep`: a key only that node writes, so that
+    /// the node finds out (through [`Store::node_check`]) that the store lost its state.
+    async fn mark_node(&self, node: &str, keep: Duration) -> Result<(), StoreError>;
+
+    /// What the store holds of gateway `node` (one round trip): whether its mark is there
+    /// (if so it is kept for `keep` from now) and the size of its connection set.
+    async fn node_check(&self, node: &str, keep: Duration) -> Result<NodeCheck, StoreError>;
 
     /// Records that gateway `node` is alive for the next `ttl`, its send-back API at
     /// `address` (a base URL other nodes can reach; empty for none).

@@ -8,7 +8,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{ConnectionRecord, MembersPage, NodeInfo, PendingCleanup, Store, StoreError, names};
+use crate::{
+    ConnectionRecord, MembersPage, NodeCheck, NodeInfo, PendingCleanup, Store, StoreError, names,
+};
 
 /// A store held in this process's memory. Cloning is not supported: share it in an `Arc`.
 #[derive(Debug, Default)]
@@ -34,6 +36,8 @@ struct Inner {
     leases: HashMap<String, (Instant, String)>,
     /// Fencing marks: node -> (expiry, reaped at ms).
     reaped: HashMap<String, (Instant, u64)>,
+    /// Node marks ([`Store::mark_node`]): node -> expiry.
+    marks: HashMap<String, Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -249,6 +253,40 @@ impl Store for MemoryStore {
         Ok(groups)
     }
 
+    async fn mark_node(&self, node: &str, keep: Duration) -> Result<(), StoreError> {
+        names::node(node)?;
+        self.lock()
+            .marks
+            .insert(node.to_owned(), Instant::now() + keep);
+        Ok(())
+    }
+
+    async fn node_check(&self, node: &str, keep: Duration) -> Result<NodeCheck, StoreError> {
+        names::node(node)?;
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let marked = match inner.marks.get_mut(node) {
+            Some(until) if *until > now => {
+                *until = now + keep;
+                true
+            }
+            Some(_) => {
+                inner.marks.remove(node);
+                false
+            }
+            None => false,
+        };
+        // Every record naming the node holds its shared name: the count beyond the set's.
+        let connections = inner
+            .node_names
+            .get(node)
+            .map_or(0, |name| Arc::strong_count(name).saturating_sub(1) as u64);
+        Ok(NodeCheck {
+            marked,
+            connections,
+        })
+    }
+
     async fn heartbeat(&self, node: &str, address: &str, ttl: Duration) -> Result<(), StoreError> {
         names::node(node)?;
         self.lock()
@@ -374,7 +412,9 @@ impl Store for MemoryStore {
 
     async fn remove_heartbeat(&self, node: &str) -> Result<(), StoreError> {
         names::node(node)?;
-        self.lock().nodes.remove(node);
+        let mut inner = self.lock();
+        inner.nodes.remove(node);
+        inner.marks.remove(node);
         Ok(())
     }
 

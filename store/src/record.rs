@@ -31,6 +31,16 @@ pub struct MembersPage {
     pub cursor: Option<String>,
 }
 
+/// What the store holds of one gateway node's own state ([`crate::Store::node_check`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeCheck {
+    /// Whether the node's mark ([`crate::Store::mark_node`]) is there: written by the node
+    /// itself and by nothing else, its absence means the store lost what the node wrote.
+    pub marked: bool,
+    /// How many ids the node's connection set lists.
+    pub connections: u64,
+}
+
 /// A live gateway node and where its send-back API answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {

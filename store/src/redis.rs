@@ -21,6 +21,7 @@
 //! | `<prefix>:{nodes}:seen` | sorted set with a TTL (a day after the last heartbeat of any node) | every node that has beaten, scored by heartbeat expiry (Unix ms; 0 once removed): where [`Store::dead_nodes`] looks; a node is dropped once expired with an empty connection set |
 //! | `<prefix>:node:{<node>}:reaper` | string with a TTL | the lease on reaping dead node `<node>`: the holder's name |
 //! | `<prefix>:node:{<node>}:reaped` | string with a TTL | the fencing mark: when `<node>` was reaped (Unix ms) |
+//! | `<prefix>:node:{<node>}:mark` | string with a TTL (renewed by each check) | the node's own mark ([`Store::mark_node`]): written only by that node, so its absence tells the node that Redis lost what it wrote |
 //!
 //! Ids, group names and node names must be non-empty and free of `{` and `}` (see
 //! [`StoreError::InvalidName`]), so the tag is always exactly the name. Empty sets vanish
@@ -73,6 +74,10 @@
 //!   node's slot (`SET NX PX`, or `PEXPIRE` / `DEL` by its holder). **node_connections**:
 //!   `SSCAN`; **release**: `SREM`; the fencing mark: `SET PX`, `GET`, `DEL`.
 //!   **nodes**: `ZRANGEBYSCORE` of the unexpired names, then one pipeline of `GET`s.
+//! - **groups_of_many**: one pipeline of `SMEMBERS` (one part per tag on a cluster).
+//!   **mark_node**: `SET PX`. **node_check**: `PEXPIRE` of the mark (0 when it is gone) and
+//!   `SCARD` of the node's set, in one pipeline on the node's slot. **remove_heartbeat**
+//!   also deletes the mark.
 //!
 //! Multi-step operations are not atomic as a whole. Interrupted between two steps (the
 //! calling process dies, or Redis becomes unreachable in the middle of a call), they leave:
@@ -118,8 +123,8 @@ use ::redis::{
 };
 
 use crate::{
-    ConnectionRecord, DEFAULT_PREFIX, MembersPage, NodeInfo, PendingCleanup, Store, StoreError,
-    names,
+    ConnectionRecord, DEFAULT_PREFIX, MembersPage, NodeCheck, NodeInfo, PendingCleanup, Store,
+    StoreError, names,
 };
 
 const STANDALONE_SCHEME: &str = "redis://";
@@ -690,6 +695,62 @@ impl Store for RedisStore {
         Ok(groups)
     }
 
+    async fn groups_of_many(&self, ids: &[String]) -> Result<Vec<Vec<String>>, StoreError> {
+        for id in ids {
+            names::id(id)?;
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let reads = ids
+            .iter()
+            .map(|id| {
+                let mut read = ::redis::cmd("SMEMBERS");
+                read.arg(self.keys.conn_groups(id));
+                (id.as_str(), read)
+            })
+            .collect();
+        let mut all: Vec<Vec<String>> = self.batch(reads).await?;
+        for groups in &mut all {
+            groups.sort_unstable();
+        }
+        Ok(all)
+    }
+
+    fn can_lose_data(&self) -> bool {
+        true
+    }
+
+    async fn mark_node(&self, node: &str, keep: Duration) -> Result<(), StoreError> {
+        names::node(node)?;
+        let _: () = self
+            .query(
+                ::redis::cmd("SET")
+                    .arg(self.keys.mark(node))
+                    .arg(now_ms())
+                    .arg("PX")
+                    .arg(millis(keep)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn node_check(&self, node: &str, keep: Duration) -> Result<NodeCheck, StoreError> {
+        names::node(node)?;
+        let mut renew = ::redis::cmd("PEXPIRE");
+        renew.arg(self.keys.mark(node)).arg(millis(keep));
+        let mut count = ::redis::cmd("SCARD");
+        count.arg(self.keys.node_conns(node));
+        let answers: Vec<u64> = self.batch(vec![(node, renew), (node, count)]).await?;
+        match answers[..] {
+            [marked, connections] => Ok(NodeCheck {
+                marked: marked > 0,
+                connections,
+            }),
+            _ => Err(StoreError::Backend("a pipeline answered too few".into())),
+        }
+    }
+
     async fn heartbeat(&self, node: &str, address: &str, ttl: Duration) -> Result<(), StoreError> {
         names::node(node)?;
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -835,7 +896,7 @@ impl Store for RedisStore {
     async fn remove_heartbeat(&self, node: &str) -> Result<(), StoreError> {
         names::node(node)?;
         let mut delete = ::redis::cmd("DEL");
-        delete.arg(self.keys.node(node));
+        delete.arg(self.keys.node(node)).arg(self.keys.mark(node));
         let mut unlist = ::redis::cmd("EVAL");
         unlist
             .arg(NODE_GONE_LUA)
@@ -1151,6 +1212,15 @@ impl Keys {
     fn reaped(&self, node: &str) -> String {
         format!("{}:node:{{{node}}}:reaped", self.prefix)
     }
+
+    fn mark(&self, node: &str) -> String {
+        format!("{}:node:{{{node}}}:mark", self.prefix)
+    }
+}
+
+/// A duration in whole milliseconds, at least 1 (what `PX` and `PEXPIRE` take).
+fn millis(span: Duration) -> u64 {
+    u64::try_from(span.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// `NAME key member`.

@@ -20,6 +20,7 @@ mod register;
 mod sendback;
 mod stalled_client;
 mod store_redis;
+mod store_resync;
 mod store_suite;
 
 /// The `switchboard` binary: the gateway's own `main.rs`, built by this package as

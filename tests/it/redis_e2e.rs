@@ -36,7 +36,9 @@ fn connection_keys(redis: &RedisServer, prefix: &str) -> Vec<String> {
             _ => None,
         })
         .filter(|k| {
-            !(k.starts_with(&heartbeat) && k.ends_with('}')) && *k != live_nodes && *k != seen_nodes
+            // Node keys (a live node's heartbeat and its resync mark) are not a connection's.
+            let node_key = k.starts_with(&heartbeat) && (k.ends_with('}') || k.ends_with("}:mark"));
+            !node_key && *k != live_nodes && *k != seen_nodes
         })
         .collect()
 }

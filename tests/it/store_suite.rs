@@ -198,6 +198,74 @@ pub async fn behaviour_suite(store: SharedStore) {
     assert_eq!(store.dead_nodes().await.unwrap(), Vec::<String>::new());
 
     cleanup_queue_suite(&store).await;
+    node_state_suite(&store).await;
+}
+
+/// What a node reads to find out that the store lost its state, and the batched read of
+/// memberships it keeps to write them back.
+async fn node_state_suite(store: &SharedStore) {
+    let keep = Duration::from_secs(60);
+    let node = "node-m";
+    let empty = store::NodeCheck::default();
+    assert_eq!(store.node_check(node, keep).await.unwrap(), empty);
+    store.mark_node(node, keep).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let id = format!("m{i}");
+        let mut r = record(&id);
+        r.node = node.into();
+        store.register(&r).await.unwrap();
+        ids.push(id);
+    }
+    store.join("gb", "m0").await.unwrap();
+    store.join("ga", "m0").await.unwrap();
+    store.join("ga", "m2").await.unwrap();
+    let check = store.node_check(node, keep).await.unwrap();
+    assert_eq!(
+        check,
+        store::NodeCheck {
+            marked: true,
+            connections: 3
+        }
+    );
+    ids.push("never-registered".into());
+    assert_eq!(
+        store.groups_of_many(&ids).await.unwrap(),
+        vec![
+            vec!["ga".to_owned(), "gb".to_owned()],
+            vec![],
+            vec!["ga".to_owned()],
+            vec![],
+        ]
+    );
+    assert!(store.groups_of_many(&[]).await.unwrap().is_empty());
+    assert!(matches!(
+        store.groups_of_many(&["bad{id}".to_owned()]).await,
+        Err(StoreError::InvalidName { .. })
+    ));
+    // A check renews the mark for its own keep; a short one lapses, and a check finds the
+    // mark gone and does not bring it back.
+    let short = Duration::from_millis(1);
+    tests::wait::eventually("the mark to lapse", Duration::from_secs(5), || async {
+        !store.node_check(node, short).await.unwrap().marked
+    })
+    .await;
+    assert!(!store.node_check(node, keep).await.unwrap().marked);
+    store.mark_node(node, keep).await.unwrap();
+    for id in &ids[..3] {
+        store.unregister(id).await.unwrap();
+    }
+    assert_eq!(
+        store.node_check(node, keep).await.unwrap(),
+        store::NodeCheck {
+            marked: true,
+            connections: 0
+        }
+    );
+    // A clean shutdown takes the mark away with the heartbeat.
+    store.remove_heartbeat(node).await.unwrap();
+    assert_eq!(store.node_check(node, keep).await.unwrap(), empty);
+    assert_eq!(store.dead_nodes().await.unwrap(), Vec::<String>::new());
 }
 
 fn pending(id: &str, due_ms: u64) -> PendingCleanup {

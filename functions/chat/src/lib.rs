@@ -577,6 +577,18 @@ mod tests {
             self.up()?;
             self.inner.clear_reaped(node).await
         }
+        async fn mark_node(&self, node: &str, keep: Duration) -> Result<(), StoreError> {
+            self.up()?;
+            self.inner.mark_node(node, keep).await
+        }
+        async fn node_check(
+            &self,
+            node: &str,
+            keep: Duration,
+        ) -> Result<functions::store::NodeCheck, StoreError> {
+            self.up()?;
+            self.inner.node_check(node, keep).await
+        }
     }
 
     /// A chat over a test store and a send-back API that answers as `mode` says.

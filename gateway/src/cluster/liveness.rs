@@ -17,30 +17,48 @@ use crate::clock;
 use crate::stop::Stop;
 
 /// Since when this node's heartbeats have reached the store without a miss (a failed beat,
-/// or more than a TTL between two beats: a pause).
+/// or more than a TTL between two beats: a pause), and when the last one did.
 #[derive(Debug, Default)]
 pub(crate) struct StoreHealth {
-    up_since: Mutex<Option<Instant>>,
+    state: Mutex<HealthState>,
+}
+
+#[derive(Debug, Default)]
+struct HealthState {
+    up_since: Option<Instant>,
+    last_ok: Option<Instant>,
 }
 
 impl StoreHealth {
-    fn lock(&self) -> MutexGuard<'_, Option<Instant>> {
-        self.up_since.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A beat reached the store.
     fn up(&self) {
-        self.lock().get_or_insert_with(Instant::now);
+        let mut state = self.lock();
+        let now = Instant::now();
+        state.up_since.get_or_insert(now);
+        state.last_ok = Some(now);
     }
 
     /// A beat failed, or this node missed its TTL.
     fn down(&self) {
-        *self.lock() = None;
+        self.lock().up_since = None;
     }
 
     /// Whether the store has worked for at least `span` without a break.
     pub fn up_for(&self, span: Duration) -> bool {
-        self.lock().is_some_and(|since| since.elapsed() >= span)
+        self.lock()
+            .up_since
+            .is_some_and(|since| since.elapsed() >= span)
+    }
+
+    /// Whether the store works and the last beat reached it less than `span` ago (so this
+    /// node's heartbeat is live now, even if this process was just paused).
+    pub fn beat_within(&self, span: Duration) -> bool {
+        let state = self.lock();
+        state.up_since.is_some() && state.last_ok.is_some_and(|at| at.elapsed() < span)
     }
 }
 

@@ -73,6 +73,15 @@ pub(crate) struct Reaper {
     pub ttl: Duration,
 }
 
+/// What fencing found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fenced {
+    /// Not reaped: this node carries on and re-asserts its state in the store.
+    NotReaped,
+    /// Reaped: the connections the reaper took are being closed.
+    Reaped,
+}
+
 /// How reaping one node ended.
 #[derive(Debug, PartialEq, Eq)]
 enum Reaped {
@@ -256,15 +265,16 @@ impl Reaper {
     /// whose record is still this node's serves on, one the store cannot tell about is
     /// closed with its own cleanup. Fails if the store does: then this node does not beat
     /// yet.
-    pub async fn fence(&self, last_beat_ms: u64) -> Result<(), StoreError> {
+    pub async fn fence(&self, last_beat_ms: u64) -> Result<Fenced, StoreError> {
         let node = &*self.node;
         let Some(at) = self.store.reaped_at(node).await? else {
             info!("back after missing the heartbeat TTL; not reaped: carrying on");
-            return Ok(());
+            return Ok(Fenced::NotReaped);
         };
         if at < last_beat_ms {
             // A mark from before this node's last beat: already acted on.
-            return self.store.clear_reaped(node).await;
+            self.store.clear_reaped(node).await?;
+            return Ok(Fenced::NotReaped);
         }
         let lease = self.lease_ttl();
         warn!("this node was reaped while it could not beat: closing its connections");
@@ -309,6 +319,7 @@ impl Reaper {
             reaped, unknown, "closed the connections another node reaped"
         );
         self.store.clear_reaped(node).await?;
-        self.store.drop_reap_lease(node, node).await
+        self.store.drop_reap_lease(node, node).await?;
+        Ok(Fenced::Reaped)
     }
 }

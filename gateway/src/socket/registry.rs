@@ -115,9 +115,15 @@ impl Registry {
         self.lock().get(id).cloned()
     }
 
-    /// Every connection this node holds (a rare path: fencing after this node was reaped).
+    /// Every connection this node holds (rare paths: fencing after this node was reaped, the
+    /// write-back after the store lost this node's state).
     pub fn all(&self) -> Vec<std::sync::Arc<Connection>> {
         self.lock().values().cloned().collect()
+    }
+
+    /// The ids of every connection this node holds (the store resync's sweep).
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.lock().keys().copied().collect()
     }
 
     /// Calls `f` with the connection of each id this node holds (which may be closing:
@@ -128,6 +134,15 @@ impl Registry {
         for id in ids {
             f(map.get(id).map(|c| &**c));
         }
+    }
+
+    /// How many connections are registered and not closing (the store resync's check, once
+    /// per interval: one pass under the lock).
+    pub fn open_count(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|c| !c.outbox.is_closed())
+            .count()
     }
 
     /// How many connections are registered.
