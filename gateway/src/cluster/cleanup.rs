@@ -368,6 +368,8 @@ impl Cleanups {
 
     /// The cleanup is over: the connection leaves the store, then the queue.
     async fn done(&self, connection_id: &str) {
+        // In this order: the reaper asks "queued?" before "recorded?", so it never queues
+        // a delivered cleanup again.
         self.removals.forget(connection_id.to_owned()).await;
         if let Err(e) = self.store.finish_cleanup(connection_id).await {
             warn!(cause = %e, "could not take the cleanup off the queue; it may be sent again (same event id)");

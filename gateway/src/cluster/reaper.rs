@@ -248,6 +248,13 @@ impl Reaper {
     /// worker delivers it, then its record and memberships go); an id with no record of
     /// that node's only leaves the node's set.
     async fn reap_one(&self, node: &str, id: &str) -> Result<(), StoreError> {
+        // Queued already (a pass before this one): its worker removes it once delivered.
+        // Asked before the record: a worker deletes the record before it takes the cleanup
+        // off the queue, so an id found not queued here has either never been queued or
+        // has no record left, and a delivered cleanup is never queued twice.
+        if self.store.cleanup_queued(id).await? {
+            return Ok(());
+        }
         match self.store.get(id).await? {
             Some(record) if record.node == node => {
                 self.cleanups.queue_reaped(&record, REAPED_SEQ).await?;
