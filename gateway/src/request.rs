@@ -21,12 +21,15 @@ pub(crate) struct BodyLimits {
     pub body: usize,
 }
 
-/// Whether the request carries `Authorization: Bearer <token>`.
+/// Whether the request carries `Authorization: Bearer <token>` (the scheme matched without
+/// regard to case, RFC 7235 section 2.1).
 pub(crate) fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, credentials)| credentials.trim_start_matches(' '))
         .unwrap_or_default();
     constant_time_eq(given.as_bytes(), token.as_bytes())
 }
@@ -121,5 +124,13 @@ mod tests {
         headers.insert(header::AUTHORIZATION, "Bearer t0ken".parse().unwrap());
         assert!(bearer_matches(&headers, "t0ken"));
         assert!(!bearer_matches(&headers, "t0ke"));
+        for value in ["bearer t0ken", "BEARER t0ken", "Bearer  t0ken"] {
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            assert!(bearer_matches(&headers, "t0ken"), "{value}");
+        }
+        for value in ["Basic t0ken", "Bearert0ken", "t0ken"] {
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            assert!(!bearer_matches(&headers, "t0ken"), "{value}");
+        }
     }
 }

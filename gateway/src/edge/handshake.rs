@@ -1,6 +1,8 @@
 //! The WebSocket opening handshake (RFC 6455 section 4.2): checking a client's upgrade
 //! request and building the 101 reply. The register decision lives in `admit`.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -52,11 +54,22 @@ pub fn check<B>(req: &Request<B>) -> Result<String, Rejection> {
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return reject(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key header");
     };
-    // The key is a base64-encoded 16-byte nonce: 24 characters.
-    if key.len() != 24 {
+    // The key is a base64-encoded 16-byte nonce (section 4.2.1): 24 characters that decode
+    // to 16 bytes.
+    if key.len() != 24 || BASE64.decode(key.as_bytes()).map(|k| k.len()) != Ok(16) {
         return reject(
             StatusCode::BAD_REQUEST,
-            "malformed Sec-WebSocket-Key header",
+            "malformed Sec-WebSocket-Key header (the base64 of 16 bytes)",
+        );
+    }
+    // The frames follow the 101 on this connection: a body here would be read as frames.
+    let content_length = headers
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0");
+    if content_length || headers.contains_key(header::TRANSFER_ENCODING) {
+        return reject(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade request carries no body",
         );
     }
     Ok(derive_accept_key(key.as_bytes()))
@@ -136,6 +149,28 @@ mod tests {
         req.headers_mut()
             .insert("sec-websocket-key", HeaderValue::from_static("short"));
         assert_eq!(check(&req).unwrap_err().status, StatusCode::BAD_REQUEST);
+        // 24 characters, but not the base64 of 16 bytes.
+        for key in ["!!!!!!!!!!!!!!!!!!!!!!!!", "dGhlIHNhbXBsZSBub25jZQ=A"] {
+            let mut req = upgrade().body(()).unwrap();
+            req.headers_mut()
+                .insert("sec-websocket-key", HeaderValue::from_static(key));
+            assert_eq!(
+                check(&req).unwrap_err().status,
+                StatusCode::BAD_REQUEST,
+                "{key}"
+            );
+        }
+        // A body would be read as frames.
+        for (name, value) in [("content-length", "46"), ("transfer-encoding", "chunked")] {
+            let req = upgrade().header(name, value).body(()).unwrap();
+            assert_eq!(
+                check(&req).unwrap_err().status,
+                StatusCode::BAD_REQUEST,
+                "{name}"
+            );
+        }
+        let req = upgrade().header("content-length", "0").body(()).unwrap();
+        assert!(check(&req).is_ok(), "an empty body is no body");
         let mut req = upgrade().body(()).unwrap();
         *req.method_mut() = http::Method::POST;
         assert_eq!(

@@ -260,7 +260,18 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, handshake::Rej
             Some(0) => http::Version::HTTP_10,
             _ => http::Version::HTTP_11,
         });
+    // RFC 9112 section 6.3: differing lengths are an error, never "the first one wins"
+    // (what a request smuggled behind this one relies on).
+    let mut length: Option<&[u8]> = None;
     for h in parsed.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            for value in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if length.is_some_and(|seen| seen != value) {
+                    return Err(bad("differing Content-Length headers"));
+                }
+                length = Some(value);
+            }
+        }
         request = request.header(h.name, h.value);
     }
     match request.body(()) {
@@ -414,6 +425,24 @@ mod tests {
         assert_eq!(
             status(b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"),
             StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(
+                b"GET /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 46\r\n\r\n"
+            ),
+            StatusCode::BAD_REQUEST,
+            "two lengths"
+        );
+        assert_eq!(
+            status(b"GET / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n"),
+            StatusCode::BAD_REQUEST,
+            "a list of two lengths"
+        );
+        assert!(
+            parse_head(b"GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n")
+                .unwrap()
+                .is_some(),
+            "the same length twice is one length"
         );
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..=MAX_HEADERS {
