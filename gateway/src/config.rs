@@ -654,8 +654,12 @@ impl Config {
             }
         }
         match (&self.sendback.token, self.sendback.insecure_no_auth) {
-            (Some(token), _) if token.len() < 16 => {
-                return bad("sendback.token", "must be at least 16 characters".into());
+            (Some(token), _) if token.chars().filter(|c| !c.is_whitespace()).count() < 16 => {
+                return bad(
+                    "sendback.token",
+                    "must hold at least 16 characters that are not spaces (`switchboard token` prints a fresh one)"
+                        .into(),
+                );
             }
             (None, false) => {
                 return bad(

@@ -28,6 +28,8 @@ enum Command {
     Serve(ServeArgs),
     /// Check a config and exit: 0 if valid, 2 with the reason if not.
     Check(ServeArgs),
+    /// Print a fresh random send-back token (hex) for `sendback.token`.
+    Token,
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -95,6 +97,10 @@ fn main() -> std::process::ExitCode {
                 println!("config ok");
                 Ok(())
             }
+            Some(Command::Token) => {
+                println!("{}", fresh_token());
+                Ok(())
+            }
             Some(Command::Serve(args)) => serve(args).await,
             None => serve(cli.serve).await,
         }
@@ -112,6 +118,12 @@ async fn serve(args: ServeArgs) -> Result<(), gateway::GatewayError> {
     let config = args.load()?;
     let gateway = Gateway::bind(config, Options::default()).await?;
     gateway.run(shutdown_signal()).await
+}
+
+/// A fresh secret as hex: two v4 UUIDs, 244 random bits from an OS-seeded generator.
+fn fresh_token() -> String {
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    format!("{}{}", a.simple(), b.simple())
 }
 
 fn init_tracing() {

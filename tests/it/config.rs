@@ -31,6 +31,14 @@ fn bad_configs_name_the_field_and_fail() {
     for (toml, needle) in [
         ("[sendback]\ntoken = \"short\"\n", "sendback.token"),
         (
+            "[sendback]\ntoken = \"                \"\n",
+            "sendback.token",
+        ),
+        (
+            "[sendback]\ntoken = \"ab   cd   ef   gh   ij\"\n",
+            "sendback.token",
+        ),
+        (
             "[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nidle_timeout = \"forever\"\n",
             "idle_timeout",
         ),
@@ -51,6 +59,26 @@ fn bad_configs_name_the_field_and_fail() {
             "message for {toml:?} lacks {needle:?}: {out}"
         );
     }
+}
+
+#[test]
+fn token_prints_a_fresh_secret_that_check_accepts() {
+    let token = |_| {
+        let out = Command::new(crate::switchboard_bin())
+            .arg("token")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let (a, b) = (token(1), token(2));
+    assert_ne!(a, b, "a fresh one each time");
+    assert!(
+        a.len() >= 32 && a.bytes().all(|c| c.is_ascii_hexdigit()),
+        "{a}"
+    );
+    let (ok, out) = check(&format!("[sendback]\ntoken = \"{a}\"\n"));
+    assert!(ok, "{out}");
 }
 
 #[test]
