@@ -46,7 +46,10 @@ def main():
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    # The user's modules (PYTHONPATH) first, the examples beside this file last: a user
+    # module named like one of them (onconnect, register, default, ...) is the one served.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here] + [here]
     handler = importlib.import_module(args.module).main_handler
 
     class Invocation(BaseHTTPRequestHandler):
