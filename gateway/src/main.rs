@@ -117,7 +117,7 @@ fn main() -> std::process::ExitCode {
 async fn serve(args: ServeArgs) -> Result<(), gateway::GatewayError> {
     let config = args.load()?;
     let gateway = Gateway::bind(config, Options::default()).await?;
-    gateway.run(shutdown_signal()).await
+    gateway.run(gateway::shutdown_signal()).await
 }
 
 /// A fresh secret as hex: two v4 UUIDs, 244 random bits from an OS-seeded generator.
@@ -134,27 +134,4 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
-    }
-    tracing::info!("shutdown signal received");
 }
