@@ -450,6 +450,29 @@ impl RedisStore {
     }
 
     /// One command.
+    /// One `SSCAN` page of a set: its members and the cursor of the next page (`None`
+    /// after the last).
+    async fn scan_page(
+        &self,
+        key: String,
+        cursor: Option<&str>,
+        count: usize,
+    ) -> Result<MembersPage, StoreError> {
+        let (next, members): (String, Vec<String>) = self
+            .query(
+                ::redis::cmd("SSCAN")
+                    .arg(key)
+                    .arg(cursor.unwrap_or("0"))
+                    .arg("COUNT")
+                    .arg(count.max(1)),
+            )
+            .await?;
+        Ok(MembersPage {
+            members,
+            cursor: (next != "0").then_some(next),
+        })
+    }
+
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         let mut link = self.link.clone();
         self.round_trip(cmd.query_async(&mut link)).await
@@ -652,19 +675,7 @@ impl Store for RedisStore {
         count: usize,
     ) -> Result<MembersPage, StoreError> {
         names::group(group)?;
-        let (next, members): (String, Vec<String>) = self
-            .query(
-                ::redis::cmd("SSCAN")
-                    .arg(self.keys.group(group))
-                    .arg(cursor.unwrap_or("0"))
-                    .arg("COUNT")
-                    .arg(count.max(1)),
-            )
-            .await?;
-        Ok(MembersPage {
-            members,
-            cursor: (next != "0").then_some(next),
-        })
+        self.scan_page(self.keys.group(group), cursor, count).await
     }
 
     async fn count(&self, group: &str) -> Result<u64, StoreError> {
@@ -960,19 +971,8 @@ impl Store for RedisStore {
         count: usize,
     ) -> Result<MembersPage, StoreError> {
         names::node(node)?;
-        let (next, members): (String, Vec<String>) = self
-            .query(
-                ::redis::cmd("SSCAN")
-                    .arg(self.keys.node_conns(node))
-                    .arg(cursor.unwrap_or("0"))
-                    .arg("COUNT")
-                    .arg(count.max(1)),
-            )
-            .await?;
-        Ok(MembersPage {
-            members,
-            cursor: (next != "0").then_some(next),
-        })
+        self.scan_page(self.keys.node_conns(node), cursor, count)
+            .await
     }
 
     async fn release(&self, node: &str, id: &str) -> Result<(), StoreError> {
