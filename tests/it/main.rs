@@ -18,6 +18,7 @@ mod ordering;
 mod public_http;
 mod redis_e2e;
 mod register;
+mod secrets_in_logs;
 mod sendback;
 mod stalled_client;
 mod store_redis;

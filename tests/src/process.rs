@@ -186,6 +186,12 @@ impl GatewayProcess {
     /// Writes `config` to a file, runs `binary --config <file>` and waits until it logs that
     /// it listens. `binary` is the test binary's `switchboard_bin()`.
     pub async fn start(binary: &Path, config: &str) -> GatewayProcess {
+        GatewayProcess::start_logging(binary, config, "info").await
+    }
+
+    /// As [`GatewayProcess::start`], logging at `filter` (a `SWITCHBOARD_LOG` value such as
+    /// `trace`).
+    pub async fn start_logging(binary: &Path, config: &str, filter: &str) -> GatewayProcess {
         let dir = TempDir::new();
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).unwrap();
@@ -193,7 +199,7 @@ impl GatewayProcess {
             Command::new(binary)
                 .arg("--config")
                 .arg(&path)
-                .env("SWITCHBOARD_LOG", "info"),
+                .env("SWITCHBOARD_LOG", filter),
         );
         let listening = process
             .output()

@@ -231,7 +231,7 @@ fn refused(rejection: &Rejection) {
         Rejection::Mismatch {
             canonical_request, ..
         } => warn!(
-            %canonical_request,
+            canonical_request = %without_credentials(canonical_request),
             "management API request refused: signature mismatch (wrong secret, or a proxy changed the request)"
         ),
         Rejection::UnknownAccessKey(key) => {
@@ -239,4 +239,26 @@ fn refused(rejection: &Rejection) {
         }
         other => warn!(reason = %other, "management API request refused"),
     }
+}
+
+/// Headers whose values are credentials: signed requests may carry them (a session token
+/// from temporary AWS credentials is signed), and the log must not.
+const CREDENTIAL_HEADERS: [&str; 5] = [
+    "authorization",
+    "x-amz-security-token",
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+];
+
+/// A canonical request fit for the log: the values of credential headers replaced.
+fn without_credentials(canonical_request: &str) -> String {
+    canonical_request
+        .split('\n')
+        .map(|line| match line.split_once(':') {
+            Some((name, _)) if CREDENTIAL_HEADERS.contains(&name) => format!("{name}:<redacted>"),
+            _ => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
