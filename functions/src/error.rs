@@ -13,8 +13,8 @@ pub enum FunctionsError {
     /// The connection's outbound queue is full (429): the client reads too slowly.
     #[error("connection is throttled: its outbound queue is full")]
     Throttled,
-    /// The message is larger than the gateway accepts (413).
-    #[error("message too large for the gateway")]
+    /// The message, or a batch's list of ids, is larger than the gateway accepts (413).
+    #[error("message or batch too large for the gateway")]
     PayloadTooLarge,
     /// The send-back token is missing or wrong (401).
     #[error("send-back API refused the token")]

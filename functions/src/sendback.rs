@@ -104,6 +104,8 @@ impl SendBack {
 
     /// Sends one `message` to many connections in one request. Ids that are not live are
     /// reported in the result (`gone`), not as an error. No request is made for no ids.
+    /// More ids than the gateway's `sendback.max_batch_ids` (default 10,000) are refused
+    /// whole with [`FunctionsError::PayloadTooLarge`]: split longer lists.
     pub async fn send_many(
         &self,
         ids: &[String],

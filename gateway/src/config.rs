@@ -93,6 +93,10 @@ pub struct SendbackConfig {
     /// The largest send-back request body (a single message is further limited by
     /// `limits.max_message_bytes`).
     pub max_body_bytes: usize,
+    /// The most connection ids one batch send (`POST /@connections`) may name; a batch
+    /// naming more is refused whole with 413 before anything is delivered. Nodes sharing a
+    /// store should agree on it: a node relays each other node its part of a batch.
+    pub max_batch_ids: usize,
     /// The base URL (`http://host:port`) at which the other gateway nodes sharing the store
     /// reach this node's send-back API, to forward requests for connections this node
     /// holds. Default: `http://` + the bound `listen` address, unless that is a wildcard
@@ -451,6 +455,7 @@ impl Default for SendbackConfig {
             token: None,
             insecure_no_auth: false,
             max_body_bytes: 4 << 20,
+            max_batch_ids: 10_000,
             advertise: None,
         }
     }
@@ -710,6 +715,7 @@ impl Config {
             ("limits.write_buffer_bytes", l.write_buffer_bytes),
             ("functions.max_reply_bytes", self.functions.max_reply_bytes),
             ("sendback.max_body_bytes", self.sendback.max_body_bytes),
+            ("sendback.max_batch_ids", self.sendback.max_batch_ids),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -914,6 +920,16 @@ mod tests {
         assert_eq!(config.node_heartbeat_ttl, defaults.node_heartbeat_ttl);
         assert_eq!(config.relay_timeout, defaults.relay_timeout);
         assert_eq!(config.store_resync.interval, defaults.store_resync.interval);
+        assert_eq!(
+            (
+                config.sendback.max_body_bytes,
+                config.sendback.max_batch_ids
+            ),
+            (
+                defaults.sendback.max_body_bytes,
+                defaults.sendback.max_batch_ids
+            )
+        );
     }
 
     #[test]
@@ -1011,6 +1027,8 @@ mod tests {
         assert!(m.contains("limits.max_message_bytes"), "{m}");
         let m = msg("[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nwrite_timeout = \"0s\"\n");
         assert!(m.contains("limits.write_timeout"), "{m}");
+        let m = msg("[sendback]\ntoken = \"0123456789abcdef\"\nmax_batch_ids = 0\n");
+        assert!(m.contains("sendback.max_batch_ids"), "{m}");
         assert!(msg("this is not toml").contains("gateway.toml"));
         let m = msg("store = \"postgres://x\"\n[sendback]\ntoken = \"0123456789abcdef\"\n");
         assert!(m.contains("`store`"), "{m}");

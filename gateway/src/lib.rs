@@ -170,6 +170,7 @@ impl Gateway {
                 delivery: delivery.clone(),
                 store: store.clone(),
                 limits,
+                max_batch_ids: config.sendback.max_batch_ids,
                 node: node.clone(),
             },
             aws: ManagementApi {

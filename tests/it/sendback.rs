@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use functions::api::{BatchResult, ConnectionInfo, DeliveryStatus};
+use functions::api::{ApiError, BatchResult, ConnectionInfo, DeliveryStatus};
 use reqwest::Method;
 use tests::gateway::{TestGateway, next_message, post_to_connection, sendback_request};
 use tests::scripted::ScriptedFunction;
@@ -172,6 +172,61 @@ async fn errors_have_statuses_and_json_bodies() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_batch_over_max_batch_ids_is_refused_whole() {
+    let (function, gw) = setup(|c| c.sendback.max_batch_ids = 5).await;
+    let mut client = gw.connect("/").await;
+    let id = function.wait_register().await;
+    let base = gw.sendback_url();
+    // The live connection first, then ids of no connection.
+    let batch = |n: usize, data: &str| {
+        let ids: Vec<String> = std::iter::once(id.clone())
+            .chain(std::iter::repeat_with(|| uuid::Uuid::new_v4().to_string()))
+            .take(n)
+            .collect();
+        sendback_request(Method::POST, format!("{base}/@connections"))
+            .json(&serde_json::json!({"connectionIds": ids, "data": data}))
+            .send()
+    };
+
+    // Six ids: refused whole, with the limit named.
+    let r = batch(6, "refused").await.unwrap();
+    assert_eq!(r.status(), 413);
+    let error: ApiError = r.json().await.unwrap();
+    assert_eq!(error.error, "payload_too_large");
+    assert!(
+        error.message.contains("at most 5") && error.message.contains("sendback.max_batch_ids"),
+        "{}",
+        error.message
+    );
+    // Nothing reached the live connection: the next message it gets is this one.
+    assert_eq!(post_to_connection(&base, &id, "first").await.status(), 200);
+    assert_eq!(
+        next_message(&mut client).await,
+        Some(Message::text("first"))
+    );
+
+    // Five ids: sent.
+    let r = batch(5, "accepted").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let result: BatchResult = r.json().await.unwrap();
+    assert_eq!(
+        (result.delivered, result.gone, result.results.len()),
+        (1, 4, 5)
+    );
+    assert_eq!(
+        next_message(&mut client).await,
+        Some(Message::text("accepted"))
+    );
+
+    // No ids: nothing to do, an empty result.
+    let r = batch(0, "none").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let result: BatchResult = r.json().await.unwrap();
+    assert_eq!(result, BatchResult::default());
     gw.shutdown().await;
 }
 

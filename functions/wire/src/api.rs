@@ -6,7 +6,9 @@
 //!   application/octet-stream` sends a binary frame, anything else a text frame (UTF-8).
 //! - `GET /@connections/{id}`: [`ConnectionInfo`].
 //! - `DELETE /@connections/{id}`: closes it; optional query `code` and `reason`.
-//! - `POST /@connections`: [`BatchSend`] in, [`BatchResult`] out.
+//! - `POST /@connections`: [`BatchSend`] in, [`BatchResult`] out. At most
+//!   `sendback.max_batch_ids` ids (default 10,000): a batch naming more is refused whole
+//!   with 413 `payload_too_large`.
 //!
 //! - `POST /@groups/{group}`: the body is the message (as for one connection), sent to every
 //!   member of the group held by this gateway; `?exclude={id}` (repeatable) skips ids.
@@ -45,7 +47,7 @@ pub struct ConnectionInfo {
     pub node: String,
 }
 
-/// One payload for many connections.
+/// One payload for many connections (at most the gateway's `sendback.max_batch_ids` ids).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchSend {

@@ -82,8 +82,9 @@ pub const UNAUTHORIZED: &str = "unauthorized";
 /// 400, 431 or 505).
 pub const BAD_REQUEST: &str = "bad_request";
 
-/// 413: the request body exceeds `sendback.max_body_bytes`, or the message exceeds
-/// `limits.max_message_bytes`.
+/// 413: the request body exceeds `sendback.max_body_bytes`, the message exceeds
+/// `limits.max_message_bytes`, or a batch send names more than `sendback.max_batch_ids`
+/// connection ids (default 10,000; nothing of it is sent).
 pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
 
 /// 503: the gateway's store is unavailable; retry later. On the public listener: a

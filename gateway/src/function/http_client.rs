@@ -8,19 +8,38 @@
 //! `1xx` replies are skipped. No TLS, no redirects, no proxies. Timeouts are the caller's
 //! (dropping a call drops its connection).
 //!
+//! Reply heads are at most 64 KiB (status line, headers and the blank line), however the
+//! bytes arrive. Transfer codings (RFC 9112 §6.1): the codings of every `Transfer-Encoding`
+//! header, comma lists included and empty elements ignored, form one list, and the only list
+//! taken is exactly `chunked`. This client sends no `TE`, so a function may apply no other
+//! coding (RFC 9110 §10.1.4), and one it did apply would reach the caller still encoded:
+//! `gzip` + `chunked` (in one header or two), `chunked` + `identity`, `chunked` twice, or
+//! `Transfer-Encoding` in an HTTP/1.0 reply (whose framing RFC 9112 calls faulty) are
+//! refused as malformed rather than read to the end of the connection. A reply with both
+//! `Transfer-Encoding` and `Content-Length` is read by its chunks and its connection is not
+//! reused (a smuggling risk).
+//!
 //! A pooled connection the function has closed is noticed before use when its FIN has
 //! arrived (it reads as ready). If it closes at the very moment of reuse and the reply
 //! breaks off before its first byte, the request is sent once more on a new connection,
 //! as browsers and hyper do: a function that closed an idle connection did not read the
 //! request on it.
+//!
+//! Pools do not outlive their origins: relay peers come and go, each with its own address.
+//! [`HttpClient::endpoint`] sweeps the map at most once per idle timeout, dropping each
+//! pool no endpoint holds that has not been used for longer than the idle timeout (its idle
+//! connections, all stale by then, closed with it), and keeps at most [`MAX_POOLS`] pools:
+//! a new origin beyond that evicts the least recently used pool no endpoint holds, or, if
+//! every pool is in use, gets a pool of its own outside the map. A poisoned lock is taken
+//! over, not a panic: what the pools hold stays consistent whatever panicked.
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The longest reply head (status line and headers) read.
@@ -33,6 +52,8 @@ const MAX_LINE_BYTES: usize = 4096;
 const COALESCE_BODY_BYTES: usize = 64 * 1024;
 /// The first read of a reply reads up to this much.
 const FIRST_READ_BYTES: usize = 4096;
+/// The most origins a client keeps a pool for.
+const MAX_POOLS: usize = 1024;
 
 /// Why a request got no complete reply.
 #[derive(Debug, thiserror::Error)]
@@ -102,9 +123,17 @@ pub struct Endpoint {
 /// Keep-alive connections to one origin.
 #[derive(Debug)]
 struct Pool {
-    idle: Mutex<Vec<Idle>>,
+    state: Mutex<PoolState>,
     max_idle: usize,
     idle_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct PoolState {
+    /// Oldest first.
+    idle: Vec<Idle>,
+    /// When an endpoint was last made for this origin or a connection came back to it.
+    last_used: Instant,
 }
 
 #[derive(Debug)]
@@ -116,9 +145,22 @@ struct Idle {
 /// The client: one pool per origin (`host:port`), shared by every URL on that origin.
 #[derive(Debug)]
 pub struct HttpClient {
-    pools: Mutex<HashMap<String, Arc<Pool>>>,
+    pools: Mutex<Pools>,
     max_idle: usize,
     idle_timeout: Duration,
+}
+
+/// The pools by origin, and when they are next swept.
+#[derive(Debug)]
+struct Pools {
+    by_origin: HashMap<String, Arc<Pool>>,
+    next_sweep: Instant,
+}
+
+/// Takes a lock whatever panicked while it was held: every critical section here leaves
+/// its data whole (a push, a pop, a map insert or removal).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl HttpClient {
@@ -126,7 +168,10 @@ impl HttpClient {
     /// `idle_timeout`.
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         HttpClient {
-            pools: Mutex::new(HashMap::new()),
+            pools: Mutex::new(Pools {
+                by_origin: HashMap::new(),
+                next_sweep: Instant::now() + idle_timeout,
+            }),
             max_idle,
             idle_timeout,
         }
@@ -134,6 +179,17 @@ impl HttpClient {
 
     /// Parses `url` into an endpoint sharing this client's pool for its origin.
     pub fn endpoint(&self, url: &str) -> Result<Endpoint, HttpError> {
+        self.endpoint_at(url, Instant::now())
+    }
+
+    /// How many origins have a pool.
+    #[cfg(test)]
+    pub(crate) fn pool_count(&self) -> usize {
+        lock(&self.pools).by_origin.len()
+    }
+
+    /// [`HttpClient::endpoint`] at `now`.
+    fn endpoint_at(&self, url: &str, now: Instant) -> Result<Endpoint, HttpError> {
         let bad = || HttpError::BadUrl(url.to_owned());
         let parsed = url::Url::parse(url).map_err(|_| bad())?;
         if parsed.scheme() != "http" {
@@ -155,19 +211,7 @@ impl HttpClient {
             target.push_str(q);
         }
         let origin = format!("{connect_host}:{port}");
-        let pool = self
-            .pools
-            .lock()
-            .expect("pool map lock")
-            .entry(origin)
-            .or_insert_with(|| {
-                Arc::new(Pool {
-                    idle: Mutex::new(Vec::new()),
-                    max_idle: self.max_idle,
-                    idle_timeout: self.idle_timeout,
-                })
-            })
-            .clone();
+        let pool = self.pool(origin, now);
         Ok(Endpoint {
             connect_host,
             port,
@@ -175,6 +219,70 @@ impl HttpClient {
             target,
             pool,
         })
+    }
+}
+
+impl HttpClient {
+    /// The pool for `origin`, made if need be; sweeps the map when a sweep is due or the
+    /// map is full. Pools that go are dropped after the map's lock is released.
+    fn pool(&self, origin: String, now: Instant) -> Arc<Pool> {
+        let mut evicted = Vec::new();
+        let mut pools = lock(&self.pools);
+        if now >= pools.next_sweep {
+            pools.next_sweep = now + self.idle_timeout;
+            self.sweep(&mut pools.by_origin, now, &mut evicted);
+        }
+        if let Some(pool) = pools.by_origin.get(&origin) {
+            lock(&pool.state).last_used = now;
+            return pool.clone();
+        }
+        let pool = Arc::new(Pool {
+            state: Mutex::new(PoolState {
+                idle: Vec::new(),
+                last_used: now,
+            }),
+            max_idle: self.max_idle,
+            idle_timeout: self.idle_timeout,
+        });
+        if pools.by_origin.len() >= MAX_POOLS {
+            self.sweep(&mut pools.by_origin, now, &mut evicted);
+        }
+        if pools.by_origin.len() >= MAX_POOLS {
+            let unused = pools
+                .by_origin
+                .iter()
+                .filter(|(_, pool)| Arc::strong_count(pool) == 1)
+                .min_by_key(|(_, pool)| lock(&pool.state).last_used)
+                .map(|(origin, _)| origin.clone());
+            match unused.and_then(|origin| pools.by_origin.remove(&origin)) {
+                Some(old) => evicted.push(old),
+                // Every pool is in use: this one lives as long as its endpoints.
+                None => return pool,
+            }
+        }
+        pools.by_origin.insert(origin, pool.clone());
+        drop(pools);
+        drop(evicted);
+        pool
+    }
+
+    /// Moves to `evicted` each pool no endpoint holds (the map's is its only reference,
+    /// and new ones are taken under the map's lock) that has not been used for longer
+    /// than the idle timeout.
+    fn sweep(
+        &self,
+        by_origin: &mut HashMap<String, Arc<Pool>>,
+        now: Instant,
+        evicted: &mut Vec<Arc<Pool>>,
+    ) {
+        by_origin.retain(|_, pool| {
+            let idle_for = now.saturating_duration_since(lock(&pool.state).last_used);
+            let keep = Arc::strong_count(pool) > 1 || idle_for <= self.idle_timeout;
+            if !keep {
+                evicted.push(pool.clone());
+            }
+            keep
+        });
     }
 }
 
@@ -295,13 +403,14 @@ impl Pool {
         let now = Instant::now();
         let mut stale = Vec::new();
         let found = {
-            let mut idle = self.idle.lock().expect("pool lock");
+            let mut state = lock(&self.state);
+            let idle = &mut state.idle;
             loop {
                 let Some(c) = idle.pop() else { break None };
                 if now.duration_since(c.since) > self.idle_timeout {
                     // The rest are older still.
                     stale.push(c);
-                    stale.append(&mut idle);
+                    stale.append(idle);
                     break None;
                 }
                 if is_idle_open(&c.stream) {
@@ -316,9 +425,10 @@ impl Pool {
 
     fn put(&self, stream: TcpStream) {
         let now = Instant::now();
-        let mut idle = self.idle.lock().expect("pool lock");
-        if idle.len() < self.max_idle {
-            idle.push(Idle { stream, since: now });
+        let mut state = lock(&self.state);
+        state.last_used = state.last_used.max(now);
+        if state.idle.len() < self.max_idle {
+            state.idle.push(Idle { stream, since: now });
         }
     }
 }
@@ -350,8 +460,8 @@ struct Head {
 }
 
 /// Reads one reply; also says whether the connection may carry another request.
-async fn read_reply(
-    stream: &mut TcpStream,
+pub(crate) async fn read_reply<S: AsyncRead + Unpin>(
+    stream: &mut S,
     max_body: usize,
 ) -> Result<(HttpReply, bool), HttpError> {
     let mut buf = BytesMut::with_capacity(FIRST_READ_BYTES);
@@ -397,14 +507,23 @@ async fn read_reply(
     ))
 }
 
-/// Reads and parses a reply head, leaving what follows it in `buf`.
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Head, HttpError> {
+/// Reads and parses a reply head, leaving what follows it in `buf`. A head longer than
+/// [`MAX_HEAD_BYTES`] is an error whether it came in one read or many.
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Head, HttpError> {
+    let too_long =
+        || HttpError::Malformed(format!("reply head longer than {MAX_HEAD_BYTES} bytes"));
     loop {
         if !buf.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut reply = httparse::Response::new(&mut headers);
             match reply.parse(buf) {
                 Ok(httparse::Status::Complete(len)) => {
+                    if len > MAX_HEAD_BYTES {
+                        return Err(too_long());
+                    }
                     let head = interpret(&reply)?;
                     buf.advance(len);
                     return Ok(head);
@@ -413,9 +532,7 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Head, H
                 Err(e) => return Err(HttpError::Malformed(e.to_string())),
             }
             if buf.len() > MAX_HEAD_BYTES {
-                return Err(HttpError::Malformed(format!(
-                    "reply head longer than {MAX_HEAD_BYTES} bytes"
-                )));
+                return Err(too_long());
             }
         }
         let was_empty = buf.is_empty();
@@ -436,7 +553,8 @@ fn interpret(reply: &httparse::Response<'_, '_>) -> Result<Head, HttpError> {
     let mut content_type = None;
     let mut kept = Vec::new();
     let mut length: Option<usize> = None;
-    let mut transfer_encoding: Option<&[u8]> = None;
+    // Every coding of every Transfer-Encoding header, in order; `None` without the header.
+    let mut codings: Option<Vec<&[u8]>> = None;
     let mut close = false;
     let mut keep_alive = false;
     for h in reply.headers.iter() {
@@ -453,7 +571,12 @@ fn interpret(reply: &httparse::Response<'_, '_>) -> Result<Head, HttpError> {
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = Some(h.value);
+            codings.get_or_insert_with(Vec::new).extend(
+                h.value
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|c| !c.is_empty()),
+            );
         } else if name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -472,20 +595,15 @@ fn interpret(reply: &httparse::Response<'_, '_>) -> Result<Head, HttpError> {
     }
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
         Framing::None
-    } else if let Some(te) = transfer_encoding {
-        let last = te.rsplit(|&b| b == b',').next().unwrap_or_default();
-        if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        }
+    } else if let Some(codings) = &codings {
+        chunked_only(codings, http11)?
     } else if let Some(len) = length {
         Framing::Length(len)
     } else {
         Framing::UntilClose
     };
     // A reply with both framings is a smuggling risk: read it, but not the next one.
-    let both = transfer_encoding.is_some() && length.is_some();
+    let both = codings.is_some() && length.is_some();
     let keep_alive = !close && !both && (http11 || keep_alive);
     Ok(Head {
         status,
@@ -496,9 +614,29 @@ fn interpret(reply: &httparse::Response<'_, '_>) -> Result<Head, HttpError> {
     })
 }
 
+/// The framing of a reply with `Transfer-Encoding`: chunked if its codings are exactly
+/// `chunked` in an HTTP/1.1 reply, an error otherwise (see the module header).
+fn chunked_only(codings: &[&[u8]], http11: bool) -> Result<Framing, HttpError> {
+    if !http11 {
+        return Err(HttpError::Malformed(
+            "Transfer-Encoding in an HTTP/1.0 reply".into(),
+        ));
+    }
+    match codings {
+        [only] if only.eq_ignore_ascii_case(b"chunked") => Ok(Framing::Chunked),
+        _ => {
+            let list: Vec<_> = codings.iter().map(|c| String::from_utf8_lossy(c)).collect();
+            Err(HttpError::Malformed(format!(
+                "transfer codings `{}` (only `chunked` is taken)",
+                list.join(", ")
+            )))
+        }
+    }
+}
+
 /// Reads a chunked body, leaving what follows its trailers in `buf`.
-async fn read_chunked(
-    stream: &mut TcpStream,
+async fn read_chunked<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     max_body: usize,
 ) -> Result<Bytes, HttpError> {
@@ -533,7 +671,10 @@ async fn read_chunked(
 }
 
 /// One CRLF-terminated line from `buf` (reading more as needed), without the CRLF.
-async fn read_line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, HttpError> {
+async fn read_line<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Bytes, HttpError> {
     loop {
         if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
             let line = buf.split_to(at).freeze();
@@ -550,7 +691,11 @@ async fn read_line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, 
 }
 
 /// Reads until `buf` holds at least `need` bytes.
-async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, need: usize) -> Result<(), HttpError> {
+async fn fill<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    need: usize,
+) -> Result<(), HttpError> {
     if buf.len() < need {
         buf.reserve(need - buf.len());
     }
@@ -563,7 +708,10 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, need: usize) -> Result
 }
 
 /// One read into the spare capacity of `buf` (growing it when full); 0 at EOF.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<usize, HttpError> {
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<usize, HttpError> {
     if buf.capacity() == buf.len() {
         buf.reserve(FIRST_READ_BYTES.max(buf.len()));
     }
@@ -755,6 +903,168 @@ mod tests {
         let err = post(&client(), &url).await.unwrap_err();
         assert!(matches!(err, HttpError::ClosedBeforeReply), "{err}");
         // A fresh connection is not retried: only a reused one is.
+        assert_eq!(*accepted.lock().unwrap(), 1);
+    }
+
+    /// A reply whose head (status line to blank line) is `len` bytes, padded by one header.
+    fn reply_with_head_of(len: usize) -> &'static [u8] {
+        let start = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Pad: ";
+        let mut reply = start.to_vec();
+        reply.resize(len - 4, b'a');
+        reply.extend_from_slice(b"\r\n\r\nok");
+        Box::leak(reply.into_boxed_slice())
+    }
+
+    #[tokio::test]
+    async fn a_reply_head_over_the_limit_is_refused_however_it_arrives() {
+        // One write each: the whole head can arrive in one read.
+        for (len, fits) in [
+            (70_000, false),
+            (MAX_HEAD_BYTES + 1, false),
+            (MAX_HEAD_BYTES, true),
+            (MAX_HEAD_BYTES - 100, true),
+        ] {
+            let reply = reply_with_head_of(len);
+            let (url, _) = raw_server(vec![Reply(reply)]).await;
+            let got = post(&client(), &url).await;
+            match got {
+                Ok(r) if fits => assert_eq!(&r.body[..], b"ok"),
+                Err(HttpError::Malformed(m)) if !fits => assert!(m.contains("head"), "{m}"),
+                other => panic!("{len}-byte head: {other:?}"),
+            }
+            // The same bytes from memory, in one read.
+            let got = read_reply(&mut &reply[..], 1024).await;
+            assert_eq!(got.is_ok(), fits, "{len}-byte head from a slice");
+        }
+    }
+
+    /// Reads `reply` from memory: the reply, or why not, and whether it may be reused.
+    async fn parse(reply: &[u8]) -> Result<(HttpReply, bool), HttpError> {
+        read_reply(&mut &reply[..], 1024).await
+    }
+
+    #[tokio::test]
+    async fn transfer_codings_other_than_chunked_alone_are_refused() {
+        for reply in [
+            // Two headers make one list: gzip, then chunked.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".as_slice(),
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            // Chunked not last: RFC 9112 would read to the close; refused instead.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
+            // Chunked applied twice.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            // No coding at all.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\n\r\nok",
+            // HTTP/1.0 has no transfer codings.
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ] {
+            let text = String::from_utf8_lossy(reply);
+            match parse(reply).await {
+                Err(HttpError::Malformed(_)) => {}
+                other => panic!("{text}: {other:?}"),
+            }
+            let (url, _) = raw_server(vec![ReplyAndClose(reply)]).await;
+            let err = post(&client(), &url).await.unwrap_err();
+            assert!(matches!(err, HttpError::Malformed(_)), "{text}: {err}");
+        }
+        // Empty list elements do not count, and the name of the coding has no case.
+        for reply in [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: ,CHUNKED,\r\n\r\n2\r\nok\r\n0\r\n\r\n".as_slice(),
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ] {
+            let (r, reusable) = parse(reply).await.unwrap();
+            assert_eq!((&r.body[..], reusable), (&b"ok"[..], true));
+        }
+    }
+
+    #[tokio::test]
+    async fn chunked_wins_over_content_length_and_the_connection_is_not_reused() {
+        let reply: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        let (r, reusable) = parse(reply).await.unwrap();
+        assert_eq!((&r.body[..], reusable), (&b"ok"[..], false));
+        let (url, accepted) = raw_server(vec![Reply(reply), Reply(reply)]).await;
+        let c = client();
+        for _ in 0..2 {
+            assert_eq!(&post(&c, &url).await.unwrap().body[..], b"ok");
+        }
+        assert_eq!(*accepted.lock().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn pools_of_origins_gone_quiet_are_swept() {
+        let reply: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let c = client();
+        let mut urls = Vec::new();
+        for _ in 0..20 {
+            let (url, _) = raw_server(vec![Reply(reply)]).await;
+            post(&c, &url).await.unwrap();
+            urls.push(url);
+        }
+        // Each pool holds an idle connection to its origin.
+        assert_eq!(c.pool_count(), 20);
+        let held = c.endpoint(&urls[0]).unwrap();
+        // Within the idle timeout nothing goes.
+        c.endpoint_at(&urls[0], Instant::now() + Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(c.pool_count(), 20);
+        // Past it, every pool but the held one goes with its idle connection; the origin
+        // asked for gets a fresh pool.
+        let later = c
+            .endpoint_at(&urls[1], Instant::now() + Duration::from_secs(61))
+            .unwrap();
+        assert_eq!(c.pool_count(), 2);
+        assert!(!Arc::ptr_eq(&later.pool, &held.pool));
+        assert!(lock(&later.pool.state).idle.is_empty());
+        assert_eq!(lock(&held.pool.state).idle.len(), 1);
+    }
+
+    #[test]
+    fn the_pool_map_is_bounded() {
+        let c = client();
+        let url = |port: usize| format!("http://127.0.0.1:{port}/");
+        for port in 1..=MAX_POOLS + 100 {
+            c.endpoint(&url(port)).unwrap();
+        }
+        assert_eq!(c.pool_count(), MAX_POOLS);
+        // The least recently used goes first: the latest origins are kept.
+        let last = c.endpoint(&url(MAX_POOLS + 100)).unwrap();
+        let again = c.endpoint(&url(MAX_POOLS + 100)).unwrap();
+        assert!(Arc::ptr_eq(&last.pool, &again.pool));
+        // Pools in use are not evicted: an origin beyond them gets a pool of its own.
+        let held: Vec<_> = (1..=MAX_POOLS + 5)
+            .map(|port| c.endpoint(&url(port)).unwrap())
+            .collect();
+        assert_eq!(c.pool_count(), MAX_POOLS);
+        let a = c.endpoint(&url(MAX_POOLS + 5)).unwrap();
+        assert!(!Arc::ptr_eq(&a.pool, &held[MAX_POOLS + 4].pool));
+        assert_eq!(c.pool_count(), MAX_POOLS);
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_lock_is_taken_over() {
+        let reply: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let (url, accepted) = raw_server(vec![Reply(reply), Reply(reply)]).await;
+        let c = client();
+        let endpoint = c.endpoint(&url).unwrap();
+        std::thread::scope(|s| {
+            let map = s.spawn(|| {
+                let _held = c.pools.lock();
+                panic!("poisons the pool map");
+            });
+            let pool = s.spawn(|| {
+                let _held = endpoint.pool.state.lock();
+                panic!("poisons the pool");
+            });
+            assert!(map.join().is_err() && pool.join().is_err());
+        });
+        assert!(c.pools.is_poisoned() && endpoint.pool.state.is_poisoned());
+        for _ in 0..2 {
+            let r = post(&c, &url).await.unwrap();
+            assert_eq!(&r.body[..], b"ok");
+        }
+        // The connection went back to the poisoned pool and was reused from it.
         assert_eq!(*accepted.lock().unwrap(), 1);
     }
 

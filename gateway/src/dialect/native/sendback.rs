@@ -1,8 +1,14 @@
 //! The native send-back API (routes and bodies in `wire::api`): parses each request,
 //! calls the delivery core, and answers with `ApiError` bodies and the statuses that
 //! name them. Group membership (join, leave, list) goes to the store directly.
+//!
+//! A batch's ids are counted before they are parsed (no id is kept for the count) and a
+//! batch naming more than `sendback.max_batch_ids` is refused whole with 413: its cost
+//! (parsing, one lookup and one reply entry per id) stays bounded, and nothing is
+//! delivered for it.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::sync::Arc;
 use wire::codes;
 
@@ -11,6 +17,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use store::{SharedStore, StoreError};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{info, warn};
@@ -30,6 +38,8 @@ pub(crate) struct NativeApi {
     pub delivery: Arc<Delivery>,
     pub store: SharedStore,
     pub limits: BodyLimits,
+    /// The most ids a batch may name (`sendback.max_batch_ids`).
+    pub max_batch_ids: usize,
     /// This node's name (in connection info).
     pub node: Arc<str>,
 }
@@ -150,6 +160,19 @@ impl NativeApi {
         let target = request::path_and_query(&req);
         let headers = req.headers().clone();
         let body = request::read_body(req, self.limits.body).await?;
+        // A body that is not a batch counts no ids here: the parse below says why.
+        let ids = serde_json::from_slice::<IdCount>(&body).map_or(0, |c| c.connection_ids.0);
+        if ids > self.max_batch_ids {
+            return Err(Failure::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the batch names {ids} connection ids; at most {} are allowed \
+                     (sendback.max_batch_ids): split it",
+                    self.max_batch_ids
+                ),
+            ));
+        }
         let batch: BatchSend = serde_json::from_slice(&body).map_err(|e| {
             Failure::new(
                 StatusCode::BAD_REQUEST,
@@ -254,6 +277,38 @@ impl NativeApi {
     }
 }
 
+/// The ids of a batch body, counted without being kept.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IdCount {
+    #[serde(default)]
+    connection_ids: Count,
+}
+
+/// The length of a JSON array whose elements are skipped.
+#[derive(Default)]
+struct Count(usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Counter;
+        impl<'de> Visitor<'de> for Counter {
+            type Value = Count;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of connection ids")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Count(n))
+            }
+        }
+        deserializer.deserialize_seq(Counter)
+    }
+}
+
 fn no_content() -> Response<Body> {
     respond::empty(StatusCode::NO_CONTENT)
 }
@@ -352,5 +407,25 @@ fn store_failure(e: StoreError) -> Failure {
                 "the gateway's store is unavailable; retry later",
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_ids_are_counted_without_the_rest_of_the_body() {
+        let count = |body: &str| {
+            serde_json::from_slice::<IdCount>(body.as_bytes()).map(|c| c.connection_ids.0)
+        };
+        assert_eq!(
+            count(r#"{"data":"x","connectionIds":["a","b",{"c":[1]}],"dataType":"text"}"#).ok(),
+            Some(3)
+        );
+        assert_eq!(count(r#"{"connectionIds":[],"data":"x"}"#).ok(), Some(0));
+        assert_eq!(count(r#"{"data":"x"}"#).ok(), Some(0));
+        assert!(count(r#"{"connectionIds":"a"}"#).is_err());
+        assert!(count("not json").is_err());
     }
 }
