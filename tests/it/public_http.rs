@@ -9,6 +9,9 @@ use tests::scripted::ScriptedFunction;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The gateway's bound on a request head (request line, headers and the blank line).
+const MAX_HEAD: usize = 64 * 1024;
+
 async fn setup() -> (ScriptedFunction, TestGateway) {
     let function = ScriptedFunction::accepting().await;
     let url = function.url();
@@ -129,5 +132,83 @@ async fn a_request_head_over_64_kib_gets_431() {
     tcp.write_all(&head).await.unwrap();
     let reply = read_to_close(&mut tcp).await;
     assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    gw.shutdown().await;
+}
+
+/// A complete request head of exactly `len` bytes: `start` (the request line and headers,
+/// each ending in CRLF), an `X-Pad` header filling the rest, and the blank line.
+fn head_of(len: usize, start: &str) -> Vec<u8> {
+    let mut head = start.as_bytes().to_vec();
+    head.extend_from_slice(b"X-Pad: ");
+    let pad = len - head.len() - b"\r\n\r\n".len();
+    head.resize(head.len() + pad, b'a');
+    head.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(head.len(), len);
+    head
+}
+
+/// The head of the gateway's first reply (all it sent if it closed before one was whole).
+async fn reply_head(tcp: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("a reply within 10 s");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn the_head_bound_is_exact_whatever_the_reads() {
+    let (function, gw) = setup().await;
+    // One byte over the bound, complete and sent in one write (so the gateway may read it
+    // whole): refused, even as an upgrade request, and register is never called.
+    let upgrade = "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for (start, what) in [
+        (upgrade, "an upgrade"),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n",
+            "a plain request",
+        ),
+    ] {
+        for len in [MAX_HEAD + 1, 70_000] {
+            let mut tcp = TcpStream::connect(gw.public).await.unwrap();
+            tcp.write_all(&head_of(len, start)).await.unwrap();
+            let reply = reply_head(&mut tcp).await;
+            assert!(
+                reply.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+                "{what} with a {len}-byte head: {reply}"
+            );
+        }
+    }
+    assert!(function.events().is_empty(), "{:?}", function.events());
+    // Exactly the bound, in one write: served.
+    let mut tcp = TcpStream::connect(gw.public).await.unwrap();
+    tcp.write_all(&head_of(
+        MAX_HEAD,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n",
+    ))
+    .await
+    .unwrap();
+    let reply = read_to_close(&mut tcp).await;
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    // And as the second request of a keep-alive connection, after a small first one in the
+    // same write.
+    let mut tcp = TcpStream::connect(gw.public).await.unwrap();
+    let mut both = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    both.extend(head_of(
+        MAX_HEAD,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n",
+    ));
+    tcp.write_all(&both).await.unwrap();
+    let reply = read_to_close(&mut tcp).await;
+    assert_eq!(reply.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{reply}");
     gw.shutdown().await;
 }

@@ -46,7 +46,8 @@ pub(crate) struct Edge {
     pub sockets: Arc<Sockets>,
 }
 
-/// The largest request head read (request line and headers).
+/// The largest request head accepted (request line, headers and the blank line after
+/// them): one byte more is refused with 431, however the bytes arrive.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most headers a request may have.
 pub const MAX_HEADERS: usize = 100;
@@ -208,9 +209,6 @@ async fn read_request(
             if let Some(parsed) = parse_head(buf)? {
                 return Ok(Some(parsed));
             }
-            if buf.len() >= MAX_HEAD {
-                return Err(too_large());
-            }
         }
         buf.reserve(if buf.capacity() == 0 { 1024 } else { 4096 });
         let read = tokio::select! {
@@ -240,6 +238,8 @@ fn too_large() -> handshake::Rejection {
 }
 
 /// Parses a complete request head at the start of `buf`; `None` if it is not complete yet.
+/// Enforces [`MAX_HEAD`]: only that much of `buf` is parsed, and a head not complete within
+/// it is refused (431), whether `buf` holds more bytes or not.
 fn parse_head(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, handshake::Rejection> {
     let bad = |message| handshake::Rejection {
         status: StatusCode::BAD_REQUEST,
@@ -247,8 +247,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, handshake::Rej
     };
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    let head_len = match parsed.parse(buf) {
+    let head_len = match parsed.parse(&buf[..buf.len().min(MAX_HEAD)]) {
         Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(too_large()),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
         Err(_) => return Err(bad("malformed HTTP request")),
@@ -450,6 +451,48 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert_eq!(status(&many), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    /// A complete head of exactly `len` bytes.
+    fn head_of(len: usize) -> Vec<u8> {
+        let mut head = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+        head.resize(len - 4, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        head
+    }
+
+    #[test]
+    fn the_head_bound_is_exact_whatever_the_buffer_holds() {
+        let status = |buf: &[u8]| parse_head(buf).map(|p| p.map(|(_, len)| len));
+        assert_eq!(status(&head_of(MAX_HEAD)).unwrap(), Some(MAX_HEAD));
+        let mut followed = head_of(MAX_HEAD);
+        followed.extend_from_slice(&[b'x'; 10_000]);
+        assert_eq!(
+            status(&followed).unwrap(),
+            Some(MAX_HEAD),
+            "what follows is not head"
+        );
+        let mut small = head_of(100);
+        small.extend_from_slice(&head_of(2 * MAX_HEAD));
+        assert_eq!(
+            status(&small).unwrap(),
+            Some(100),
+            "the next head is parsed later"
+        );
+        for len in [MAX_HEAD + 1, 70_000, 2 * MAX_HEAD] {
+            assert_eq!(
+                status(&head_of(len)).unwrap_err().status,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "a complete head of {len} bytes"
+            );
+        }
+        let unfinished = head_of(2 * MAX_HEAD);
+        assert_eq!(status(&unfinished[..MAX_HEAD - 1]).unwrap(), None);
+        assert_eq!(
+            status(&unfinished[..MAX_HEAD]).unwrap_err().status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "the bound reached without the end of the head"
+        );
     }
 
     #[test]
