@@ -285,9 +285,24 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// The most connections this node holds; one more is refused with 503 at upgrade.
     pub max_connections: usize,
-    /// How long a client has to send its complete handshake request.
+    /// The most connections on the public listener that are not (yet) WebSockets: reading
+    /// a request head, kept alive between plain requests, or waiting for register. A
+    /// connection beyond it gets a 503 `at_capacity` at once, without its request being
+    /// read, and is closed. A connection stops counting when it becomes a WebSocket (it then
+    /// counts in `max_connections`) or ends, so handshakes cannot crowd out the listener
+    /// and open WebSockets never crowd out handshakes.
+    pub max_pending_connections: usize,
+    /// How long a client has to send a complete request head (request line and headers):
+    /// counted from the accept for a connection's first request, from the first byte of
+    /// the next request on a keep-alive connection. Bytes arriving do not extend it, so a
+    /// client trickling a head (slowloris) is closed after it too.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// How long a keep-alive connection may wait, after a plain request's reply (the page,
+    /// `/healthz`, an error), for the first byte of its next request; then the gateway
+    /// closes it.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
     /// A connection from which no message arrives for this long is closed (1001).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -307,7 +322,8 @@ pub struct LimitsConfig {
     pub write_delay: Duration,
     /// The longest one write to a client's socket may wait (queued messages, replies,
     /// pings, close frames): a client that takes none of it for this long is dropped
-    /// without a close frame and cleaned up (`connection_lost`). Shutdown and the idle /
+    /// without a close frame and cleaned up (`connection_lost`). It bounds the HTTP replies
+    /// before the upgrade too (the page, `/healthz`, errors, the 101). Shutdown and the idle /
     /// duration limits end a waiting write at once, and a close through the send-back API
     /// within 2 s, whatever this is. Shorter frees the slot and the queued memory of a
     /// client that stopped reading sooner; longer spares clients on slow or briefly
@@ -485,7 +501,9 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_message_bytes: 128 * 1024,
             max_connections: 100_000,
+            max_pending_connections: 1024,
             handshake_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10 * 60),
             ping_interval: Duration::from_secs(30),
             max_duration: Duration::from_secs(2 * 60 * 60),
@@ -708,6 +726,7 @@ impl Config {
         let positive = [
             ("limits.max_message_bytes", l.max_message_bytes),
             ("limits.max_connections", l.max_connections),
+            ("limits.max_pending_connections", l.max_pending_connections),
             ("limits.outbound_queue_messages", l.outbound_queue_messages),
             ("limits.outbound_queue_bytes", l.outbound_queue_bytes),
             ("limits.inbound_queue_messages", l.inbound_queue_messages),
@@ -736,6 +755,7 @@ impl Config {
         }
         let durations = [
             ("limits.handshake_timeout", l.handshake_timeout),
+            ("limits.keepalive_timeout", l.keepalive_timeout),
             ("limits.idle_timeout", l.idle_timeout),
             ("limits.ping_interval", l.ping_interval),
             ("limits.max_duration", l.max_duration),
@@ -890,6 +910,21 @@ mod tests {
             defaults.limits.max_message_bytes
         );
         assert_eq!(config.limits.write_timeout, defaults.limits.write_timeout);
+        let (l, d) = (&config.limits, &defaults.limits);
+        assert_eq!(
+            (
+                l.max_connections,
+                l.max_pending_connections,
+                l.handshake_timeout,
+                l.keepalive_timeout
+            ),
+            (
+                d.max_connections,
+                d.max_pending_connections,
+                d.handshake_timeout,
+                d.keepalive_timeout
+            )
+        );
         assert_eq!(config.aws.stage, defaults.aws.stage);
         assert_eq!(config.aws.region, defaults.aws.region);
         assert_eq!(config.tencent.stage, defaults.tencent.stage);
@@ -1029,6 +1064,13 @@ mod tests {
         assert!(m.contains("limits.write_timeout"), "{m}");
         let m = msg("[sendback]\ntoken = \"0123456789abcdef\"\nmax_batch_ids = 0\n");
         assert!(m.contains("sendback.max_batch_ids"), "{m}");
+        let m = msg(
+            "[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nmax_pending_connections = 0\n",
+        );
+        assert!(m.contains("limits.max_pending_connections"), "{m}");
+        let m =
+            msg("[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nkeepalive_timeout = \"0s\"\n");
+        assert!(m.contains("limits.keepalive_timeout"), "{m}");
         assert!(msg("this is not toml").contains("gateway.toml"));
         let m = msg("store = \"postgres://x\"\n[sendback]\ntoken = \"0123456789abcdef\"\n");
         assert!(m.contains("`store`"), "{m}");

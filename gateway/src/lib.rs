@@ -188,7 +188,10 @@ impl Gateway {
         let edge = Arc::new(Edge {
             stop: stop.clone(),
             slots: Arc::new(Slots::new(config.limits.max_connections)),
+            pending: Arc::new(Slots::new(config.limits.max_pending_connections)),
             handshake_timeout: config.limits.handshake_timeout,
+            keepalive_timeout: config.limits.keepalive_timeout,
+            write_timeout: config.limits.write_timeout,
             page,
             admitter: Admitter {
                 node: node.clone(),

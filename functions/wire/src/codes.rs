@@ -118,7 +118,8 @@ pub const UPGRADE_REQUIRED: &str = "upgrade_required";
 /// 503: the gateway is shutting down and admits no new connections.
 pub const SHUTTING_DOWN: &str = "shutting_down";
 
-/// 503: the gateway holds `limits.max_connections` connections.
+/// 503: the gateway holds `limits.max_connections` connections, or
+/// `limits.max_pending_connections` connections not upgraded yet.
 pub const AT_CAPACITY: &str = "at_capacity";
 
 /// 502 (or the function's own status): the register function did not answer usably.

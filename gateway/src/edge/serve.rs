@@ -6,10 +6,17 @@
 //! socket task (`socket::task::run`) on the bare TCP stream, with any bytes the client sent
 //! after its request. Other requests get the page, a health answer or 426, on a keep-alive
 //! connection when the request allows it.
+//!
+//! Until it is admitted, a connection holds a pending slot (`limits.max_pending_connections`,
+//! claimed at accept: beyond it a connection gets a 503 at once and is closed), and every
+//! wait is bounded: a request head by `limits.handshake_timeout` (from the accept, or from
+//! the first byte of a later request), the wait for a keep-alive connection's next request
+//! by `limits.keepalive_timeout`, each reply's write by `limits.write_timeout`.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use wire::codes;
 
 use futures_util::FutureExt;
@@ -37,16 +44,24 @@ use crate::stop::Stop;
 #[derive(Debug)]
 pub(crate) struct Edge {
     pub stop: Arc<Stop>,
+    /// `limits.max_connections`.
     pub slots: Arc<Slots>,
+    /// `limits.max_pending_connections`: connections not admitted yet.
+    pub pending: Arc<Slots>,
     /// `limits.handshake_timeout`.
-    pub handshake_timeout: std::time::Duration,
+    pub handshake_timeout: Duration,
+    /// `limits.keepalive_timeout`.
+    pub keepalive_timeout: Duration,
+    /// `limits.write_timeout`, for the replies written here.
+    pub write_timeout: Duration,
     /// The page served at `/`.
     pub page: Option<Bytes>,
     pub admitter: Admitter,
     pub sockets: Arc<Sockets>,
 }
 
-/// The largest request head read (request line and headers).
+/// The largest request head accepted (request line, headers and the blank line after
+/// them): one byte more is refused with 431, however the bytes arrive.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most headers a request may have.
 pub const MAX_HEADERS: usize = 100;
@@ -59,16 +74,30 @@ pub(crate) async fn serve(edge: Arc<Edge>, listener: TcpListener, tracker: TaskT
         &tracker,
         listener,
         "public",
-        move |stream, remote| serve_connection(edge.clone(), stream, remote),
+        move |stream, remote| {
+            // Claimed here, in the order connections are accepted, not when their tasks
+            // first run.
+            let pending = edge.pending.try_claim();
+            serve_connection(edge.clone(), stream, remote, pending)
+        },
     )
     .await;
 }
 
 /// Serves one client's TCP connection: HTTP requests until one is admitted as a WebSocket,
-/// then that WebSocket.
-async fn serve_connection(shared: Arc<Edge>, stream: TcpStream, remote: SocketAddr) {
+/// then that WebSocket. Without a pending slot, refuses it.
+async fn serve_connection(
+    shared: Arc<Edge>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    pending: Option<Slot>,
+) {
+    let Some(pending) = pending else {
+        refuse_pending(&shared, &stream, remote);
+        return;
+    };
     // Boxed: the HTTP phase is short, and an open WebSocket should not carry its state.
-    let Some(accepted) = Box::pin(http_phase(&shared, stream, remote)).await else {
+    let Some(accepted) = Box::pin(http_phase(&shared, stream, remote, pending)).await else {
         return;
     };
     let Accepted {
@@ -91,18 +120,48 @@ struct Accepted {
     span: tracing::Span,
 }
 
-/// Answers requests until one is admitted (`Some`) or the connection ends (`None`).
-async fn http_phase(shared: &Edge, mut stream: TcpStream, remote: SocketAddr) -> Option<Accepted> {
+/// Refuses a connection accepted beyond `limits.max_pending_connections`: a 503 in one
+/// write that never waits (a new connection's send buffer is empty), without reading its
+/// request, then closed. A client that sent its request already may see a reset instead.
+fn refuse_pending(shared: &Edge, stream: &TcpStream, remote: SocketAddr) {
+    debug!(%remote, "refusing connection: too many connections not yet WebSockets");
+    if let Some(refused) = shared.pending.refused() {
+        warn!(
+            refused,
+            max = shared.pending.max(),
+            "refusing connections: at limits.max_pending_connections (connections not \
+             WebSockets yet)"
+        );
+    }
+    let reply = respond::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        codes::AT_CAPACITY,
+        "the gateway holds its maximum number of connections not yet upgraded",
+    );
+    let _ = stream.try_write(&encode_reply(reply, Framing::close()));
+}
+
+/// Answers requests until one is admitted (`Some`) or the connection ends (`None`). The
+/// pending slot is held until admission is done.
+async fn http_phase(
+    shared: &Edge,
+    mut stream: TcpStream,
+    remote: SocketAddr,
+    pending: Slot,
+) -> Option<Accepted> {
     // Bytes read and not yet parsed: the head being read, then what follows it.
     let mut buf: Vec<u8> = Vec::new();
+    let mut first = true;
     loop {
-        let (req, head_len) = match read_request(shared, &mut stream, &mut buf).await {
+        let read = read_request(shared, &mut stream, &mut buf, first).await;
+        first = false;
+        let (req, head_len) = match read {
             Ok(Some(request)) => request,
             Ok(None) => return None,
             Err(rejection) => {
                 debug!(%remote, message = rejection.message, "bad request");
                 let reply = respond::error(rejection.status, codes::BAD_REQUEST, rejection.message);
-                let _ = write_reply(&mut stream, reply, Framing::close()).await;
+                let _ = write_reply(shared, &mut stream, reply, Framing::close()).await;
                 return None;
             }
         };
@@ -113,18 +172,28 @@ async fn http_phase(shared: &Edge, mut stream: TcpStream, remote: SocketAddr) ->
                 head_only: req.method() == http::Method::HEAD,
             };
             let reply = plain(shared, &req);
-            if write_reply(&mut stream, reply, framing).await.is_err() || !framing.keep_alive {
+            if write_reply(shared, &mut stream, reply, framing)
+                .await
+                .is_err()
+                || !framing.keep_alive
+            {
                 return None;
+            }
+            if buf.is_empty() {
+                // A keep-alive connection waiting for its next request holds no buffer.
+                buf = Vec::new();
             }
             continue;
         }
         let admitted = match upgrade(shared, req, remote).await {
             Ok(admitted) => admitted,
             Err(refusal) => {
-                let _ = write_reply(&mut stream, refusal, Framing::close()).await;
+                let _ = write_reply(shared, &mut stream, refusal, Framing::close()).await;
                 return None;
             }
         };
+        // Admitted: from here on the connection counts in `limits.max_connections` instead.
+        drop(pending);
         let admit::Admitted {
             conn,
             slot,
@@ -132,12 +201,14 @@ async fn http_phase(shared: &Edge, mut stream: TcpStream, remote: SocketAddr) ->
             reply,
         } = admitted;
         let socket = match reply {
-            Ok(switching) => match write_reply(&mut stream, switching, Framing::upgrade()).await {
-                Ok(()) => Ok(SocketIo::with_prefix(stream, std::mem::take(&mut buf))),
-                Err(e) => Err(NoSocket::Upgrade(e)),
-            },
+            Ok(switching) => {
+                match write_reply(shared, &mut stream, switching, Framing::upgrade()).await {
+                    Ok(()) => Ok(SocketIo::with_prefix(stream, std::mem::take(&mut buf))),
+                    Err(e) => Err(NoSocket::Upgrade(e)),
+                }
+            }
             Err(failure) => {
-                let _ = write_reply(&mut stream, failure, Framing::close()).await;
+                let _ = write_reply(shared, &mut stream, failure, Framing::close()).await;
                 Err(NoSocket::StoreUnavailable)
             }
         };
@@ -179,7 +250,14 @@ async fn upgrade(
         ));
     }
     let Some(slot) = shared.slots.try_claim() else {
-        warn!(%remote, max = shared.slots.max(), "refusing connection: at capacity");
+        debug!(%remote, "refusing connection: at capacity");
+        if let Some(refused) = shared.slots.refused() {
+            warn!(
+                refused,
+                max = shared.slots.max(),
+                "refusing connections: at capacity (limits.max_connections)"
+            );
+        }
         return Err(respond::error(
             StatusCode::SERVICE_UNAVAILABLE,
             codes::AT_CAPACITY,
@@ -196,38 +274,59 @@ async fn upgrade(
 }
 
 /// Reads and parses the next request head: `(request, head length)`, `None` when the
-/// client closed, stalled past the handshake timeout or shutdown started first.
+/// client closed, stalled past a timeout or shutdown started first. The head must be
+/// complete within the handshake timeout: from now for a connection's `first` request,
+/// else from its first byte, which a keep-alive connection must send within the
+/// keep-alive timeout.
 async fn read_request(
     shared: &Edge,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
+    first: bool,
 ) -> Result<Option<(Request<()>, usize)>, handshake::Rejection> {
+    if !first && buf.is_empty() {
+        let idle_until = Instant::now() + shared.keepalive_timeout;
+        if !read_more(shared, stream, buf, idle_until, "the next request").await {
+            return Ok(None);
+        }
+    }
     let deadline = Instant::now() + shared.handshake_timeout;
     loop {
         if !buf.is_empty() {
             if let Some(parsed) = parse_head(buf)? {
                 return Ok(Some(parsed));
             }
-            if buf.len() >= MAX_HEAD {
-                return Err(too_large());
-            }
         }
-        buf.reserve(if buf.capacity() == 0 { 1024 } else { 4096 });
-        let read = tokio::select! {
-            _ = shared.stop.cancelled() => return Ok(None),
-            read = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => read,
-        };
-        match read {
-            Ok(Ok(0)) => return Ok(None),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                debug!(cause = %e, "public connection failed");
-                return Ok(None);
-            }
-            Err(_) => {
-                debug!("request head not complete within the handshake timeout");
-                return Ok(None);
-            }
+        if !read_more(shared, stream, buf, deadline, "a complete request head").await {
+            return Ok(None);
+        }
+    }
+}
+
+/// Reads what the client sent into `buf`: `false` if it closed, failed, sent nothing by
+/// `deadline` (`waiting_for` says for what, in the log) or shutdown started first.
+async fn read_more(
+    shared: &Edge,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    waiting_for: &'static str,
+) -> bool {
+    buf.reserve(if buf.capacity() == 0 { 1024 } else { 4096 });
+    let read = tokio::select! {
+        _ = shared.stop.cancelled() => return false,
+        read = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => read,
+    };
+    match read {
+        Ok(Ok(0)) => false,
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            debug!(cause = %e, "public connection failed");
+            false
+        }
+        Err(_) => {
+            debug!(waiting_for, "public connection timed out");
+            false
         }
     }
 }
@@ -240,6 +339,8 @@ fn too_large() -> handshake::Rejection {
 }
 
 /// Parses a complete request head at the start of `buf`; `None` if it is not complete yet.
+/// Enforces [`MAX_HEAD`]: only that much of `buf` is parsed, and a head not complete within
+/// it is refused (431), whether `buf` holds more bytes or not.
 fn parse_head(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, handshake::Rejection> {
     let bad = |message| handshake::Rejection {
         status: StatusCode::BAD_REQUEST,
@@ -247,8 +348,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, handshake::Rej
     };
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    let head_len = match parsed.parse(buf) {
+    let head_len = match parsed.parse(&buf[..buf.len().min(MAX_HEAD)]) {
         Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(too_large()),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
         Err(_) => return Err(bad("malformed HTTP request")),
@@ -323,18 +425,26 @@ impl Framing {
     }
 }
 
-/// Writes `reply` in one write; closes the sending side after it unless kept alive.
+/// Writes `reply` in one write; closes the sending side after it unless kept alive. A
+/// client that takes none of it for `limits.write_timeout` gets `TimedOut` (a client
+/// that pipelines requests and reads no reply cannot hold its connection that way).
 async fn write_reply(
+    shared: &Edge,
     stream: &mut TcpStream,
     reply: Response<Body>,
     framing: Framing,
 ) -> io::Result<()> {
     let bytes = encode_reply(reply, framing);
-    stream.write_all(&bytes).await?;
-    if !framing.keep_alive {
-        stream.shutdown().await?;
-    }
-    Ok(())
+    let write = async {
+        stream.write_all(&bytes).await?;
+        if !framing.keep_alive {
+            stream.shutdown().await?;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(shared.write_timeout, write)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
 /// The reply as HTTP/1.1 bytes.
@@ -450,6 +560,48 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert_eq!(status(&many), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    /// A complete head of exactly `len` bytes.
+    fn head_of(len: usize) -> Vec<u8> {
+        let mut head = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+        head.resize(len - 4, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        head
+    }
+
+    #[test]
+    fn the_head_bound_is_exact_whatever_the_buffer_holds() {
+        let status = |buf: &[u8]| parse_head(buf).map(|p| p.map(|(_, len)| len));
+        assert_eq!(status(&head_of(MAX_HEAD)).unwrap(), Some(MAX_HEAD));
+        let mut followed = head_of(MAX_HEAD);
+        followed.extend_from_slice(&[b'x'; 10_000]);
+        assert_eq!(
+            status(&followed).unwrap(),
+            Some(MAX_HEAD),
+            "what follows is not head"
+        );
+        let mut small = head_of(100);
+        small.extend_from_slice(&head_of(2 * MAX_HEAD));
+        assert_eq!(
+            status(&small).unwrap(),
+            Some(100),
+            "the next head is parsed later"
+        );
+        for len in [MAX_HEAD + 1, 70_000, 2 * MAX_HEAD] {
+            assert_eq!(
+                status(&head_of(len)).unwrap_err().status,
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "a complete head of {len} bytes"
+            );
+        }
+        let unfinished = head_of(2 * MAX_HEAD);
+        assert_eq!(status(&unfinished[..MAX_HEAD - 1]).unwrap(), None);
+        assert_eq!(
+            status(&unfinished[..MAX_HEAD]).unwrap_err().status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "the bound reached without the end of the head"
+        );
     }
 
     #[test]
