@@ -907,6 +907,7 @@ mod tests {
             defaults.limits.max_message_bytes
         );
         assert_eq!(config.limits.write_timeout, defaults.limits.write_timeout);
+        assert_eq!(config.store_prefix, defaults.store_prefix);
         assert_eq!(config.aws.stage, defaults.aws.stage);
         assert_eq!(config.aws.region, defaults.aws.region);
         assert_eq!(config.tencent.stage, defaults.tencent.stage);
@@ -1230,6 +1231,119 @@ mod tests {
                 "`{path}` unchecked: {checked:?}"
             );
         }
+    }
+
+    /// The dotted paths of every field: the leaves of `with_every_field`.
+    fn field_paths() -> Vec<String> {
+        fn walk(path: &str, table: &toml::Table, out: &mut Vec<String>) {
+            for (key, value) in table {
+                let sub = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match value {
+                    toml::Value::Table(t) if !t.is_empty() => walk(&sub, t, out),
+                    toml::Value::Array(items) => match items.first() {
+                        Some(toml::Value::Table(t)) => walk(&sub, t, out),
+                        _ => out.push(sub),
+                    },
+                    _ => out.push(sub),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk("", &field_types(), &mut out);
+        out
+    }
+
+    /// What a TOML file documents: `section.key` of each key line, set or commented out
+    /// (`# key = …`), and each table header, set or commented out (`# [table]`).
+    fn documented(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+        let (mut keys, mut tables) = (BTreeSet::new(), BTreeSet::new());
+        // A commented-out header holds the commented-out keys after it, until a real one.
+        let (mut section, mut commented_section) = (String::new(), String::new());
+        for line in text.lines() {
+            let trimmed = line.trim();
+            let commented = trimmed.starts_with('#');
+            let body = trimmed.trim_start_matches(['#', ' ']).trim();
+            if let Some(header) = body
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .map(|h| h.trim_matches(['[', ']']).trim().to_owned())
+                .filter(|h| !h.contains([' ', '=', '"']))
+            {
+                if !commented {
+                    section = header.clone();
+                }
+                commented_section = header.clone();
+                tables.insert(header);
+                continue;
+            }
+            let Some((key, _)) = body.split_once('=') else {
+                continue;
+            };
+            let key = key.trim();
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                continue;
+            }
+            let section = if commented {
+                &commented_section
+            } else {
+                &section
+            };
+            keys.insert(if section.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{section}.{key}")
+            });
+        }
+        (keys, tables)
+    }
+
+    /// The fields `text` does not document. A field counts when its key is in its table,
+    /// when it is a table whose header is there, or when a table holding it is set inline
+    /// (`register = "…"` documents `functions.register.url`).
+    fn undocumented(text: &str) -> Vec<String> {
+        let (keys, tables) = documented(text);
+        field_paths()
+            .into_iter()
+            .filter(|path| {
+                let mut prefix = String::new();
+                for part in path.split('.') {
+                    if !prefix.is_empty() {
+                        prefix.push('.');
+                    }
+                    prefix.push_str(part);
+                    if keys.contains(&prefix) {
+                        return false;
+                    }
+                }
+                !tables.contains(path)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_example_config_documents_every_field() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let missing = undocumented(&text);
+        assert!(
+            missing.is_empty(),
+            "deploy/gateway.toml says it lists every setting, but lacks: {missing:?} \
+             (add each as `key = default` or `# key = example` in its table)"
+        );
+        // The check itself finds a field that is missing, set or commented out.
+        assert_eq!(
+            undocumented(&text.replace("\nstore_prefix =", "\n#store_prefix =")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            undocumented(&text.replace("write_timeout =", "write_timeoutx =")),
+            vec!["limits.write_timeout".to_owned()]
+        );
+        assert!(undocumented("").contains(&"aws.credentials.secret_access_key".to_owned()));
     }
 
     #[test]
