@@ -3,19 +3,24 @@
 //!
 //! Every field has a default, so an empty file is a valid (local, development) config once
 //! a send-back token or `insecure_no_auth` is given. Durations are written the human way:
-//! `"10s"`, `"500ms"`, `"2h"`.
+//! `"10s"`, `"500ms"`, `"2h"`. `layers` sets the variables and flags over the file, each
+//! value typed by its field.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
+mod layers;
+
+use layers::Layer;
+
 /// The whole gateway configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// This node's name, recorded with every connection it holds. Default: `node-` and a
@@ -70,7 +75,7 @@ pub struct Config {
 }
 
 /// The public (WebSocket) listener.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PublicConfig {
     /// Address to accept WebSocket clients on.
@@ -80,7 +85,7 @@ pub struct PublicConfig {
 }
 
 /// The send-back API listener.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SendbackConfig {
     /// Address of the send-back API: internal (loopback) by default.
@@ -105,7 +110,7 @@ pub struct SendbackConfig {
 }
 
 /// The functions the gateway calls, and how.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FunctionsConfig {
     /// The event format of targets that name none: `native`, `aws` or `tencent`.
@@ -143,7 +148,7 @@ pub struct FunctionsConfig {
 }
 
 /// An event format: how events are encoded for a function and its replies read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dialect {
     /// Switchboard's own events (functions/README.md).
@@ -157,7 +162,7 @@ pub enum Dialect {
 
 /// A function target: a URL, or a table with the URL, its dialect and (for transport
 /// routes) whether its reply body goes back to the client.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Target {
     /// Just the URL; the dialect is `functions.dialect`.
@@ -167,11 +172,11 @@ pub enum Target {
         /// The URL.
         url: String,
         /// The dialect; default `functions.dialect`.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         dialect: Option<Dialect>,
         /// Whether a transport reply body is sent back to the client. Default: yes for
         /// `native`, no for `aws` (a route without a route response) and `tencent`.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         two_way: Option<bool>,
     },
 }
@@ -220,7 +225,7 @@ impl From<&str> for Target {
 
 /// Settings of the `aws` dialect: what its events say about the API, and the keys that
 /// may sign management API (`/{stage}/@connections`) requests.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AwsConfig {
     /// The stage (`requestContext.stage`, and the first path segment of the management API).
@@ -236,7 +241,7 @@ pub struct AwsConfig {
 }
 
 /// One access key pair.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsCredential {
     /// The access key id.
@@ -258,7 +263,7 @@ impl Default for AwsConfig {
 }
 
 /// Settings of the `tencent` dialect.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TencentConfig {
     /// `requestContext.serviceName`.
@@ -277,7 +282,7 @@ impl Default for TencentConfig {
 }
 
 /// Limits on connections and messages.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// The largest message a client may send or be sent; a larger one from a client closes
@@ -346,7 +351,7 @@ pub struct LimitsConfig {
 }
 
 /// The application-level heartbeat: a text message the gateway answers itself.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HeartbeatConfig {
     /// The text a client sends (exact match); empty disables the heartbeat.
@@ -356,7 +361,7 @@ pub struct HeartbeatConfig {
 }
 
 /// Graceful shutdown.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// How long to wait for connections to close and cleanup calls to finish.
@@ -368,7 +373,7 @@ pub struct ShutdownConfig {
 /// delivered by a bounded pool of workers, retried with exponential backoff and jitter until
 /// it is delivered or `max_age` passes. Whichever node drains the queue delivers it (this one
 /// after a restart included), so on a shared store a cleanup outlives the node that queued it.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CleanupConfig {
     /// How many cleanup calls (and the store removals after them) this node makes at once.
@@ -400,7 +405,7 @@ pub struct CleanupConfig {
 /// its connections' groups, refreshed by a background sweep (pipelined reads, a few hundred
 /// ids per round trip). Not used with the embedded memory store, which cannot lose data apart
 /// from the process.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreResyncConfig {
     /// How often this node checks that the store still holds its state (one round trip) and
@@ -546,9 +551,41 @@ const NOT_CONFIG: &[&str] = &[
     "SWITCHBOARD_REQUIRE_ALL",
 ];
 
+/// A config with every field set: the defaults, and the fields that are `None` (or empty)
+/// by default set to a value of their type. Serialized, it has a value of each field's type,
+/// which types the environment variables and flags; a test checks that it misses no field.
+fn with_every_field() -> Config {
+    let mut config = Config::default();
+    config.public.page = Some(PathBuf::from("page.html"));
+    config.sendback.token = Some(String::new());
+    config.sendback.advertise = Some(String::new());
+    let target = Target::Full {
+        url: String::new(),
+        dialect: Some(Dialect::Native),
+        two_way: Some(true),
+    };
+    config.functions.register = Some(target.clone());
+    config.functions.transport = Some(target.clone());
+    config.functions.cleanup = Some(target);
+    config.aws.credentials = vec![AwsCredential {
+        access_key_id: String::new(),
+        secret_access_key: String::new(),
+    }];
+    config
+}
+
+/// Every field with a value of its type (see [`with_every_field`]).
+fn field_types() -> toml::Table {
+    // Serializing plain data cannot fail; if it did, every value would be taken as TOML
+    // when it looks like a table or an array and as a string otherwise.
+    toml::Table::try_from(with_every_field()).unwrap_or_default()
+}
+
 impl Config {
     /// Loads a config: the TOML file (if any), then the `SWITCHBOARD_*` variables of `env`,
-    /// then `overrides` (dotted paths, as command-line flags give them), then validates.
+    /// then `overrides` (dotted paths and raw values, as command-line flags give them),
+    /// then validates. A variable's or flag's value is typed by its field (a string field
+    /// takes it as it is); an error names the variable or flag it came from.
     pub fn load(
         file: Option<&Path>,
         env: &BTreeMap<String, String>,
@@ -570,30 +607,38 @@ impl Config {
                     origin: origin.clone(),
                     message: e.to_string(),
                 })?;
-        for (key, value) in env {
-            if NOT_CONFIG.contains(&key.as_str()) {
-                continue;
-            }
-            if let Some(path) = key.strip_prefix(ENV_PREFIX) {
-                let path = path.to_ascii_lowercase().replace("__", ".");
-                set_path(&mut table, &path, value).map_err(|message| ConfigError::Invalid {
+        let env_layers = env
+            .iter()
+            .filter(|(key, _)| !NOT_CONFIG.contains(&key.as_str()))
+            .filter_map(|(key, value)| {
+                let path = key.strip_prefix(ENV_PREFIX)?;
+                Some(Layer {
+                    path: path.to_ascii_lowercase().replace("__", "."),
+                    value: value.clone(),
                     origin: format!("environment variable {key}"),
-                    message,
-                })?;
-            }
-        }
-        for (path, value) in overrides {
-            set_path(&mut table, path, value).map_err(|message| ConfigError::Invalid {
-                origin: format!("command-line flag for `{path}`"),
+                })
+            });
+        let flag_layers = overrides.iter().map(|(path, value)| Layer {
+            path: path.clone(),
+            value: value.clone(),
+            origin: format!("command-line flag for `{path}`"),
+        });
+        let layers: Vec<Layer> = env_layers.chain(flag_layers).collect();
+        layers::apply(&mut table, &field_types(), &layers)?;
+        let config: Config = Config::deserialize(table)
+            .map_err(|e: toml::de::Error| layers::blame(&e, &layers, &origin))?;
+        config.validate().map_err(|err| match err {
+            ConfigError::Field {
+                field,
                 message,
-            })?;
-        }
-        let config: Config =
-            Config::deserialize(table).map_err(|e: toml::de::Error| ConfigError::Invalid {
-                origin,
-                message: e.to_string(),
-            })?;
-        config.validate()?;
+                origin: None,
+            } => ConfigError::Field {
+                origin: layers::origin_of(&field, &layers).map(str::to_owned),
+                field,
+                message,
+            },
+            other => other,
+        })?;
         Ok(config)
     }
 
@@ -603,6 +648,7 @@ impl Config {
             Err(ConfigError::Field {
                 field: field.to_owned(),
                 message,
+                origin: None,
             })
         };
         if self.node_id.is_empty()
@@ -835,31 +881,6 @@ impl Config {
     }
 }
 
-/// Sets `a.b.c = value` in a TOML table. The value is read as a TOML value when it parses
-/// as one (`5`, `true`, `"x"`), otherwise as a string (`10s`, `http://..`).
-fn set_path(table: &mut toml::Table, path: &str, value: &str) -> Result<(), String> {
-    let parsed: toml::Value = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
-    let mut parts: Vec<&str> = path.split('.').collect();
-    let Some(last) = parts.pop() else {
-        return Err("empty key".into());
-    };
-    let mut cur = table;
-    for part in parts {
-        let entry = cur
-            .entry(part.to_owned())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry
-            .as_table_mut()
-            .ok_or_else(|| format!("`{part}` is not a table"))?;
-    }
-    cur.insert(last.to_owned(), parsed);
-    Ok(())
-}
-
 /// The field path of a `$request.body.a.b` route selection expression.
 pub(crate) fn route_path(expression: &str) -> Option<Vec<&str>> {
     let path = expression.strip_prefix("$request.body.")?;
@@ -869,6 +890,8 @@ pub(crate) fn route_path(expression: &str) -> Option<Vec<&str>> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -925,6 +948,7 @@ mod tests {
                 d.keepalive_timeout
             )
         );
+        assert_eq!(config.store_prefix, defaults.store_prefix);
         assert_eq!(config.aws.stage, defaults.aws.stage);
         assert_eq!(config.aws.region, defaults.aws.region);
         assert_eq!(config.tencent.stage, defaults.tencent.stage);
@@ -1038,6 +1062,339 @@ mod tests {
             c.functions.transport.as_ref().map(Target::url),
             Some("http://127.0.0.1:1/t")
         );
+    }
+
+    const TOKEN_TOML: &str = "[sendback]\ntoken = \"0123456789abcdef\"\n";
+
+    #[test]
+    fn environment_values_are_typed_by_their_field() {
+        // A token of digits is a string, not an integer.
+        let c = load_str("", &[("SWITCHBOARD_SENDBACK__TOKEN", "1234567890123456")]).unwrap();
+        assert_eq!(c.sendback.token.as_deref(), Some("1234567890123456"));
+        // So is a node id of digits, and a quoted value keeps its quotes.
+        let c = load_str(
+            TOKEN_TOML,
+            &[
+                ("SWITCHBOARD_NODE_ID", "123"),
+                ("SWITCHBOARD_HEARTBEAT__REPLY", "\"pong\""),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.node_id, "123");
+        assert_eq!(c.heartbeat.reply, "\"pong\"");
+        for (raw, want) in [("true", true), ("false", false)] {
+            let c = load_str(
+                "",
+                &[
+                    ("SWITCHBOARD_SENDBACK__INSECURE_NO_AUTH", raw),
+                    ("SWITCHBOARD_SENDBACK__TOKEN", "0123456789abcdef"),
+                ],
+            )
+            .unwrap();
+            assert_eq!(c.sendback.insecure_no_auth, want, "{raw}");
+        }
+        // Tables, arrays and targets still take TOML.
+        let c = load_str(
+            TOKEN_TOML,
+            &[
+                (
+                    "SWITCHBOARD_FUNCTIONS__TRANSPORT",
+                    "{ url = \"http://127.0.0.1:1/t\", dialect = \"aws\" }",
+                ),
+                (
+                    "SWITCHBOARD_AWS__CREDENTIALS",
+                    "[{ access_key_id = \"AKID\", secret_access_key = \"0123456789abcdef\" }]",
+                ),
+                (
+                    "SWITCHBOARD_FUNCTIONS__ROUTES__SENDMESSAGE",
+                    "http://127.0.0.1:1/s",
+                ),
+            ],
+        )
+        .unwrap();
+        let transport = c.functions.transport.unwrap();
+        assert_eq!(
+            (transport.url(), transport.dialect(Dialect::Native)),
+            ("http://127.0.0.1:1/t", Dialect::Aws)
+        );
+        assert_eq!(c.aws.credentials[0].access_key_id, "AKID");
+        assert_eq!(
+            c.functions.routes["sendmessage"].url(),
+            "http://127.0.0.1:1/s"
+        );
+        // A field of a target table set alone has its own type.
+        let c = load_str(
+            &format!("{TOKEN_TOML}[functions.transport]\nurl = \"http://127.0.0.1:1/t\"\n"),
+            &[("SWITCHBOARD_FUNCTIONS__TRANSPORT__TWO_WAY", "false")],
+        )
+        .unwrap();
+        assert!(!c.functions.transport.unwrap().two_way(Dialect::Native));
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable_not_the_file() {
+        let msg = |pairs: &[(&str, &str)]| load_str(TOKEN_TOML, pairs).unwrap_err().to_string();
+        let m = msg(&[("SWITCHBOARD_LIMITS__MAX_CONNECTIONS", "lots")]);
+        assert!(
+            m.contains("environment variable SWITCHBOARD_LIMITS__MAX_CONNECTIONS")
+                && m.contains("expects an integer, got \"lots\"")
+                && !m.contains("gateway.toml"),
+            "{m}"
+        );
+        let m = msg(&[("SWITCHBOARD_SENDBACK__INSECURE_NO_AUTH", "yes")]);
+        assert!(m.contains("SWITCHBOARD_SENDBACK__INSECURE_NO_AUTH"), "{m}");
+        for var in ["SWITCHBOARD_NOPE__X", "SWITCHBOARD_LIMITS__NOPE"] {
+            let m = msg(&[(var, "1")]);
+            assert!(
+                m.contains(&format!("environment variable {var}")) && m.contains("unknown field"),
+                "{m}"
+            );
+        }
+        // Values that fail only when deserialized (a duration, an address) too.
+        let m = msg(&[("SWITCHBOARD_LIMITS__IDLE_TIMEOUT", "soon")]);
+        assert!(
+            m.contains("SWITCHBOARD_LIMITS__IDLE_TIMEOUT") && !m.contains("gateway.toml"),
+            "{m}"
+        );
+        let m = Config::load(None, &env(&[]), &[("public.listen".into(), "nope".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("command-line flag for `public.listen`"), "{m}");
+        // A value that validation refuses names where it came from.
+        let m = load_str("", &[("SWITCHBOARD_SENDBACK__TOKEN", "s3cr3t")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains("`sendback.token`")
+                && m.contains("environment variable SWITCHBOARD_SENDBACK__TOKEN"),
+            "{m}"
+        );
+        // A broken file is still the file's fault.
+        let m = load_str("[limits]\nmax_connections = \"lots\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("gateway.toml"), "{m}");
+    }
+
+    #[test]
+    fn secrets_are_never_shown_in_errors() {
+        let secret = "12345678901234567";
+        let errors = [
+            load_str(&format!("[sendback]\ntoken = {secret}\n"), &[]),
+            load_str("", &[("SWITCHBOARD_SENDBACK__TOKEN", &secret[..9])]),
+            load_str(
+                TOKEN_TOML,
+                &[(
+                    "SWITCHBOARD_AWS__CREDENTIALS",
+                    &format!("[{{ access_key_id = \"A\", secret_access_key = {secret} }}]"),
+                )],
+            ),
+            load_str(
+                TOKEN_TOML,
+                &[(
+                    "SWITCHBOARD_AWS__CREDENTIALS",
+                    &format!("[{{ access_key_id = \"A\", secret_access_key = \"{secret} }}]"),
+                )],
+            ),
+            load_str(TOKEN_TOML, &[("SWITCHBOARD_AWS__CREDENTIALS", secret)]),
+        ];
+        for result in errors {
+            let m = result.unwrap_err().to_string();
+            assert!(!m.contains(&secret[..9]), "{m}");
+        }
+    }
+
+    /// The field names serde lists when it meets an unknown field in the table at `path`
+    /// (`None` if that table is not a struct: a map, a target).
+    fn serde_field_names(path: &str, array: bool) -> Option<BTreeSet<String>> {
+        let mut probe = toml::Table::new();
+        probe.insert("__probe".into(), toml::Value::Integer(0));
+        let mut value = toml::Value::Table(probe);
+        if array {
+            value = toml::Value::Array(vec![value]);
+        }
+        let mut table = toml::Table::new();
+        if path.is_empty() {
+            table = value.as_table().cloned()?;
+        } else {
+            layers_set(&mut table, path, value);
+        }
+        let err = Config::deserialize(table).err()?;
+        let expected = err
+            .message()
+            .strip_prefix("unknown field `__probe`, expected ")?;
+        Some(
+            expected
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+
+    fn layers_set(table: &mut toml::Table, path: &str, value: toml::Value) {
+        let mut cur = table;
+        let mut parts: Vec<&str> = path.split('.').collect();
+        let last = parts.pop().unwrap();
+        for part in parts {
+            cur = cur
+                .entry(part)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .unwrap();
+        }
+        cur.insert(last.into(), value);
+    }
+
+    #[test]
+    fn the_field_types_miss_no_field() {
+        // Every struct's fields as serde knows them (Option fields included) must be in
+        // `with_every_field`, or a new field that is None by default would go untyped.
+        fn walk(path: &str, table: &toml::Table, array: bool, checked: &mut Vec<String>) {
+            if let Some(names) = serde_field_names(path, array) {
+                let have: BTreeSet<String> = table.keys().cloned().collect();
+                assert_eq!(have, names, "fields of `{path}` in with_every_field()");
+                checked.push(path.to_owned());
+            }
+            for (key, value) in table {
+                let sub = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match value {
+                    toml::Value::Table(t) => walk(&sub, t, false, checked),
+                    toml::Value::Array(items) => {
+                        if let Some(toml::Value::Table(t)) = items.first() {
+                            walk(&sub, t, true, checked);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut checked = Vec::new();
+        walk("", &field_types(), false, &mut checked);
+        for path in ["", "sendback", "functions", "limits", "aws.credentials"] {
+            assert!(
+                checked.iter().any(|c| c == path),
+                "`{path}` unchecked: {checked:?}"
+            );
+        }
+    }
+
+    /// The dotted paths of every field: the leaves of `with_every_field`.
+    fn field_paths() -> Vec<String> {
+        fn walk(path: &str, table: &toml::Table, out: &mut Vec<String>) {
+            for (key, value) in table {
+                let sub = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match value {
+                    toml::Value::Table(t) if !t.is_empty() => walk(&sub, t, out),
+                    toml::Value::Array(items) => match items.first() {
+                        Some(toml::Value::Table(t)) => walk(&sub, t, out),
+                        _ => out.push(sub),
+                    },
+                    _ => out.push(sub),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk("", &field_types(), &mut out);
+        out
+    }
+
+    /// What a TOML file documents: `section.key` of each key line, set or commented out
+    /// (`# key = …`), and each table header, set or commented out (`# [table]`).
+    fn documented(text: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+        let (mut keys, mut tables) = (BTreeSet::new(), BTreeSet::new());
+        // A commented-out header holds the commented-out keys after it, until a real one.
+        let (mut section, mut commented_section) = (String::new(), String::new());
+        for line in text.lines() {
+            let trimmed = line.trim();
+            let commented = trimmed.starts_with('#');
+            let body = trimmed.trim_start_matches(['#', ' ']).trim();
+            if let Some(header) = body
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .map(|h| h.trim_matches(['[', ']']).trim().to_owned())
+                .filter(|h| !h.contains([' ', '=', '"']))
+            {
+                if !commented {
+                    section = header.clone();
+                }
+                commented_section = header.clone();
+                tables.insert(header);
+                continue;
+            }
+            let Some((key, _)) = body.split_once('=') else {
+                continue;
+            };
+            let key = key.trim();
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                continue;
+            }
+            let section = if commented {
+                &commented_section
+            } else {
+                &section
+            };
+            keys.insert(if section.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{section}.{key}")
+            });
+        }
+        (keys, tables)
+    }
+
+    /// The fields `text` does not document. A field counts when its key is in its table,
+    /// when it is a table whose header is there, or when a table holding it is set inline
+    /// (`register = "…"` documents `functions.register.url`).
+    fn undocumented(text: &str) -> Vec<String> {
+        let (keys, tables) = documented(text);
+        field_paths()
+            .into_iter()
+            .filter(|path| {
+                let mut prefix = String::new();
+                for part in path.split('.') {
+                    if !prefix.is_empty() {
+                        prefix.push('.');
+                    }
+                    prefix.push_str(part);
+                    if keys.contains(&prefix) {
+                        return false;
+                    }
+                }
+                !tables.contains(path)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_example_config_documents_every_field() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let missing = undocumented(&text);
+        assert!(
+            missing.is_empty(),
+            "deploy/gateway.toml says it lists every setting, but lacks: {missing:?} \
+             (add each as `key = default` or `# key = example` in its table)"
+        );
+        // The check itself finds a field that is missing, set or commented out.
+        assert_eq!(
+            undocumented(&text.replace("\nstore_prefix =", "\n#store_prefix =")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            undocumented(&text.replace("write_timeout =", "write_timeoutx =")),
+            vec!["limits.write_timeout".to_owned()]
+        );
+        assert!(undocumented("").contains(&"aws.credentials.secret_access_key".to_owned()));
     }
 
     #[test]

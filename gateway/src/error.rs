@@ -51,11 +51,18 @@ pub enum ConfigError {
         message: String,
     },
     /// A field has a value that is not allowed.
-    #[error("invalid config: `{field}` {message}")]
+    #[error("invalid config{}: `{field}` {message}", from_note(.origin.as_deref()))]
     Field {
         /// The dotted field name, e.g. `limits.idle_timeout`.
         field: String,
-        /// What is wrong with it.
+        /// What is wrong with it (never the value of a secret).
         message: String,
+        /// The variable or flag that set it; `None` for the file or the defaults.
+        origin: Option<String>,
     },
+}
+
+/// ` (environment variable X)` when a field came from a variable or flag.
+fn from_note(origin: Option<&str>) -> String {
+    origin.map(|o| format!(" ({o})")).unwrap_or_default()
 }

@@ -71,9 +71,10 @@ impl ServeArgs {
             ("functions.cleanup", &self.cleanup_url),
             ("store", &self.store),
         ];
+        // Raw values: `Config::load` types each by its field.
         for (path, value) in flags {
             if let Some(value) = value {
-                overrides.push((path.to_owned(), format!("{value:?}")));
+                overrides.push((path.to_owned(), value.clone()));
             }
         }
         Config::load(self.config.as_deref(), &env, &overrides)

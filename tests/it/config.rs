@@ -19,6 +19,80 @@ fn check(toml: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// `switchboard check --config deploy/gateway.toml` with `env` (and no other
+/// `SWITCHBOARD_*` variable) and `flags`.
+fn check_example(env: &[(&str, &str)], flags: &[&str]) -> (bool, String) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut command = Command::new(crate::switchboard_bin());
+    command
+        .args(["check", "--config", "deploy/gateway.toml"])
+        .args(flags)
+        .current_dir(root);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SWITCHBOARD_")) {
+        command.env_remove(key);
+    }
+    let out = command.envs(env.iter().copied()).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn environment_values_take_their_field_type() {
+    // A token of digits is a string, as the field is.
+    let (ok, out) = check_example(&[("SWITCHBOARD_SENDBACK__TOKEN", "1234567890123456")], &[]);
+    assert!(ok, "{out}");
+    let (ok, out) = check_example(
+        &[
+            ("SWITCHBOARD_NODE_ID", "123"),
+            ("SWITCHBOARD_SENDBACK__INSECURE_NO_AUTH", "false"),
+            ("SWITCHBOARD_LIMITS__MAX_CONNECTIONS", "500"),
+        ],
+        &[],
+    );
+    assert!(ok, "{out}");
+    // Flags are typed the same way.
+    let (ok, out) = check_example(
+        &[],
+        &[
+            "--listen",
+            "127.0.0.1:8081",
+            "--store",
+            "redis://127.0.0.1:6379/2",
+        ],
+    );
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn bad_environment_values_name_the_variable() {
+    for (var, value, needle) in [
+        (
+            "SWITCHBOARD_LIMITS__MAX_CONNECTIONS",
+            "lots",
+            "expects an integer, got \"lots\"",
+        ),
+        ("SWITCHBOARD_NOPE__X", "1", "unknown field `nope`"),
+        ("SWITCHBOARD_LIMITS__IDLE_TIMEOUT", "soon", "idle_timeout"),
+        (
+            "SWITCHBOARD_SENDBACK__TOKEN",
+            "short-s3cr3t",
+            "sendback.token",
+        ),
+    ] {
+        let (ok, out) = check_example(&[(var, value)], &[]);
+        assert!(!ok, "accepted {var}={value}");
+        assert!(
+            out.contains(&format!("environment variable {var}"))
+                && out.contains(needle)
+                && !out.contains("gateway.toml"),
+            "{var}={value}: {out}"
+        );
+    }
+    let (_, out) = check_example(&[("SWITCHBOARD_SENDBACK__TOKEN", "short-s3cr3t")], &[]);
+    assert!(!out.contains("s3cr3t"), "the token is shown: {out}");
+}
+
 #[test]
 fn valid_config_passes() {
     let (ok, out) = check("[sendback]\ntoken = \"0123456789abcdef\"\n");

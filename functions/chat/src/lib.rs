@@ -328,7 +328,8 @@ fn context_name(context: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The `room` query parameter, checked; [`DEFAULT_ROOM`] if absent.
+/// The `room` query parameter, checked; [`DEFAULT_ROOM`] if absent. `chat.html` checks
+/// room and name by the same rules before it connects.
 fn room_param(request: &HandshakeRequest) -> Result<String, Refusal> {
     let Some(room) = request.query_param("room") else {
         return Ok(DEFAULT_ROOM.to_owned());
@@ -1091,5 +1092,14 @@ mod tests {
         assert!(CHAT_PAGE.contains("/chat?room="));
         assert!(!CHAT_PAGE.contains("http://") && !CHAT_PAGE.contains("https://"));
         assert!(!CHAT_PAGE.contains(".innerHTML"));
+    }
+
+    #[test]
+    fn the_page_checks_room_and_name_as_register_does() {
+        // chat.html refuses what `room_param` and `name_param` refuse, without connecting.
+        let room_rule = format!("/^[A-Za-z0-9_-]{{1,{MAX_ROOM_CHARS}}}$/");
+        assert!(CHAT_PAGE.contains(&room_rule), "{room_rule}");
+        let name_rule = format!("MAX_NAME_CHARS = {MAX_NAME_CHARS};");
+        assert!(CHAT_PAGE.contains(&name_rule), "{name_rule}");
     }
 }
