@@ -95,6 +95,8 @@ fi
 # (package.json, package-lock.json) means the install is out of date.
 #   tests/browser  the headless-Chromium chat test (playwright-core)
 #   tests/clients  Node WebSocket clients of tests/it (ws)
+#   tests/handlers/aws-node/simple-chat  AWS's Node.js chat sample that tests/it runs
+#                  under tests/handlers/aws-node/runtime.js (AWS SDK v3, redis)
 npm_install() {
     local dir=$1 marker=$2
     local stamp="$dir/node_modules/.package-lock.json"
@@ -114,6 +116,7 @@ npm_install() {
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
 npm_install tests/browser playwright-core
 npm_install tests/clients ws
+npm_install tests/handlers/aws-node/simple-chat @aws-sdk/client-apigatewaymanagementapi
 
 # ------------------------------------------------------------------ checks
 step "fmt"

@@ -31,11 +31,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// The key pair the gateway accepts on the management API in these tests.
-const ACCESS_KEY: &str = "AKIASWITCHBOARDTEST1";
-const SECRET_KEY: &str = "switchboard/test+secret/0123456789abcdefghij";
+pub(crate) const ACCESS_KEY: &str = "AKIASWITCHBOARDTEST1";
+pub(crate) const SECRET_KEY: &str = "switchboard/test+secret/0123456789abcdefghij";
 /// Not the default (us-east-1), so a signature for the wrong region would show.
-const REGION: &str = "eu-west-1";
-const WAIT: Duration = Duration::from_secs(15);
+pub(crate) const REGION: &str = "eu-west-1";
+pub(crate) const WAIT: Duration = Duration::from_secs(15);
 
 // ------------------------------------------------------------------ function
 
@@ -54,7 +54,7 @@ fn ok_result() -> Scripted {
 }
 
 /// The aws dialect with the test key pair.
-fn aws(c: &mut gateway::Config) {
+pub(crate) fn aws(c: &mut gateway::Config) {
     c.functions.dialect = Dialect::Aws;
     c.aws.region = REGION.to_owned();
     c.aws.credentials = vec![AwsCredential {
@@ -63,7 +63,7 @@ fn aws(c: &mut gateway::Config) {
     }];
 }
 
-fn text(message: Option<Message>) -> String {
+pub(crate) fn text(message: Option<Message>) -> String {
     match message {
         Some(Message::Text(t)) => t.as_str().to_owned(),
         other => panic!("expected a text message, got {other:?}"),
@@ -157,7 +157,7 @@ fn assert_sdk_error(result: &Value, exception: &str, status: u16) {
 
 // ------------------------------------------------------------------ redis
 
-fn members(redis: &RedisServer, key: &str) -> Vec<String> {
+pub(crate) fn members(redis: &RedisServer, key: &str) -> Vec<String> {
     match redis.command(&["SMEMBERS", key]) {
         Ok(Resp::Array(Some(items))) => {
             let mut ids: Vec<String> = items
@@ -174,7 +174,7 @@ fn members(redis: &RedisServer, key: &str) -> Vec<String> {
     }
 }
 
-async fn wait_members(
+pub(crate) async fn wait_members(
     redis: &RedisServer,
     key: &str,
     what: &str,

@@ -1,6 +1,7 @@
-//! The Lambda and SCF stand-ins (`tests/handlers/{aws,tencent}/runtime.py`) serve the user's
-//! modules: a module on `PYTHONPATH` named like one of the example handlers beside the
-//! runtime (`onconnect`, `register`, …) is the one that runs.
+//! The Lambda and SCF stand-ins (`tests/handlers/{aws,tencent}/runtime.py`, and
+//! `tests/handlers/aws-node/runtime.js` for Node.js) serve the user's modules: a module on
+//! `PYTHONPATH` (`NODE_PATH`) named like one of the example handlers beside the runtime
+//! (`onconnect`, `register`, …) is the one that runs.
 
 use std::time::Duration;
 
@@ -64,4 +65,33 @@ async fn the_tencent_runtime_serves_the_users_register_not_the_example() {
     if let Some(body) = serve_user_module("tencent", "register", source, "/").await {
         assert!(body.contains("the user module"), "{body}");
     }
+}
+
+/// The Node.js stand-in (`tests/handlers/aws-node/runtime.js`) serves a user module on
+/// `NODE_PATH` named like one of the sample's (`onconnect`), not the sample's.
+#[tokio::test]
+async fn the_aws_node_runtime_serves_the_users_onconnect_not_the_samples() {
+    let Some(node) = tests::node::find_node() else {
+        return;
+    };
+    let dir = tests::process::TempDir::new();
+    std::fs::write(
+        dir.path().join("onconnect.js"),
+        "exports.handler = async () => ({ statusCode: 200, body: 'the user module' });\n",
+    )
+    .unwrap();
+    let runtime =
+        tests::node::LambdaRuntime::start(&node, "handlers", &["onconnect"], &[dir.path()], &[])
+            .await;
+    let body = reqwest::Client::new()
+        .post(runtime.url("onconnect"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("the user module"), "{body}");
+    runtime.terminate().await;
 }

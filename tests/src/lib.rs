@@ -12,6 +12,7 @@
 
 pub mod function_server;
 pub mod gateway;
+pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod python;
