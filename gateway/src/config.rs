@@ -541,6 +541,18 @@ impl Config {
             ),
             None => (String::new(), "defaults".to_owned()),
         };
+        Config::from_str_with_env(&text, &origin, env, overrides)
+    }
+
+    /// [`Config::load`] from TOML text already read; `origin` (the file's path) names it
+    /// in error messages.
+    pub fn from_str_with_env(
+        text: &str,
+        origin: &str,
+        env: &BTreeMap<String, String>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let origin = origin.to_owned();
         let mut table: toml::Table =
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Invalid {
