@@ -821,6 +821,9 @@ impl Config {
     }
 }
 
+/// The most segments an environment variable's or a flag's dotted path may have.
+const MAX_PATH_DEPTH: usize = 8;
+
 /// Sets `a.b.c = value` in a TOML table. The value is read as a TOML value when it parses
 /// as one (`5`, `true`, `"x"`), otherwise as a string (`10s`, `http://..`).
 fn set_path(table: &mut toml::Table, path: &str, value: &str) -> Result<(), String> {
@@ -830,6 +833,11 @@ fn set_path(table: &mut toml::Table, path: &str, value: &str) -> Result<(), Stri
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(value.to_owned()));
     let mut parts: Vec<&str> = path.split('.').collect();
+    // The deepest field is `functions.routes.<key>.two_way`; thousands of levels would
+    // overflow the stack when the nested tables are dropped.
+    if parts.len() > MAX_PATH_DEPTH {
+        return Err(format!("more than {MAX_PATH_DEPTH} levels"));
+    }
     let Some(last) = parts.pop() else {
         return Err("empty key".into());
     };
@@ -999,6 +1007,35 @@ mod tests {
             c.functions.transport.as_ref().map(Target::url),
             Some("http://127.0.0.1:1/t")
         );
+    }
+
+    #[test]
+    fn deep_env_and_flag_paths_are_refused_not_a_stack_overflow() {
+        // A path is built as nested tables, dropped recursively: found by the config fuzz
+        // target (tests/fuzz/corpus/config/regression-deep-env-path).
+        let deep = vec!["A"; 40_000].join("__");
+        let key = format!("SWITCHBOARD_{deep}");
+        let err = Config::from_str_with_env("", "test", &env(&[(key.as_str(), "1")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("environment variable"), "{err}");
+        let flag = vec!["a"; 40_000].join(".");
+        let err = Config::from_str_with_env("", "test", &env(&[]), &[(flag, "1".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("command-line flag"), "{err}");
+        // The deepest real path still works.
+        let ok = Config::from_str_with_env(
+            "[sendback]\ntoken = \"0123456789abcdef\"\n",
+            "test",
+            &env(&[(
+                "SWITCHBOARD_FUNCTIONS__ROUTES__JOIN__URL",
+                "http://127.0.0.1:9/join",
+            )]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.functions.routes["join"].url(), "http://127.0.0.1:9/join");
     }
 
     #[test]
