@@ -248,6 +248,8 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, handshake::Rej
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let head_len = match parsed.parse(buf) {
+        // `buf` may hold more than MAX_HEAD bytes (a read fills whatever room it has).
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(too_large()),
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(too_large()),
@@ -450,6 +452,24 @@ mod tests {
         }
         many.extend_from_slice(b"\r\n");
         assert_eq!(status(&many), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn a_complete_head_longer_than_max_head_is_refused() {
+        // One read can take the buffer well past MAX_HEAD (it reads into whatever the
+        // buffer has room for): a head completed by it must still be refused.
+        let mut head = b"GET / HTTP/1.1\r\nx-long: ".to_vec();
+        head.resize(MAX_HEAD + 100, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        let status = parse_head(&head).map(|parsed| parsed.map(|(_, len)| len));
+        assert_eq!(
+            status.unwrap_err().status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        let mut fits = b"GET / HTTP/1.1\r\nx-long: ".to_vec();
+        fits.resize(MAX_HEAD - 4, b'a');
+        fits.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(parse_head(&fits).unwrap().unwrap().1, MAX_HEAD);
     }
 
     #[test]
