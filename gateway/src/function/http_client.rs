@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The longest reply head (status line and headers) read.
@@ -350,8 +350,8 @@ struct Head {
 }
 
 /// Reads one reply; also says whether the connection may carry another request.
-async fn read_reply(
-    stream: &mut TcpStream,
+pub(crate) async fn read_reply<S: AsyncRead + Unpin>(
+    stream: &mut S,
     max_body: usize,
 ) -> Result<(HttpReply, bool), HttpError> {
     let mut buf = BytesMut::with_capacity(FIRST_READ_BYTES);
@@ -398,7 +398,10 @@ async fn read_reply(
 }
 
 /// Reads and parses a reply head, leaving what follows it in `buf`.
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Head, HttpError> {
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Head, HttpError> {
     loop {
         if !buf.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -497,8 +500,8 @@ fn interpret(reply: &httparse::Response<'_, '_>) -> Result<Head, HttpError> {
 }
 
 /// Reads a chunked body, leaving what follows its trailers in `buf`.
-async fn read_chunked(
-    stream: &mut TcpStream,
+async fn read_chunked<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     max_body: usize,
 ) -> Result<Bytes, HttpError> {
@@ -533,7 +536,10 @@ async fn read_chunked(
 }
 
 /// One CRLF-terminated line from `buf` (reading more as needed), without the CRLF.
-async fn read_line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, HttpError> {
+async fn read_line<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<Bytes, HttpError> {
     loop {
         if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
             let line = buf.split_to(at).freeze();
@@ -550,7 +556,11 @@ async fn read_line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, 
 }
 
 /// Reads until `buf` holds at least `need` bytes.
-async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, need: usize) -> Result<(), HttpError> {
+async fn fill<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    need: usize,
+) -> Result<(), HttpError> {
     if buf.len() < need {
         buf.reserve(need - buf.len());
     }
@@ -563,7 +573,10 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut, need: usize) -> Result
 }
 
 /// One read into the spare capacity of `buf` (growing it when full); 0 at EOF.
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<usize, HttpError> {
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<usize, HttpError> {
     if buf.capacity() == buf.len() {
         buf.reserve(FIRST_READ_BYTES.max(buf.len()));
     }
