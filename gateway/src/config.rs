@@ -601,6 +601,18 @@ impl Config {
             ),
             None => (String::new(), "defaults".to_owned()),
         };
+        Config::from_str_with_env(&text, &origin, env, overrides)
+    }
+
+    /// [`Config::load`] from TOML text already read; `origin` (the file's path) names it
+    /// in error messages.
+    pub fn from_str_with_env(
+        text: &str,
+        origin: &str,
+        env: &BTreeMap<String, String>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let origin = origin.to_owned();
         let mut table: toml::Table =
             text.parse()
                 .map_err(|e: toml::de::Error| ConfigError::Invalid {
@@ -1395,6 +1407,35 @@ mod tests {
             vec!["limits.write_timeout".to_owned()]
         );
         assert!(undocumented("").contains(&"aws.credentials.secret_access_key".to_owned()));
+    }
+
+    #[test]
+    fn deep_env_and_flag_paths_are_refused_not_a_stack_overflow() {
+        // A path is built as nested tables, dropped recursively: found by the config fuzz
+        // target (tests/fuzz/corpus/config/regression-deep-env-path).
+        let deep = vec!["A"; 40_000].join("__");
+        let key = format!("SWITCHBOARD_{deep}");
+        let err = Config::from_str_with_env("", "test", &env(&[(key.as_str(), "1")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("environment variable"), "{err}");
+        let flag = vec!["a"; 40_000].join(".");
+        let err = Config::from_str_with_env("", "test", &env(&[]), &[(flag, "1".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("command-line flag"), "{err}");
+        // The deepest real path still works.
+        let ok = Config::from_str_with_env(
+            "[sendback]\ntoken = \"0123456789abcdef\"\n",
+            "test",
+            &env(&[(
+                "SWITCHBOARD_FUNCTIONS__ROUTES__JOIN__URL",
+                "http://127.0.0.1:9/join",
+            )]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.functions.routes["join"].url(), "http://127.0.0.1:9/join");
     }
 
     #[test]

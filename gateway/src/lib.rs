@@ -22,6 +22,9 @@ mod dialect;
 mod edge;
 mod error;
 mod function;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod listener;
 mod request;
 mod respond;

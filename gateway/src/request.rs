@@ -5,7 +5,6 @@
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 use tokio_tungstenite::tungstenite::Message;
 use wire::codes;
@@ -53,8 +52,23 @@ pub(crate) fn path_and_query<B>(req: &Request<B>) -> String {
         .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned())
 }
 
+/// What the send-back adapters accept as a request body: hyper's `Incoming` when served,
+/// an already collected body when fuzzed (`crate::fuzzing`).
+pub(crate) trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<BoxError>>
+{
+}
+
+impl<B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>>> RequestBody for B {}
+
+/// The error of a body that could not be read.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Reads a body up to `max` bytes; a larger one is a 413.
-pub(crate) async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Failure> {
+pub(crate) async fn read_body<B: RequestBody>(
+    req: Request<B>,
+    max: usize,
+) -> Result<Bytes, Failure> {
     let too_large = || {
         Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -138,9 +138,17 @@ fn lookup<'a>(table: &'a toml::Table, path: &str) -> Option<&'a toml::Value> {
     Some(value)
 }
 
+/// The most segments an environment variable's or a flag's dotted path may have.
+const MAX_PATH_DEPTH: usize = 8;
+
 /// Sets `a.b.c = value` in a TOML table, making the tables on the way.
 fn set_path(table: &mut toml::Table, path: &str, value: toml::Value) -> Result<(), String> {
     let mut parts: Vec<&str> = path.split('.').collect();
+    // The deepest field is `functions.routes.<key>.two_way`; thousands of levels would
+    // overflow the stack when the nested tables are dropped.
+    if parts.len() > MAX_PATH_DEPTH {
+        return Err(format!("more than {MAX_PATH_DEPTH} levels"));
+    }
     let Some(last) = parts.pop() else {
         return Err("empty key".into());
     };

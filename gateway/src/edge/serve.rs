@@ -341,7 +341,7 @@ fn too_large() -> handshake::Rejection {
 /// Parses a complete request head at the start of `buf`; `None` if it is not complete yet.
 /// Enforces [`MAX_HEAD`]: only that much of `buf` is parsed, and a head not complete within
 /// it is refused (431), whether `buf` holds more bytes or not.
-fn parse_head(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, handshake::Rejection> {
+pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, handshake::Rejection> {
     let bad = |message| handshake::Rejection {
         status: StatusCode::BAD_REQUEST,
         message,
@@ -385,7 +385,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, handshake::Rej
 /// Whether the connection may carry another request after this one: HTTP/1.1 unless
 /// `Connection: close` (HTTP/1.0 only with `keep-alive`), and no request body (the gateway
 /// reads none; a connection with one is closed after the reply).
-fn keeps_alive(req: &Request<()>) -> bool {
+pub(crate) fn keeps_alive(req: &Request<()>) -> bool {
     let headers = req.headers();
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
         || headers

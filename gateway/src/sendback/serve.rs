@@ -9,7 +9,6 @@ use std::time::Duration;
 use wire::codes;
 
 use http::{Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -21,7 +20,7 @@ use crate::dialect::aws::management::ManagementApi;
 use crate::dialect::native::sendback::NativeApi;
 use crate::dialect::tencent::sendback::TencentApi;
 use crate::listener;
-use crate::request;
+use crate::request::{self, RequestBody};
 use crate::respond::{self, Body};
 use crate::stop::Stop;
 
@@ -84,8 +83,9 @@ async fn serve_connection(
 }
 
 impl Router {
-    /// One send-back request, to the adapter its path names.
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    /// One send-back request, to the adapter its path names. Generic over the body so
+    /// that `crate::fuzzing` drives it with bodies it made; served, it is hyper's.
+    pub(crate) async fn handle<B: RequestBody>(&self, req: Request<B>) -> Response<Body> {
         if req.uri().path() == "/healthz" {
             return respond::text(StatusCode::OK, "ok\n");
         }

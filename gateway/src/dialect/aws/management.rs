@@ -24,7 +24,6 @@ use std::time::SystemTime;
 use wire::codes;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
@@ -34,7 +33,7 @@ use crate::cluster::relay::Origin;
 use crate::config::AwsConfig;
 use crate::delivery::core::{Delivery, Op, Outcome};
 use crate::dialect::aws::sigv4::{EXECUTE_API, Rejection, SignedRequest, Verifier};
-use crate::request;
+use crate::request::{self, RequestBody};
 use crate::respond::{self, Body};
 use crate::socket::outbox::CloseRequest;
 
@@ -91,7 +90,7 @@ impl AwsError {
 
 impl ManagementApi {
     /// Serves one management API request for connection `id` (already percent-decoded).
-    pub async fn handle(&self, req: Request<Incoming>, id: &str) -> Response<Body> {
+    pub async fn handle<B: RequestBody>(&self, req: Request<B>, id: &str) -> Response<Body> {
         let mut response = match self.serve(req, id).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
@@ -103,7 +102,11 @@ impl ManagementApi {
         response
     }
 
-    async fn serve(&self, req: Request<Incoming>, id: &str) -> Result<Response<Body>, AwsError> {
+    async fn serve<B: RequestBody>(
+        &self,
+        req: Request<B>,
+        id: &str,
+    ) -> Result<Response<Body>, AwsError> {
         let verifier = Verifier {
             region: &self.aws.region,
             service: EXECUTE_API,

@@ -488,8 +488,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Signs a request the way an SDK does (tests only): returns the `Authorization` value.
-#[cfg(test)]
+/// Signs a request the way an SDK does (tests and fuzzing only): returns the
+/// `Authorization` value.
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn sign(
     req: &SignedRequest<'_>,
     access_key_id: &str,

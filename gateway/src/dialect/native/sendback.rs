@@ -16,7 +16,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
 use store::{SharedStore, StoreError};
@@ -28,7 +27,7 @@ use wire::event::{DataType, query_pairs};
 use crate::clock;
 use crate::cluster::relay::Origin;
 use crate::delivery::core::{Delivery, Op, Outcome};
-use crate::request::{self, BodyLimits};
+use crate::request::{self, BodyLimits, RequestBody};
 use crate::respond::{self, Body, Failure};
 use crate::socket::outbox::CloseRequest;
 
@@ -46,7 +45,7 @@ pub(crate) struct NativeApi {
 
 impl NativeApi {
     /// Serves one authenticated native request.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle<B: RequestBody>(&self, req: Request<B>) -> Response<Body> {
         let path = req.uri().path().to_owned();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let decode = request::decode_segment;
@@ -89,11 +88,11 @@ impl NativeApi {
     }
 
     /// `POST`, `GET` or `DELETE /@connections/{id}`.
-    async fn to_connection(
+    async fn to_connection<B: RequestBody>(
         &self,
         method: &Method,
         id: &str,
-        req: Request<Incoming>,
+        req: Request<B>,
     ) -> Result<Response<Body>, Failure> {
         let target = request::path_and_query(&req);
         let headers = req.headers().clone();
@@ -156,7 +155,7 @@ impl NativeApi {
     }
 
     /// `POST /@connections`: one message to many connections.
-    async fn batch_send(&self, req: Request<Incoming>) -> Result<Response<Body>, Failure> {
+    async fn batch_send<B: RequestBody>(&self, req: Request<B>) -> Result<Response<Body>, Failure> {
         let target = request::path_and_query(&req);
         let headers = req.headers().clone();
         let body = request::read_body(req, self.limits.body).await?;
@@ -211,10 +210,10 @@ impl NativeApi {
     }
 
     /// `POST /@groups/{group}`: one message to every member.
-    async fn group_send(
+    async fn group_send<B: RequestBody>(
         &self,
         group: &str,
-        req: Request<Incoming>,
+        req: Request<B>,
     ) -> Result<Response<Body>, Failure> {
         let excluded = excluded(req.uri().query().unwrap_or_default());
         let binary = request::is_binary(req.headers());

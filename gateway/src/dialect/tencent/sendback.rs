@@ -11,14 +11,13 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::debug;
 
 use crate::cluster::relay::Origin;
 use crate::delivery::core::{Delivery, Op, Outcome};
-use crate::request::{self, BodyLimits};
+use crate::request::{self, BodyLimits, RequestBody};
 use crate::respond::{self, Body};
 use crate::socket::outbox::CloseRequest;
 
@@ -76,7 +75,7 @@ fn answer(status: StatusCode, message: &str) -> Response<Body> {
 impl TencentApi {
     /// Whether `token` (from the path, percent-encoded) or the bearer header authorizes
     /// the request.
-    fn authorized(&self, req: &Request<Incoming>, path_token: Option<&str>) -> bool {
+    fn authorized<B>(&self, req: &Request<B>, path_token: Option<&str>) -> bool {
         match self.token.as_deref() {
             None => true,
             Some(token) => {
@@ -89,7 +88,11 @@ impl TencentApi {
     }
 
     /// Serves one Tencent-style push.
-    pub async fn handle(&self, req: Request<Incoming>, path_token: Option<&str>) -> Response<Body> {
+    pub async fn handle<B: RequestBody>(
+        &self,
+        req: Request<B>,
+        path_token: Option<&str>,
+    ) -> Response<Body> {
         if req.method() != Method::POST {
             let mut response = answer(StatusCode::METHOD_NOT_ALLOWED, "only POST is allowed");
             response
