@@ -10,6 +10,7 @@ mod config;
 mod dialect_aws;
 mod dialect_tencent;
 mod durable_cleanup;
+mod forwarded;
 mod handler_runtime;
 mod limits;
 mod multi_node;
