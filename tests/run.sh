@@ -2,7 +2,7 @@
 # tests/run.sh — the one command that runs every Switchboard test.
 #
 # Works on a fresh Debian machine that has only the Rust toolchain: installs
-# whatever is missing (redis-server, chromium, node/npm via apt; the browser
+# whatever is missing (redis-server, nginx, chromium, node/npm via apt; the browser
 # test's npm packages; rustfmt/clippy via rustup), then runs, in order:
 #   fmt    cargo fmt --all -- --check
 #   clippy cargo clippy --workspace --all-targets -- -D warnings
@@ -13,10 +13,11 @@
 # and stops at the first failure.
 #
 # Tests start their own redis-server on a free port; the machine's redis
-# service is never started or touched. With CI set, SWITCHBOARD_REQUIRE_ALL=1
-# is exported so tests needing redis/chromium/node fail instead of skipping.
+# service is never started or touched; likewise the nginx tests start their own nginx.
+# With CI set, SWITCHBOARD_REQUIRE_ALL=1 is exported so tests needing
+# redis/nginx/chromium/node fail instead of skipping.
 #
-# Environment: REDIS_SERVER, CHROMIUM (paths of the binaries, optional),
+# Environment: REDIS_SERVER, NGINX, CHROMIUM (paths of the binaries, optional),
 # CI (any value but "", "0" or "false" means CI).
 set -euo pipefail
 
@@ -52,6 +53,17 @@ if [ -n "${REDIS_SERVER:-}" ]; then
 elif ! have redis-server && [ ! -x /usr/bin/redis-server ]; then
     APT_MISSING+=(redis-server)
 fi
+# The client-address tests (tests/it/forwarded.rs) put a real nginx in front of the
+# gateway: an HTTP proxy, and a TCP proxy sending the PROXY protocol with nginx's stream
+# module (Debian builds it as a module of its own, libnginx-mod-stream).
+if [ -n "${NGINX:-}" ]; then
+    [ -x "$NGINX" ] || die "NGINX=$NGINX is not an executable"
+elif ! have nginx && [ ! -x /usr/sbin/nginx ]; then
+    APT_MISSING+=(nginx libnginx-mod-stream)
+elif [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ] &&
+    ! "$(command -v nginx || echo /usr/sbin/nginx)" -V 2>&1 | grep -Eq -- '--with-stream( |$)'; then
+    APT_MISSING+=(libnginx-mod-stream)
+fi
 if [ -n "${CHROMIUM:-}" ]; then
     [ -x "$CHROMIUM" ] || die "CHROMIUM=$CHROMIUM is not an executable"
 elif ! have chromium && [ ! -x /usr/bin/chromium ]; then
@@ -75,7 +87,8 @@ if [ "${#APT_MISSING[@]}" -gt 0 ]; then
     APT=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600)
     as_root "${APT[@]}" update
     as_root "${APT[@]}" install -y "${APT_MISSING[@]}"
-    # apt may have started the system redis service: it is not ours, leave it alone.
+    # apt may have started the system redis and nginx services: they are not ours, leave
+    # them alone.
 fi
 
 if [ -z "${CHROMIUM:-}" ]; then

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
@@ -82,6 +83,53 @@ pub struct PublicConfig {
     pub listen: SocketAddr,
     /// An HTML file served at `GET /` to plain (non-upgrade) requests, e.g. a chat page.
     pub page: Option<PathBuf>,
+    /// Every connection starts with a PROXY protocol header (HAProxy's, version 1 or 2),
+    /// as a TCP load balancer in front of the gateway writes it (HAProxy `send-proxy`,
+    /// nginx `proxy_protocol on`, AWS NLB): the client's address is the header's. Only
+    /// from `trusted_proxies`: a connection from another address is closed at once, and
+    /// so is one whose header is missing or malformed (within
+    /// `limits.handshake_timeout`, which the header counts against).
+    pub proxy_protocol: bool,
+    /// The proxies and load balancers in front of the gateway, as CIDRs (`10.0.0.0/8`,
+    /// `127.0.0.1/32`, `::1/128`): the only peers whose PROXY protocol header and
+    /// `real_ip_header` are believed.
+    #[serde(deserialize_with = "cidrs")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// The request header that names the client when the connection comes from a trusted
+    /// proxy: `none` (the default: no header is believed), `x-forwarded-for`, or
+    /// `forwarded` (RFC 7239, its `for=`). Its list is read from the right: the first
+    /// address that is not in `trusted_proxies` is the client's (nginx's
+    /// `real_ip_recursive on`), so a client cannot pass for another by sending the header
+    /// itself.
+    pub real_ip_header: RealIpHeader,
+}
+
+/// A list of CIDRs, each refused with a message that says what a CIDR looks like.
+fn cidrs<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<IpNet>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| {
+            text.parse().map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a CIDR (an address and a prefix length: 10.0.0.0/8, \
+                     192.0.2.7/32, 2001:db8::/32)"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Which request header names the client behind trusted proxies (`public.real_ip_header`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RealIpHeader {
+    /// None: the peer's address (or the PROXY protocol header's) is the client's.
+    #[default]
+    None,
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
 }
 
 /// The send-back API listener.
@@ -465,6 +513,9 @@ impl Default for PublicConfig {
         PublicConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             page: None,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
+            real_ip_header: RealIpHeader::None,
         }
     }
 }
@@ -557,6 +608,7 @@ const NOT_CONFIG: &[&str] = &[
 fn with_every_field() -> Config {
     let mut config = Config::default();
     config.public.page = Some(PathBuf::from("page.html"));
+    config.public.trusted_proxies = vec![IpNet::default()];
     config.sendback.token = Some(String::new());
     config.sendback.advertise = Some(String::new());
     let target = Target::Full {
@@ -775,6 +827,25 @@ impl Config {
                         format!("`{advertise}`: expected `http://host:port`"),
                     );
                 }
+            }
+        }
+        let public = &self.public;
+        if public.trusted_proxies.is_empty() {
+            if public.proxy_protocol {
+                return bad(
+                    "public.trusted_proxies",
+                    "is empty, so with public.proxy_protocol every connection would be \
+                     refused: list the load balancers that send the PROXY header"
+                        .into(),
+                );
+            }
+            if public.real_ip_header != RealIpHeader::None {
+                return bad(
+                    "public.trusted_proxies",
+                    "is empty, so public.real_ip_header would never be believed: list the \
+                     proxies that set it"
+                        .into(),
+                );
             }
         }
         if self.public.listen == self.sendback.listen && self.public.listen.port() != 0 {
@@ -1436,6 +1507,77 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.functions.routes["join"].url(), "http://127.0.0.1:9/join");
+    }
+
+    #[test]
+    fn the_client_address_settings_are_typed_and_checked() {
+        let c = load_str(
+            &format!(
+                "{TOKEN_TOML}[public]\nproxy_protocol = true\nreal_ip_header = \"x-forwarded-for\"\n\
+                 trusted_proxies = [\"127.0.0.1/32\", \"10.0.0.0/8\", \"::1/128\"]\n"
+            ),
+            &[],
+        )
+        .unwrap();
+        assert!(c.public.proxy_protocol);
+        assert_eq!(c.public.real_ip_header, RealIpHeader::XForwardedFor);
+        let nets: Vec<String> = c
+            .public
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        // From the environment: a list in TOML, a header name as it is.
+        let c = load_str(
+            TOKEN_TOML,
+            &[
+                ("SWITCHBOARD_PUBLIC__TRUSTED_PROXIES", "[\"192.0.2.0/24\"]"),
+                ("SWITCHBOARD_PUBLIC__REAL_IP_HEADER", "forwarded"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.public.trusted_proxies[0].to_string(), "192.0.2.0/24");
+        assert_eq!(c.public.real_ip_header, RealIpHeader::Forwarded);
+
+        let msg = |text: &str| {
+            load_str(&format!("{TOKEN_TOML}[public]\n{text}\n"), &[])
+                .unwrap_err()
+                .to_string()
+        };
+        for bad in [
+            "\"10.0.0.0/33\"",
+            "\"10.0.0.300/8\"",
+            "\"10.0.0.1\"",
+            "\"nope\"",
+        ] {
+            let m = msg(&format!("trusted_proxies = [\"127.0.0.1/32\", {bad}]"));
+            assert!(
+                m.contains("public.trusted_proxies")
+                    && m.contains(&format!("{bad} is not a CIDR").replace('"', "`")),
+                "{bad}: {m}"
+            );
+        }
+        let m = load_str(
+            TOKEN_TOML,
+            &[("SWITCHBOARD_PUBLIC__TRUSTED_PROXIES", "[\"10.0.0.0/33\"]")],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(m.contains("SWITCHBOARD_PUBLIC__TRUSTED_PROXIES"), "{m}");
+        let m = msg("real_ip_header = \"x-real-ip\"");
+        assert!(m.contains("public.real_ip_header"), "{m}");
+        // Nothing to trust: every connection would be refused, or no header believed.
+        let m = msg("proxy_protocol = true");
+        assert!(
+            m.contains("public.trusted_proxies") && m.contains("proxy_protocol"),
+            "{m}"
+        );
+        let m = msg("real_ip_header = \"forwarded\"");
+        assert!(
+            m.contains("public.trusted_proxies") && m.contains("real_ip_header"),
+            "{m}"
+        );
     }
 
     #[test]

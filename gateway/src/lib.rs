@@ -45,6 +45,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::Config;
+/// The PROXY protocol header parser of the public listener (public for fuzzing).
+pub use edge::proxy_protocol;
 pub use error::{ConfigError, GatewayError};
 
 use crate::cluster::cleanup::Cleanups;
@@ -58,6 +60,7 @@ use crate::dialect::aws::management::ManagementApi;
 use crate::dialect::native::sendback::NativeApi;
 use crate::dialect::tencent::sendback::TencentApi;
 use crate::edge::admit::Admitter;
+use crate::edge::forwarded::RealIp;
 use crate::edge::serve::Edge;
 use crate::edge::slots::Slots;
 use crate::function::invoke::Invoker;
@@ -196,6 +199,7 @@ impl Gateway {
             keepalive_timeout: config.limits.keepalive_timeout,
             write_timeout: config.limits.write_timeout,
             page,
+            real_ip: RealIp::new(&config.public),
             admitter: Admitter {
                 node: node.clone(),
                 config: config.clone(),

@@ -11,6 +11,7 @@ mod config;
 mod dialect_aws;
 mod dialect_tencent;
 mod durable_cleanup;
+mod forwarded;
 mod fuzz_corpora;
 mod handler_runtime;
 mod limits;

@@ -125,7 +125,8 @@ pub struct HandshakeRequest {
     /// once per value.
     #[serde(default)]
     pub headers: Vec<(String, String)>,
-    /// The client's IP address.
+    /// The client's IP address: the TCP peer's, or behind a trusted proxy the client that
+    /// its PROXY protocol or forwarding header names.
     pub source_ip: String,
     /// Subprotocols the client offered (`Sec-WebSocket-Protocol`), in its order.
     #[serde(default)]

@@ -7,7 +7,7 @@
 //! task, `socket::task::run`, whatever became of the 101: from then on cleanup is guaranteed,
 //! since the socket task always ends with the cleanup call and the store unregister.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use wire::codes;
 
@@ -64,11 +64,13 @@ pub(crate) struct Admitted {
 }
 
 impl Admitter {
-    /// Decides on one upgrade request.
+    /// Decides on one upgrade request from `source_ip` (the client, behind any trusted
+    /// proxies) over a TCP connection from `peer`.
     pub async fn admit(
         &self,
         parts: Parts,
-        remote: SocketAddr,
+        source_ip: IpAddr,
+        peer: SocketAddr,
         accept: String,
         slot: Slot,
     ) -> Admission {
@@ -76,7 +78,7 @@ impl Admitter {
         let span = info_span!("conn", id = %id);
         async move {
             let connected_at_ms = clock::now_ms();
-            let request = handshake_request(&parts, remote);
+            let request = handshake_request(&parts, source_ip);
             let user_agent = request.header("user-agent").map(Box::from);
             let host = request.header("host").map(Box::from);
             let mut record = ConnectionRecord {
@@ -106,7 +108,7 @@ impl Admitter {
             let conn = Arc::new(Connection::new(
                 id,
                 connected_at_ms,
-                remote.ip(),
+                source_ip,
                 user_agent,
                 host,
                 reply.context.clone(),
@@ -130,7 +132,7 @@ impl Admitter {
             }
             if response.is_ok() {
                 self.registry.insert(conn.clone());
-                info!(source_ip = %remote.ip(), "connection accepted");
+                info!(%source_ip, %peer, "connection accepted");
             }
             Admission::Accepted(Admitted {
                 conn,
@@ -207,7 +209,7 @@ impl Admitter {
     }
 }
 
-fn handshake_request(parts: &Parts, remote: SocketAddr) -> HandshakeRequest {
+fn handshake_request(parts: &Parts, source_ip: IpAddr) -> HandshakeRequest {
     let headers = parts
         .headers
         .iter()
@@ -222,7 +224,7 @@ fn handshake_request(parts: &Parts, remote: SocketAddr) -> HandshakeRequest {
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().unwrap_or_default().to_owned(),
         headers,
-        source_ip: remote.ip().to_string(),
+        source_ip: source_ip.to_string(),
         subprotocols: handshake::offered_subprotocols(&parts.headers),
     }
 }

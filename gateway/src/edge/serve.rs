@@ -12,6 +12,12 @@
 //! wait is bounded: a request head by `limits.handshake_timeout` (from the accept, or from
 //! the first byte of a later request), the wait for a keep-alive connection's next request
 //! by `limits.keepalive_timeout`, each reply's write by `limits.write_timeout`.
+//!
+//! Where a connection comes from: with `public.proxy_protocol`, the PROXY protocol header
+//! that starts it (`proxy_protocol`, read first, within the same handshake timeout as the
+//! first request head; a peer outside `public.trusted_proxies` is closed at once), else
+//! its peer; then, for an upgrade request, the client that `public.real_ip_header` names
+//! (`forwarded`). That address is the connection's source address from admission on.
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,7 +37,9 @@ use bytes::Bytes;
 use tokio_util::task::TaskTracker;
 
 use crate::edge::admit::{self, Admission, Admitter};
+use crate::edge::forwarded::{RealIp, Remote};
 use crate::edge::handshake;
+use crate::edge::proxy_protocol;
 use crate::edge::slots::{Slot, Slots};
 use crate::listener;
 use crate::respond::{self, Body};
@@ -56,6 +64,8 @@ pub(crate) struct Edge {
     pub write_timeout: Duration,
     /// The page served at `/`.
     pub page: Option<Bytes>,
+    /// `public.proxy_protocol`, `public.trusted_proxies`, `public.real_ip_header`.
+    pub real_ip: RealIp,
     pub admitter: Admitter,
     pub sockets: Arc<Sockets>,
 }
@@ -88,16 +98,25 @@ pub(crate) async fn serve(edge: Arc<Edge>, listener: TcpListener, tracker: TaskT
 /// then that WebSocket. Without a pending slot, refuses it.
 async fn serve_connection(
     shared: Arc<Edge>,
-    stream: TcpStream,
-    remote: SocketAddr,
+    mut stream: TcpStream,
+    peer: SocketAddr,
     pending: Option<Slot>,
 ) {
     let Some(pending) = pending else {
-        refuse_pending(&shared, &stream, remote);
+        refuse_pending(&shared, &stream, peer);
         return;
     };
+    // A PROXY header counts against the handshake timeout, like the request after it.
+    let deadline = Instant::now() + shared.handshake_timeout;
+    let (real_ip, stop) = (&shared.real_ip, &shared.stop);
+    let Some(ip) = proxy_protocol::connection_ip(real_ip, stop, &mut stream, peer, deadline).await
+    else {
+        return;
+    };
+    let remote = Remote { peer, ip };
     // Boxed: the HTTP phase is short, and an open WebSocket should not carry its state.
-    let Some(accepted) = Box::pin(http_phase(&shared, stream, remote, pending)).await else {
+    let http = http_phase(&shared, stream, remote, pending, deadline);
+    let Some(accepted) = Box::pin(http).await else {
         return;
     };
     let Accepted {
@@ -142,19 +161,20 @@ fn refuse_pending(shared: &Edge, stream: &TcpStream, remote: SocketAddr) {
 }
 
 /// Answers requests until one is admitted (`Some`) or the connection ends (`None`). The
-/// pending slot is held until admission is done.
+/// pending slot is held until admission is done; the first request head must be whole by
+/// `first_deadline`.
 async fn http_phase(
     shared: &Edge,
     mut stream: TcpStream,
-    remote: SocketAddr,
+    remote: Remote,
     pending: Slot,
+    first_deadline: Instant,
 ) -> Option<Accepted> {
     // Bytes read and not yet parsed: the head being read, then what follows it.
     let mut buf: Vec<u8> = Vec::new();
-    let mut first = true;
+    let mut first = Some(first_deadline);
     loop {
-        let read = read_request(shared, &mut stream, &mut buf, first).await;
-        first = false;
+        let read = read_request(shared, &mut stream, &mut buf, first.take()).await;
         let (req, head_len) = match read {
             Ok(Some(request)) => request,
             Ok(None) => return None,
@@ -226,7 +246,7 @@ async fn http_phase(
 async fn upgrade(
     shared: &Edge,
     req: Request<()>,
-    remote: SocketAddr,
+    remote: Remote,
 ) -> Result<admit::Admitted, Response<Body>> {
     let accept = match handshake::check(&req) {
         Ok(accept) => accept,
@@ -264,10 +284,15 @@ async fn upgrade(
             "the gateway holds its maximum number of connections",
         ));
     };
+    let source_ip = shared.real_ip.client_ip(remote.ip, req.headers());
     let (parts, ()) = req.into_parts();
     // This task is tracked and nothing cancels it: if the client goes away mid-register,
     // the decision still completes, so nothing is left half-registered.
-    match shared.admitter.admit(parts, remote, accept, slot).await {
+    match shared
+        .admitter
+        .admit(parts, source_ip, remote.peer, accept, slot)
+        .await
+    {
         Admission::Refused(reply) => Err(reply),
         Admission::Accepted(admitted) => Ok(admitted),
     }
@@ -275,22 +300,22 @@ async fn upgrade(
 
 /// Reads and parses the next request head: `(request, head length)`, `None` when the
 /// client closed, stalled past a timeout or shutdown started first. The head must be
-/// complete within the handshake timeout: from now for a connection's `first` request,
-/// else from its first byte, which a keep-alive connection must send within the
-/// keep-alive timeout.
+/// complete by `first`'s deadline for a connection's first request (the handshake timeout
+/// from the accept), else within the handshake timeout from its first byte, which a
+/// keep-alive connection must send within the keep-alive timeout.
 async fn read_request(
     shared: &Edge,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
-    first: bool,
+    first: Option<Instant>,
 ) -> Result<Option<(Request<()>, usize)>, handshake::Rejection> {
-    if !first && buf.is_empty() {
+    if first.is_none() && buf.is_empty() {
         let idle_until = Instant::now() + shared.keepalive_timeout;
         if !read_more(shared, stream, buf, idle_until, "the next request").await {
             return Ok(None);
         }
     }
-    let deadline = Instant::now() + shared.handshake_timeout;
+    let deadline = first.unwrap_or_else(|| Instant::now() + shared.handshake_timeout);
     loop {
         if !buf.is_empty() {
             if let Some(parsed) = parse_head(buf)? {
