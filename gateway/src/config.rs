@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
+mod duration;
 mod layers;
 
 use layers::Layer;
@@ -35,7 +36,7 @@ pub struct Config {
     /// How often this node refreshes its liveness key in the store (it expires after
     /// `node_heartbeat_ttl`), retries store removals that failed while the store was down,
     /// and looks for dead nodes to reap.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub node_heartbeat: Duration,
     /// How long a heartbeat lives: a node silent for longer is dead to the others. They
     /// answer 503 (retryable) for its connections meanwhile, and then one of them reaps it:
@@ -46,12 +47,12 @@ pub struct Config {
     /// (it finds the reaper's mark). A store outage that every node sees reaps no one: a
     /// node reaps only after its own store access has worked for one TTL. Must be greater
     /// than `node_heartbeat` (default: three intervals).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub node_heartbeat_ttl: Duration,
     /// How long a send-back request relayed to another node may take: a node slower than
     /// this did not answer (503 for its connection; a group send lists it in
     /// `unreachableNodes`). A group send never waits longer on a silent node.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub relay_timeout: Duration,
     /// The listener clients connect to.
     pub public: PublicConfig,
@@ -178,13 +179,13 @@ pub struct FunctionsConfig {
     /// Custom routes by route key (e.g. `sendmessage`), each a target.
     pub routes: BTreeMap<String, Target>,
     /// How long one function call may take.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub timeout: Duration,
     /// Retries of a transport or cleanup call that could not connect, timed out, or got
     /// 500/502/503/504 (register is never retried: the client is waiting).
     pub retries: u32,
     /// Pause before the first retry; doubled for each further one.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_backoff: Duration,
     /// The largest reply body read from a function.
     pub max_reply_bytes: usize,
@@ -349,29 +350,29 @@ pub struct LimitsConfig {
     /// counted from the accept for a connection's first request, from the first byte of
     /// the next request on a keep-alive connection. Bytes arriving do not extend it, so a
     /// client trickling a head (slowloris) is closed after it too.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub handshake_timeout: Duration,
     /// How long a keep-alive connection may wait, after a plain request's reply (the page,
     /// `/healthz`, an error), for the first byte of its next request; then the gateway
     /// closes it.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub keepalive_timeout: Duration,
     /// A connection from which no message arrives for this long is closed (1001).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub idle_timeout: Duration,
     /// When nothing has arrived for this long, the gateway sends a ping; when nothing
     /// arrives for another interval, the connection is closed as dead.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub ping_interval: Duration,
     /// The longest a connection may last (closed with 1001 after it).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max_duration: Duration,
     /// How long a connection collects messages sent to it through the send-back API
     /// before writing them (all in one flush). 0, the default, writes at once. A few
     /// milliseconds trade that much latency for far fewer writes when clients get bursts
     /// of messages (like Centrifugo's `client_write_delay`). Function replies to a
     /// client's own message are never delayed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub write_delay: Duration,
     /// The longest one write to a client's socket may wait (queued messages, replies,
     /// pings, close frames): a client that takes none of it for this long is dropped
@@ -381,7 +382,7 @@ pub struct LimitsConfig {
     /// within 2 s, whatever this is. Shorter frees the slot and the queued memory of a
     /// client that stopped reading sooner; longer spares clients on slow or briefly
     /// stalled networks (a phone changing cells) that would catch up.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub write_timeout: Duration,
     /// The most messages queued for one client; a send beyond it gets 429.
     pub outbound_queue_messages: usize,
@@ -413,7 +414,7 @@ pub struct HeartbeatConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// How long to wait for connections to close and cleanup calls to finish.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub grace: Duration,
 }
 
@@ -428,22 +429,22 @@ pub struct CleanupConfig {
     pub workers: usize,
     /// How long a cleanup is retried after it was first queued; then it is dropped (logged
     /// at warn with the connection id, and counted) and the connection removed from the store.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max_age: Duration,
     /// The pause after a cleanup's first failed attempt; doubled after each further one.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub backoff_initial: Duration,
     /// The longest pause between two attempts (before jitter).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub backoff_max: Duration,
     /// How long a node's claim on a cleanup it works on lasts: no other node sends it
     /// meanwhile. If the node dies, the cleanup is due again when the claim lapses. Must
     /// exceed the longest call with its retries (`functions.timeout` × (`retries` + 1)).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub lease: Duration,
     /// How often an idle node looks in the queue for cleanups due (its own are picked up at
     /// once; this finds retries that became due and those other nodes left).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub poll_interval: Duration,
 }
 
@@ -460,7 +461,7 @@ pub struct StoreResyncConfig {
     /// otherwise sweeps its connections' groups. Shorter: fewer joins lost (a join or leave
     /// newer than the last sweep is not written back if Redis loses its data right then)
     /// and a faster write-back, for one `SMEMBERS` per held connection per sweep.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub interval: Duration,
 }
 
@@ -1478,6 +1479,28 @@ mod tests {
             vec!["limits.write_timeout".to_owned()]
         );
         assert!(undocumented("").contains(&"aws.credentials.secret_access_key".to_owned()));
+    }
+
+    #[test]
+    fn durations_past_a_hundred_years_are_refused_naming_the_field() {
+        // `Instant + 500000000000y` overflows: found by the config fuzz target's report,
+        // it passed `switchboard check` and then panicked every connection's task.
+        let m = load_str(
+            &format!("{TOKEN_TOML}[limits]\nhandshake_timeout = \"500000000000y\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            m.contains("limits.handshake_timeout") && m.contains("at most 100years"),
+            "{m}"
+        );
+        let m = load_str(TOKEN_TOML, &[("SWITCHBOARD_CLEANUP__MAX_AGE", "101y")])
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("SWITCHBOARD_CLEANUP__MAX_AGE"), "{m}");
+        let c = load_str(TOKEN_TOML, &[("SWITCHBOARD_CLEANUP__MAX_AGE", "100y")]).unwrap();
+        assert_eq!(c.cleanup.max_age, duration::MAX);
     }
 
     #[test]
