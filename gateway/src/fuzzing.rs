@@ -16,6 +16,7 @@
 //! | [`dialect_replies`] | 2 bytes status, 1 byte content type, the reply body |
 //! | [`sendback_bodies`] | 1 byte route and flags, `target \n body` |
 //! | [`config`] | TOML, then after a NUL byte `KEY=VALUE` lines (`--path=value`: a flag) |
+//! | [`client_address`] | 1 byte parser (`% 3`: PROXY header, `X-Forwarded-For`, `Forwarded`), the bytes |
 
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
@@ -34,7 +35,9 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::config::{AwsCredential, Config, Dialect, FunctionsConfig};
 use crate::dialect::aws::sigv4::{self, EXECUTE_API, Rejection, SignedRequest, Verifier};
 use crate::dialect::model::Verdict;
+use crate::edge::forwarded::{self, Hop};
 use crate::edge::handshake;
+use crate::edge::proxy_protocol::{self, Parsed};
 use crate::edge::serve::{MAX_HEAD, keeps_alive, parse_head};
 use crate::function::http_client::{HttpReply, read_reply};
 use crate::function::invoke::Reply;
@@ -526,4 +529,65 @@ pub fn config(data: &[u8]) {
 /// Runs a future to completion on this thread's runtime.
 fn block_on<F: std::future::Future>(future: F) -> F::Output {
     HARNESS.with(|h| h.runtime.block_on(future))
+}
+
+/// The client-address parsers of the public listener: a PROXY protocol header (v1 or v2),
+/// or header values of `X-Forwarded-For` / `Forwarded` (one value per line).
+pub fn client_address(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    match which % 3 {
+        0 => proxy_header(rest),
+        parser => {
+            let values = rest.split(|b| *b == b'\n');
+            let hops = if parser == 1 {
+                forwarded::x_forwarded_for(values)
+            } else {
+                forwarded::forwarded(values).unwrap_or_default()
+            };
+            // Everything trusted: the walk ends at the list's start or its first
+            // non-address; nothing trusted: the peer itself.
+            let peer = std::net::IpAddr::from([127, 0, 0, 1]);
+            let all = forwarded::rightmost_untrusted(peer, &hops, |_| true);
+            let first_addr = hops
+                .iter()
+                .rev()
+                .take_while(|h| matches!(h, Hop::Addr(_)))
+                .last();
+            match first_addr {
+                Some(Hop::Addr(ip)) => assert_eq!(all, *ip),
+                _ => assert_eq!(all, peer),
+            }
+            assert_eq!(forwarded::rightmost_untrusted(peer, &hops, |_| false), peer);
+        }
+    }
+}
+
+/// A PROXY header: a complete one lies within the input and the protocol's bounds, and
+/// parses the same alone; no shorter prefix of it is complete.
+fn proxy_header(data: &[u8]) {
+    let Parsed::Complete { source, len } = proxy_protocol::parse(data) else {
+        return;
+    };
+    assert!(
+        len <= data.len(),
+        "a header of {len} bytes in {}",
+        data.len()
+    );
+    assert!(len <= 16 + usize::from(u16::MAX), "a header of {len} bytes");
+    if data.first() == Some(&b'P') {
+        assert!(len <= 107, "a v1 header of {len} bytes");
+    }
+    assert!(
+        matches!(proxy_protocol::parse(&data[..len]), Parsed::Complete { source: s, len: l } if s == source && l == len)
+    );
+    for cut in [0, len / 2, len.saturating_sub(1)] {
+        if cut < len {
+            assert!(!matches!(
+                proxy_protocol::parse(&data[..cut]),
+                Parsed::Complete { .. }
+            ));
+        }
+    }
 }

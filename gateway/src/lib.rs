@@ -45,8 +45,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::Config;
-/// The PROXY protocol header parser of the public listener (public for fuzzing).
-pub use edge::proxy_protocol;
 pub use error::{ConfigError, GatewayError};
 
 use crate::cluster::cleanup::Cleanups;

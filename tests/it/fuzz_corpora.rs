@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 type Entry = fn(&[u8]);
 
 /// Every fuzz target and its entry.
-const TARGETS: [(&str, Entry); 6] = [
+const TARGETS: [(&str, Entry); 7] = [
     ("request_head", gateway::fuzzing::request_head),
     ("function_reply", gateway::fuzzing::function_reply),
     ("sigv4", gateway::fuzzing::sigv4),
     ("dialect_replies", gateway::fuzzing::dialect_replies),
     ("sendback_bodies", gateway::fuzzing::sendback_bodies),
     ("config", gateway::fuzzing::config),
+    ("client_address", gateway::fuzzing::client_address),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -101,4 +102,9 @@ fn sendback_bodies_corpus() {
 #[test]
 fn config_corpus() {
     replay("config");
+}
+
+#[test]
+fn client_address_corpus() {
+    replay("client_address");
 }

@@ -6,6 +6,6 @@
 pub(crate) mod admit;
 pub(crate) mod forwarded;
 pub(crate) mod handshake;
-pub mod proxy_protocol;
+pub(crate) mod proxy_protocol;
 pub(crate) mod serve;
 pub(crate) mod slots;
