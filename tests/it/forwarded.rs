@@ -11,12 +11,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use functions::api::ConnectionInfo;
 use functions::event::EventKind;
 use gateway::config::RealIpHeader;
-use reqwest::Method;
 use serde_json::{Value, json};
-use tests::gateway::{Client, TestGateway, next_message, route_all, send_text, sendback_request};
+use tests::gateway::{Client, TestGateway, connection_info, next_message, route_all, send_text};
 use tests::nginx::Nginx;
 use tests::recorder::RecordingFunction;
 use tests::scripted::{Scripted, ScriptedFunction};
@@ -108,15 +106,7 @@ async fn registered(function: &ScriptedFunction, path: &str) -> (String, String)
 
 /// What `GET /@connections/{id}` says the connection's source address is.
 async fn info_source_ip(gw: &TestGateway, id: &str) -> String {
-    let url = format!("{}/@connections/{id}", gw.sendback_url());
-    let info: ConnectionInfo = sendback_request(Method::GET, url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    info.source_ip
+    connection_info(&gw.sendback_url(), id).await.source_ip
 }
 
 /// Asserts the gateway closes `tcp` without sending a byte (a reset counts: the gateway

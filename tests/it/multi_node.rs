@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use functions::api::{BatchResult, ConnectionInfo, DeliveryStatus};
+use functions::api::{BatchResult, DeliveryStatus};
 use reqwest::Method;
 use tests::gateway::{
-    Client, TestGateway, expect_close, group_send, next_message, post_to_connection,
-    sendback_request,
+    Client, TestGateway, connection_info, expect_close, group_send, next_message,
+    post_to_connection, sendback_request,
 };
 use tests::scripted::ScriptedFunction;
 use tokio_tungstenite::tungstenite::Message;
@@ -70,14 +70,7 @@ async fn send_backs_cross_nodes(store: store::SharedStore) {
     let r = post_to_connection(&via_b, &id_a, "hello").await;
     assert_eq!(r.status(), 200);
     expect(&mut on_a, "hello").await;
-    let info: ConnectionInfo =
-        sendback_request(Method::GET, format!("{via_b}/@connections/{id_a}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let info = connection_info(&via_b, &id_a).await;
     assert_eq!(
         (info.connection_id.as_str(), info.node.as_str()),
         (id_a.as_str(), "node-a")

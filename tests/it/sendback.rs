@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
-use functions::api::{ApiError, BatchResult, ConnectionInfo, DeliveryStatus};
+use functions::api::{ApiError, BatchResult, DeliveryStatus};
 use reqwest::Method;
-use tests::gateway::{TestGateway, next_message, post_to_connection, sendback_request};
+use tests::gateway::{
+    TestGateway, connection_info, next_message, post_to_connection, sendback_request,
+};
 use tests::scripted::ScriptedFunction;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -51,13 +53,7 @@ async fn post_get_and_batch() {
     );
 
     // GET: what the gateway knows.
-    let info: ConnectionInfo = sendback_request(Method::GET, format!("{base}/@connections/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = connection_info(&base, &id).await;
     assert_eq!(info.connection_id, id);
     assert_eq!(info.source_ip, "127.0.0.1");
     assert!(info.connected_at.ends_with('Z'), "{}", info.connected_at);

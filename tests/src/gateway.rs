@@ -72,6 +72,17 @@ pub async fn post_to_connection(
         .expect("send-back request")
 }
 
+/// `GET {base}/@connections/{id}`: what the gateway knows of the connection.
+pub async fn connection_info(base: &str, id: &str) -> functions::api::ConnectionInfo {
+    sendback_request(reqwest::Method::GET, format!("{base}/@connections/{id}"))
+        .send()
+        .await
+        .expect("connection info request")
+        .json()
+        .await
+        .expect("connection info")
+}
+
 /// `POST {base}/@groups/{group_and_query}` with `text`; asserts 200 and returns the result.
 pub async fn group_send(
     base: &str,
