@@ -487,9 +487,14 @@ pub(crate) async fn read_reply<S: AsyncRead + Unpin>(
         }
         Framing::Chunked => read_chunked(stream, &mut buf, max_body).await?,
         Framing::UntilClose => {
-            while read_more(stream, &mut buf).await? > 0 {
+            // The bytes read with the head count too: checked before each read, not
+            // after, or a body that came whole with its head would pass the cap.
+            loop {
                 if buf.len() > max_body {
                     return Err(HttpError::TooLarge(max_body));
+                }
+                if read_more(stream, &mut buf).await? == 0 {
+                    break;
                 }
             }
             buf.split().freeze()
@@ -913,6 +918,19 @@ mod tests {
         reply.resize(len - 4, b'a');
         reply.extend_from_slice(b"\r\n\r\nok");
         Box::leak(reply.into_boxed_slice())
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_the_close_is_capped_when_it_came_with_the_head() {
+        // Found by the function_reply fuzz target: no length, the whole body in the
+        // first read, nothing after it but the close.
+        let mut reply = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        reply.extend_from_slice(&[b'x'; 1025]);
+        let got = read_reply(&mut &reply[..], 1024).await;
+        assert!(matches!(got, Err(HttpError::TooLarge(1024))), "{got:?}");
+        reply.pop();
+        let (whole, reusable) = read_reply(&mut &reply[..], 1024).await.unwrap();
+        assert_eq!((whole.body.len(), reusable), (1024, false));
     }
 
     #[tokio::test]
