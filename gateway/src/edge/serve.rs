@@ -3,15 +3,20 @@
 //! (at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] headers, within
 //! `limits.handshake_timeout`). Upgrade requests are checked (`handshake`), then admitted
 //! or refused (`admit`); once the 101 is written, the same task becomes the connection's
-//! socket task (`socket::task::run`) on the bare TCP stream, with any bytes the client sent
-//! after its request. Other requests get the page, a health answer or 426, on a keep-alive
-//! connection when the request allows it.
+//! socket task (`socket::task::run`) on the bare stream (TCP, or TLS over it), with any
+//! bytes the client sent after its request. Other requests get the page, a health answer
+//! or 426, on a keep-alive connection when the request allows it.
+//!
+//! The TLS listener (`public.tls`) serves the same way once its TLS handshake is done: the
+//! handshake is part of the first request's `limits.handshake_timeout`, and of the
+//! connection's pending slot.
 //!
 //! Until it is admitted, a connection holds a pending slot (`limits.max_pending_connections`,
-//! claimed at accept: beyond it a connection gets a 503 at once and is closed), and every
-//! wait is bounded: a request head by `limits.handshake_timeout` (from the accept, or from
-//! the first byte of a later request), the wait for a keep-alive connection's next request
-//! by `limits.keepalive_timeout`, each reply's write by `limits.write_timeout`.
+//! claimed at accept: beyond it a connection gets a 503 at once and is closed; a TLS one is
+//! just closed), and every wait is bounded: the TLS handshake and the first request head by
+//! `limits.handshake_timeout` from the accept, a later request head by it from its first
+//! byte, the wait for a keep-alive connection's next request by
+//! `limits.keepalive_timeout`, each reply's write by `limits.write_timeout`.
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,6 +30,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, warn};
 
 use bytes::Bytes;
@@ -39,6 +45,7 @@ use crate::socket::registry::Connection;
 use crate::socket::sockio::SocketIo;
 use crate::socket::task::{self, NoSocket, Sockets};
 use crate::stop::Stop;
+use crate::tls::stream::{MaybeTls, ServerStream};
 
 /// What the public listener uses.
 #[derive(Debug)]
@@ -66,38 +73,61 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// The most headers a request may have.
 pub const MAX_HEADERS: usize = 100;
 
-/// Accepts clients until shutdown.
-pub(crate) async fn serve(edge: Arc<Edge>, listener: TcpListener, tracker: TaskTracker) {
+/// Accepts clients until shutdown; with `tls`, each connection's TLS handshake first.
+pub(crate) async fn serve(
+    edge: Arc<Edge>,
+    listener: TcpListener,
+    tracker: TaskTracker,
+    tls: Option<TlsAcceptor>,
+) {
     let stop = edge.stop.clone();
     listener::accept_loop(
         &stop,
         &tracker,
         listener,
-        "public",
+        if tls.is_some() {
+            "public-tls"
+        } else {
+            "public"
+        },
         move |stream, remote| {
             // Claimed here, in the order connections are accepted, not when their tasks
             // first run.
             let pending = edge.pending.try_claim();
-            serve_connection(edge.clone(), stream, remote, pending)
+            serve_connection(edge.clone(), stream, remote, pending, tls.clone())
         },
     )
     .await;
 }
 
-/// Serves one client's TCP connection: HTTP requests until one is admitted as a WebSocket,
-/// then that WebSocket. Without a pending slot, refuses it.
+/// Serves one client's TCP connection: the TLS handshake on the TLS listener, then HTTP
+/// requests until one is admitted as a WebSocket, then that WebSocket. Without a pending
+/// slot, refuses it.
 async fn serve_connection(
     shared: Arc<Edge>,
     stream: TcpStream,
     remote: SocketAddr,
     pending: Option<Slot>,
+    tls: Option<TlsAcceptor>,
 ) {
+    let accepted_at = Instant::now();
     let Some(pending) = pending else {
-        refuse_pending(&shared, &stream, remote);
+        refuse_pending(&shared, &stream, remote, tls.is_none());
         return;
     };
+    let stream = match tls {
+        None => MaybeTls::Plain(stream),
+        // Boxed: the handshake's state is large and short-lived.
+        Some(acceptor) => {
+            match Box::pin(tls_handshake(&shared, acceptor, stream, accepted_at)).await {
+                Some(tls) => MaybeTls::Tls(tls),
+                None => return,
+            }
+        }
+    };
     // Boxed: the HTTP phase is short, and an open WebSocket should not carry its state.
-    let Some(accepted) = Box::pin(http_phase(&shared, stream, remote, pending)).await else {
+    let Some(accepted) = Box::pin(http_phase(&shared, stream, remote, pending, accepted_at)).await
+    else {
         return;
     };
     let Accepted {
@@ -116,14 +146,43 @@ async fn serve_connection(
 struct Accepted {
     conn: Arc<Connection>,
     slot: Slot,
-    socket: Result<SocketIo<TcpStream>, NoSocket>,
+    socket: Result<SocketIo<ServerStream>, NoSocket>,
     span: tracing::Span,
+}
+
+/// The TLS handshake of a connection accepted at `accepted_at`, within
+/// `limits.handshake_timeout` of it (the first request head shares that time); `None` if
+/// it failed, timed out or shutdown started first.
+async fn tls_handshake(
+    shared: &Edge,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    accepted_at: Instant,
+) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let deadline = accepted_at + shared.handshake_timeout;
+    let handshake = tokio::select! {
+        _ = shared.stop.cancelled() => return None,
+        handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => handshake,
+    };
+    match handshake {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Err(e)) => {
+            debug!(cause = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Refuses a connection accepted beyond `limits.max_pending_connections`: a 503 in one
 /// write that never waits (a new connection's send buffer is empty), without reading its
 /// request, then closed. A client that sent its request already may see a reset instead.
-fn refuse_pending(shared: &Edge, stream: &TcpStream, remote: SocketAddr) {
+/// A TLS connection (`plain` false) is closed without a word: a reply would need the
+/// handshake the limit is there to spare.
+fn refuse_pending(shared: &Edge, stream: &TcpStream, remote: SocketAddr, plain: bool) {
     debug!(%remote, "refusing connection: too many connections not yet WebSockets");
     if let Some(refused) = shared.pending.refused() {
         warn!(
@@ -132,6 +191,9 @@ fn refuse_pending(shared: &Edge, stream: &TcpStream, remote: SocketAddr) {
             "refusing connections: at limits.max_pending_connections (connections not \
              WebSockets yet)"
         );
+    }
+    if !plain {
+        return;
     }
     let reply = respond::error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -142,19 +204,20 @@ fn refuse_pending(shared: &Edge, stream: &TcpStream, remote: SocketAddr) {
 }
 
 /// Answers requests until one is admitted (`Some`) or the connection ends (`None`). The
-/// pending slot is held until admission is done.
+/// pending slot is held until admission is done. The first request head must be complete
+/// within the handshake timeout from `accepted_at`.
 async fn http_phase(
     shared: &Edge,
-    mut stream: TcpStream,
+    mut stream: ServerStream,
     remote: SocketAddr,
     pending: Slot,
+    accepted_at: Instant,
 ) -> Option<Accepted> {
     // Bytes read and not yet parsed: the head being read, then what follows it.
     let mut buf: Vec<u8> = Vec::new();
-    let mut first = true;
+    let mut first = Some(accepted_at);
     loop {
-        let read = read_request(shared, &mut stream, &mut buf, first).await;
-        first = false;
+        let read = read_request(shared, &mut stream, &mut buf, first.take()).await;
         let (req, head_len) = match read {
             Ok(Some(request)) => request,
             Ok(None) => return None,
@@ -185,7 +248,7 @@ async fn http_phase(
             }
             continue;
         }
-        let admitted = match upgrade(shared, req, remote).await {
+        let admitted = match upgrade(shared, req, remote, stream.is_tls()).await {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 let _ = write_reply(shared, &mut stream, refusal, Framing::close()).await;
@@ -227,6 +290,7 @@ async fn upgrade(
     shared: &Edge,
     req: Request<()>,
     remote: SocketAddr,
+    tls: bool,
 ) -> Result<admit::Admitted, Response<Body>> {
     let accept = match handshake::check(&req) {
         Ok(accept) => accept,
@@ -267,7 +331,11 @@ async fn upgrade(
     let (parts, ()) = req.into_parts();
     // This task is tracked and nothing cancels it: if the client goes away mid-register,
     // the decision still completes, so nothing is left half-registered.
-    match shared.admitter.admit(parts, remote, accept, slot).await {
+    match shared
+        .admitter
+        .admit(parts, remote, tls, accept, slot)
+        .await
+    {
         Admission::Refused(reply) => Err(reply),
         Admission::Accepted(admitted) => Ok(admitted),
     }
@@ -275,22 +343,22 @@ async fn upgrade(
 
 /// Reads and parses the next request head: `(request, head length)`, `None` when the
 /// client closed, stalled past a timeout or shutdown started first. The head must be
-/// complete within the handshake timeout: from now for a connection's `first` request,
-/// else from its first byte, which a keep-alive connection must send within the
-/// keep-alive timeout.
+/// complete within the handshake timeout: from the accept (`first`, for a connection's
+/// first request), else from its first byte, which a keep-alive connection must send
+/// within the keep-alive timeout.
 async fn read_request(
     shared: &Edge,
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     buf: &mut Vec<u8>,
-    first: bool,
+    first: Option<Instant>,
 ) -> Result<Option<(Request<()>, usize)>, handshake::Rejection> {
-    if !first && buf.is_empty() {
+    if first.is_none() && buf.is_empty() {
         let idle_until = Instant::now() + shared.keepalive_timeout;
         if !read_more(shared, stream, buf, idle_until, "the next request").await {
             return Ok(None);
         }
     }
-    let deadline = Instant::now() + shared.handshake_timeout;
+    let deadline = first.unwrap_or_else(Instant::now) + shared.handshake_timeout;
     loop {
         if !buf.is_empty() {
             if let Some(parsed) = parse_head(buf)? {
@@ -307,7 +375,7 @@ async fn read_request(
 /// `deadline` (`waiting_for` says for what, in the log) or shutdown started first.
 async fn read_more(
     shared: &Edge,
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     buf: &mut Vec<u8>,
     deadline: Instant,
     waiting_for: &'static str,
@@ -430,7 +498,7 @@ impl Framing {
 /// that pipelines requests and reads no reply cannot hold its connection that way).
 async fn write_reply(
     shared: &Edge,
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     reply: Response<Body>,
     framing: Framing,
 ) -> io::Result<()> {
