@@ -388,12 +388,12 @@ impl Gateway {
             warn!(cause = %e, "could not reap what a previous run of this node left");
         }
         let public_tls_addr = match &public_tls {
-            Some((listener, _)) => Some(listener.local_addr()?),
-            None => None,
+            Some((listener, _)) => listener.local_addr()?.to_string(),
+            None => "none".to_owned(),
         };
         info!(
             public = %public.local_addr()?,
-            public_tls = ?public_tls_addr,
+            public_tls = %public_tls_addr,
             sendback = %sendback.local_addr()?,
             sendback_tls = sendback_tls.is_some(),
             node = %node,

@@ -456,7 +456,8 @@ async fn connect_replies_routes_and_failures() {
     assert_eq!(rc["messageId"], Value::Null);
     assert_eq!(rc["identity"]["sourceIp"], "127.0.0.1");
     assert_eq!(rc["identity"]["userAgent"], "aws-dialect-test/1");
-    assert_eq!(rc["domainName"], "127.0.0.1");
+    // The Host's port is kept: it is not the scheme's default.
+    assert_eq!(rc["domainName"], gw.public.to_string());
     assert!(rc["connectedAt"].is_u64() && rc["requestTimeEpoch"].is_u64());
     assert_eq!(connect["headers"]["Sec-WebSocket-Protocol"], "v1, v2");
     assert_eq!(connect["headers"]["User-Agent"], "aws-dialect-test/1");
