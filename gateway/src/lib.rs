@@ -215,6 +215,12 @@ impl Gateway {
                 bytes: config.limits.outbound_queue_bytes,
             },
         ));
+        let management = Arc::new(ManagementApi {
+            delivery: delivery.clone(),
+            aws: config.aws.clone(),
+            check: !(config.sendback.insecure_no_auth && config.aws.credentials.is_empty()),
+            max_message: config.limits.max_message_bytes,
+        });
         let router = Arc::new(Router {
             token: config.sendback.token.clone(),
             stage: config.aws.stage.clone(),
@@ -225,12 +231,7 @@ impl Gateway {
                 max_batch_ids: config.sendback.max_batch_ids,
                 node: node.clone(),
             },
-            aws: ManagementApi {
-                delivery: delivery.clone(),
-                aws: config.aws.clone(),
-                check: !(config.sendback.insecure_no_auth && config.aws.credentials.is_empty()),
-                max_message: config.limits.max_message_bytes,
-            },
+            aws: management.clone(),
             tencent: TencentApi {
                 delivery,
                 token: config.sendback.token.clone(),
@@ -245,6 +246,15 @@ impl Gateway {
             keepalive_timeout: config.limits.keepalive_timeout,
             write_timeout: config.limits.write_timeout,
             page,
+            // Always checked there: the option needs `aws.credentials` (`validate`).
+            management: config
+                .aws
+                .management_api_on_public
+                .then(|| edge::serve::Management {
+                    stage: config.aws.stage.clone(),
+                    api: management.clone(),
+                    max_body: config.limits.max_message_bytes,
+                }),
             admitter: Admitter {
                 node: node.clone(),
                 config: config.clone(),

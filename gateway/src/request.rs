@@ -5,7 +5,6 @@
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 use tokio_tungstenite::tungstenite::Message;
 use wire::codes;
@@ -46,6 +45,15 @@ pub(crate) fn decode_segment(segment: &str) -> String {
         .into_owned()
 }
 
+/// The connection id of an AWS management API path, `/{stage}/@connections/{id}`
+/// (percent-decoded), if `path` is one.
+pub(crate) fn management_id(path: &str, stage: &str) -> Option<String> {
+    path.strip_prefix('/')
+        .and_then(|p| p.strip_prefix(stage))
+        .and_then(|p| p.strip_prefix("/@connections/"))
+        .map(decode_segment)
+}
+
 /// The request's path and query, as it came (what a relay sends on).
 pub(crate) fn path_and_query<B>(req: &Request<B>) -> String {
     req.uri()
@@ -53,8 +61,13 @@ pub(crate) fn path_and_query<B>(req: &Request<B>) -> String {
         .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned())
 }
 
-/// Reads a body up to `max` bytes; a larger one is a 413.
-pub(crate) async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Failure> {
+/// Reads a body up to `max` bytes; a larger one is a 413. Any body type: hyper's on the
+/// send-back listener, one already read on the public listener.
+pub(crate) async fn read_body<B>(req: Request<B>, max: usize) -> Result<Bytes, Failure>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let too_large = || {
         Failure::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -24,7 +24,7 @@ const WAIT: Duration = Duration::from_secs(15);
 
 // ------------------------------------------------------------------ certificates
 
-/// A certificate authority.
+/// A certificate authority (also used by the AWS tests over https).
 pub struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
@@ -220,9 +220,11 @@ async fn the_tls_handshake_holds_a_pending_slot_within_the_handshake_timeout() {
     let silent = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
     let started = tokio::time::Instant::now();
     // The silent one is closed by the handshake timeout; meanwhile others are refused.
-    tests::wait::eventually("a wss client gets in once the silent one is closed", WAIT, || async {
-        connect_wss(tls_addr, "/", &ca.pem()).await.is_ok()
-    })
+    tests::wait::eventually(
+        "a wss client gets in once the silent one is closed",
+        WAIT,
+        || async { connect_wss(tls_addr, "/", &ca.pem()).await.is_ok() },
+    )
     .await;
     assert!(started.elapsed() >= Duration::from_millis(400));
     let mut buf = [0u8; 1];
@@ -262,7 +264,11 @@ async fn python_and_node_clients_speak_wss() {
             .await
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let reply: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
         assert_eq!(reply["reply"], "echo:from python");
     }
@@ -280,7 +286,11 @@ async fn python_and_node_clients_speak_wss() {
                 .await
                 .unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let reply: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
             assert_eq!(reply["reply"], "echo:from node");
         }
@@ -366,9 +376,7 @@ async fn sighup_reloads_the_certificate_of_a_running_process() {
 
     b.write(dir.path(), "gw");
     gw.process().signal("HUP");
-    gw.log()
-        .line_with(&["SIGHUP", "reloading"], WAIT)
-        .await;
+    gw.log().line_with(&["SIGHUP", "reloading"], WAIT).await;
     tests::wait::eventually("a new connection sees certificate B", WAIT, || async {
         let (_, presented) = connect_wss(addr, "/", &ca.pem()).await.unwrap();
         presented == b.der
@@ -419,10 +427,18 @@ async fn bad_certificate_files_are_refused_before_any_port_is_bound() {
         (toml(&missing, &key, ""), "public.tls.cert_file", &missing),
         (toml(&garbage, &key, ""), "public.tls.cert_file", &garbage),
         (toml(&cert, &garbage, ""), "public.tls.key_file", &garbage),
-        (toml(&cert, &other_key, ""), "public.tls.key_file", &other_key),
+        (
+            toml(&cert, &other_key, ""),
+            "public.tls.key_file",
+            &other_key,
+        ),
         (toml(&cert, &missing, ""), "public.tls.key_file", &missing),
         (
-            toml(&cert, &key, &format!("ca_file = \"{}\"", empty_ca.display())),
+            toml(
+                &cert,
+                &key,
+                &format!("ca_file = \"{}\"", empty_ca.display()),
+            ),
             "functions.ca_file",
             &empty_ca,
         ),
@@ -525,7 +541,10 @@ async fn https_functions_that_do_not_verify_refuse_the_connection_with_a_clear_l
             line.contains("certificate verify failed for localhost") && line.contains(reason),
             "{line}"
         );
-        assert!(!line.contains("/fn"), "the URL's path is not logged: {line}");
+        assert!(
+            !line.contains("/fn"),
+            "the URL's path is not logged: {line}"
+        );
         gw.terminate().await;
     }
 }

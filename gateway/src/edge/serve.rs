@@ -36,10 +36,12 @@ use tracing::{Instrument, debug, warn};
 use bytes::Bytes;
 use tokio_util::task::TaskTracker;
 
+use crate::dialect::aws::management::ManagementApi;
 use crate::edge::admit::{self, Admission, Admitter};
 use crate::edge::handshake;
 use crate::edge::slots::{Slot, Slots};
 use crate::listener;
+use crate::request;
 use crate::respond::{self, Body};
 use crate::socket::registry::Connection;
 use crate::socket::sockio::SocketIo;
@@ -63,8 +65,20 @@ pub(crate) struct Edge {
     pub write_timeout: Duration,
     /// The page served at `/`.
     pub page: Option<Bytes>,
+    /// The AWS management API, when `aws.management_api_on_public`.
+    pub management: Option<Management>,
     pub admitter: Admitter,
     pub sockets: Arc<Sockets>,
+}
+
+/// The AWS management API as the public listener serves it (`aws.management_api_on_public`).
+#[derive(Debug)]
+pub(crate) struct Management {
+    /// `aws.stage`: the API is under `/{stage}/@connections/`.
+    pub stage: String,
+    pub api: Arc<ManagementApi>,
+    /// `limits.max_message_bytes`: a longer body is refused (413) without being read.
+    pub max_body: usize,
 }
 
 /// The largest request head accepted (request line, headers and the blank line after
@@ -229,6 +243,24 @@ async fn http_phase(
             }
         };
         buf.drain(..head_len);
+        if let Some((management, id)) = shared.management.as_ref().and_then(|m| {
+            let id = request::management_id(req.uri().path(), &m.stage)?;
+            (!handshake::wants_websocket(&req)).then_some((m, id))
+        }) {
+            let (reply, framing) =
+                management_request(shared, management, &mut stream, &mut buf, req, &id).await?;
+            if write_reply(shared, &mut stream, reply, framing)
+                .await
+                .is_err()
+                || !framing.keep_alive
+            {
+                return None;
+            }
+            if buf.is_empty() {
+                buf = Vec::new();
+            }
+            continue;
+        }
         if !handshake::wants_websocket(&req) {
             let framing = Framing {
                 keep_alive: keeps_alive(&req),
@@ -282,6 +314,70 @@ async fn http_phase(
             span,
         });
     }
+}
+
+/// Serves one management API request on the public listener: reads its body (framed by
+/// `Content-Length`, within the handshake timeout; a longer one than the API takes is not
+/// read and the connection closes after the 413) and hands it to the API. The reply and
+/// its framing, or `None` if the client went away.
+async fn management_request(
+    shared: &Edge,
+    management: &Management,
+    stream: &mut ServerStream,
+    buf: &mut Vec<u8>,
+    req: Request<()>,
+    id: &str,
+) -> Option<(Response<Body>, Framing)> {
+    let head_only = req.method() == http::Method::HEAD;
+    if req.headers().contains_key(header::TRANSFER_ENCODING) {
+        let reply = respond::error(
+            StatusCode::LENGTH_REQUIRED,
+            codes::BAD_REQUEST,
+            "the management API takes bodies with a Content-Length",
+        );
+        return Some((reply, Framing::close()));
+    }
+    let length = match req.headers().get(header::CONTENT_LENGTH) {
+        None => 0,
+        Some(value) => match value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            Some(length) => length,
+            None => {
+                let reply = respond::error(
+                    StatusCode::BAD_REQUEST,
+                    codes::BAD_REQUEST,
+                    "invalid Content-Length",
+                );
+                return Some((reply, Framing::close()));
+            }
+        },
+    };
+    let mut framing = Framing {
+        keep_alive: wants_keep_alive(&req),
+        head_only,
+    };
+    let body = if length > management.max_body {
+        // The API answers 413 from the header; the body stays unread, so the connection
+        // closes after the reply.
+        framing.keep_alive = false;
+        Bytes::new()
+    } else {
+        let deadline = Instant::now() + shared.handshake_timeout;
+        while buf.len() < length {
+            if !read_more(shared, stream, buf, deadline, "a request body").await {
+                return None;
+            }
+        }
+        Bytes::from(buf.drain(..length).collect::<Vec<u8>>())
+    };
+    let reply = management
+        .api
+        .handle(req.map(|()| http_body_util::Full::new(body)), id)
+        .await;
+    Some((reply, framing))
 }
 
 /// Checks an upgrade request and runs admission: the admitted connection, or the reply
@@ -459,12 +555,17 @@ fn keeps_alive(req: &Request<()>) -> bool {
         || headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
-    let connection = |token| handshake::header_has_token(headers, header::CONNECTION, token);
-    let wanted = match req.version() {
+    wants_keep_alive(req) && !has_body
+}
+
+/// Whether the client asks for the connection to stay open: HTTP/1.1 unless
+/// `Connection: close`, HTTP/1.0 only with `keep-alive`.
+fn wants_keep_alive(req: &Request<()>) -> bool {
+    let connection = |token| handshake::header_has_token(req.headers(), header::CONNECTION, token);
+    match req.version() {
         http::Version::HTTP_10 => connection("keep-alive"),
         _ => !connection("close"),
-    };
-    wanted && !has_body
+    }
 }
 
 /// How a reply is framed on the wire.

@@ -36,7 +36,8 @@ pub(crate) struct Router {
     /// The AWS stage: the management API is under `/{stage}/@connections/`.
     pub stage: String,
     pub native: NativeApi,
-    pub aws: ManagementApi,
+    /// Shared with the public listener under `aws.management_api_on_public`.
+    pub aws: Arc<ManagementApi>,
     pub tencent: TencentApi,
 }
 
@@ -136,12 +137,8 @@ impl Router {
             let token = rest.strip_prefix('/').filter(|t| !t.is_empty());
             return self.tencent.handle(req, token).await;
         }
-        if let Some(rest) = path
-            .strip_prefix('/')
-            .and_then(|p| p.strip_prefix(self.stage.as_str()))
-            .and_then(|p| p.strip_prefix("/@connections/"))
-        {
-            return self.aws.handle(req, &request::decode_segment(rest)).await;
+        if let Some(id) = request::management_id(&path, &self.stage) {
+            return self.aws.handle(req, &id).await;
         }
         let authorized = self
             .token

@@ -18,13 +18,17 @@
 //!
 //! With `sendback.insecure_no_auth` (loopback only) and no `aws.credentials`, requests
 //! are not checked, for local development; otherwise every request must be signed.
+//!
+//! With `aws.management_api_on_public`, the public listeners route the same paths here
+//! too (as AWS serves the API on the WebSocket API's domain); requests are always signed
+//! there (the config refuses the option without `aws.credentials`).
 
 use std::sync::Arc;
 use std::time::SystemTime;
 use wire::codes;
 
+use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
@@ -91,7 +95,11 @@ impl AwsError {
 
 impl ManagementApi {
     /// Serves one management API request for connection `id` (already percent-decoded).
-    pub async fn handle(&self, req: Request<Incoming>, id: &str) -> Response<Body> {
+    pub async fn handle<B>(&self, req: Request<B>, id: &str) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let mut response = match self.serve(req, id).await {
             Ok(response) => response,
             Err(e) => e.into_response(),
@@ -103,7 +111,11 @@ impl ManagementApi {
         response
     }
 
-    async fn serve(&self, req: Request<Incoming>, id: &str) -> Result<Response<Body>, AwsError> {
+    async fn serve<B>(&self, req: Request<B>, id: &str) -> Result<Response<Body>, AwsError>
+    where
+        B: hyper::body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let verifier = Verifier {
             region: &self.aws.region,
             service: EXECUTE_API,
