@@ -648,3 +648,74 @@ async fn relays_between_nodes_go_over_https() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+// ------------------------------------------------------------------ footprint
+
+/// The resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// What an idle connection costs the gateway process, plain and over TLS: N connections
+/// of each kind opened and held, the growth of its resident memory divided by N. Prints
+/// both; an idle wss connection must cost at most 3 times a plain one. Ignored by default
+/// (it opens thousands of connections); run with
+/// `cargo test -p tests --test it tls::idle -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn idle_wss_connections_cost_at_most_three_times_plain_ones() {
+    const N: usize = 2000;
+    let dir = TempDir::new();
+    let ca = Ca::new("CA");
+    let (cert, key) = ca.leaf("gw").write(dir.path(), "gw");
+    let config = tls_config_toml("http://127.0.0.1:1/fn", &cert, &key, "")
+        .replace("register = \"http://127.0.0.1:1/fn\"\n", "")
+        .replace("transport = \"http://127.0.0.1:1/fn\"\n", "")
+        .replace("cleanup = \"http://127.0.0.1:1/fn\"\n", "");
+    let mut gw = GatewayProcess::start(&crate::switchboard_bin(), &config).await;
+    let pid = gw.process().pid().unwrap();
+    let plain: SocketAddr = gw.public().parse().unwrap();
+    let tls: SocketAddr = gw.public_tls().unwrap().parse().unwrap();
+    // Warm up both paths (allocator arenas, the session cache), then measure.
+    for _ in 0..50 {
+        drop(
+            tokio_tungstenite::connect_async(format!("ws://{plain}/"))
+                .await
+                .unwrap(),
+        );
+        drop(connect_wss(tls, "/", &ca.pem()).await.unwrap());
+    }
+    let before = rss_kib(pid);
+    let mut held_plain = Vec::new();
+    for _ in 0..N {
+        held_plain.push(
+            tokio_tungstenite::connect_async(format!("ws://{plain}/"))
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    let after_plain = rss_kib(pid);
+    let mut held_tls = Vec::new();
+    for _ in 0..N {
+        held_tls.push(connect_wss(tls, "/", &ca.pem()).await.unwrap().0);
+    }
+    let after_tls = rss_kib(pid);
+    let per_plain = (after_plain - before) as f64 / N as f64;
+    let per_tls = (after_tls - after_plain) as f64 / N as f64;
+    println!(
+        "idle connections, gateway RSS per connection: plain {per_plain:.2} KiB, wss {per_tls:.2} KiB ({:.1}x)",
+        per_tls / per_plain
+    );
+    assert!(
+        per_tls <= 3.0 * per_plain,
+        "wss {per_tls:.2} KiB vs plain {per_plain:.2} KiB"
+    );
+    drop((held_plain, held_tls));
+    gw.terminate().await;
+}
