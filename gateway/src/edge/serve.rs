@@ -108,7 +108,15 @@ pub(crate) async fn serve(
             // Claimed here, in the order connections are accepted, not when their tasks
             // first run.
             let pending = edge.pending.try_claim();
-            serve_connection(edge.clone(), stream, remote, pending, tls.clone())
+            let accepted_at = Instant::now();
+            serve_connection(
+                edge.clone(),
+                stream,
+                remote,
+                pending,
+                tls.clone(),
+                accepted_at,
+            )
         },
     )
     .await;
@@ -123,8 +131,8 @@ async fn serve_connection(
     remote: SocketAddr,
     pending: Option<Slot>,
     tls: Option<TlsAcceptor>,
+    accepted_at: Instant,
 ) {
-    let accepted_at = Instant::now();
     let Some(pending) = pending else {
         refuse_pending(&shared, &stream, remote, tls.is_none());
         return;
