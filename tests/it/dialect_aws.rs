@@ -965,6 +965,15 @@ async fn a_handler_building_its_endpoint_from_domain_name_reaches_the_public_tls
     )
     .await;
     assert_sdk_error(&r, "ForbiddenException", 403);
+    // A body over limits.max_message_bytes is refused from its Content-Length.
+    let verify = ca_file.to_str().unwrap();
+    let r = sdk(
+        &python,
+        &endpoint,
+        &["post", "nope", "--size", "131073", "--verify", verify],
+    )
+    .await;
+    assert_sdk_error(&r, "PayloadTooLargeException", 413);
     let r = sdk(
         &python,
         &format!("http://{}/prod", gw.public),

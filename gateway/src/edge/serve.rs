@@ -367,13 +367,19 @@ async fn management_request(
         keep_alive: wants_keep_alive(&req),
         head_only,
     };
+    let deadline = Instant::now() + shared.handshake_timeout;
     let body = if length > management.max_body {
-        // The API answers 413 from the header; the body stays unread, so the connection
-        // closes after the reply.
-        framing.keep_alive = false;
+        // The API answers 413 from the header. A client sends its whole body before it
+        // reads the reply, so a body up to a few times the limit is read and dropped
+        // (closing on it would cut the client off before it sees the 413); a larger one
+        // is left unread and the connection closes after the reply.
+        if length > management.max_body.saturating_mul(4) {
+            framing.keep_alive = false;
+        } else if !discard(shared, stream, buf, length, deadline).await {
+            return None;
+        }
         Bytes::new()
     } else {
-        let deadline = Instant::now() + shared.handshake_timeout;
         while buf.len() < length {
             if !read_more(shared, stream, buf, deadline, "a request body").await {
                 return None;
@@ -386,6 +392,28 @@ async fn management_request(
         .handle(req.map(|()| http_body_util::Full::new(body)), id)
         .await;
     Some((reply, framing))
+}
+
+/// Reads and drops `length` bytes of body (what `buf` holds first) by `deadline`: `false`
+/// if the client went away, stalled or shutdown started first.
+async fn discard(
+    shared: &Edge,
+    stream: &mut ServerStream,
+    buf: &mut Vec<u8>,
+    mut length: usize,
+    deadline: Instant,
+) -> bool {
+    loop {
+        let take = length.min(buf.len());
+        buf.drain(..take);
+        length -= take;
+        if length == 0 {
+            return true;
+        }
+        if !read_more(shared, stream, buf, deadline, "a request body").await {
+            return false;
+        }
+    }
 }
 
 /// Checks an upgrade request and runs admission: the admitted connection, or the reply
