@@ -79,6 +79,12 @@ if ! "${PYTHON3:-python3}" -c 'import boto3' >/dev/null 2>&1 &&
     ! /usr/bin/python3 -c 'import boto3' >/dev/null 2>&1; then
     APT_MISSING+=(python3-boto3)
 fi
+# The wss tests (tests/it/tls.rs) run a Python `websockets` client: Debian's
+# python3-websockets, unless the python3 found has it already.
+if ! "${PYTHON3:-python3}" -c 'import websockets' >/dev/null 2>&1 &&
+    ! /usr/bin/python3 -c 'import websockets' >/dev/null 2>&1; then
+    APT_MISSING+=(python3-websockets)
+fi
 
 if [ "${#APT_MISSING[@]}" -gt 0 ]; then
     step "install ${APT_MISSING[*]} (apt)"

@@ -103,6 +103,9 @@ pub struct PublicConfig {
     /// `real_ip_recursive on`), so a client cannot pass for another by sending the header
     /// itself.
     pub real_ip_header: RealIpHeader,
+    /// `wss://`: a second public listener, speaking TLS, beside the plain one (`listen`).
+    /// Both serve the same WebSockets, page and `/healthz`.
+    pub tls: Option<PublicTlsConfig>,
 }
 
 /// A list of CIDRs, each refused with a message that says what a CIDR looks like.
@@ -133,6 +136,32 @@ pub enum RealIpHeader {
     Forwarded,
 }
 
+/// The public TLS (`wss://`) listener.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicTlsConfig {
+    /// Address to accept `wss://` clients on. Default `0.0.0.0:8443`.
+    #[serde(default = "default_public_tls_listen")]
+    pub listen: SocketAddr,
+    /// The certificate chain (PEM, leaf first) and its private key (PEM): see [`TlsFiles`].
+    #[serde(flatten)]
+    pub files: TlsFiles,
+}
+
+fn default_public_tls_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8443))
+}
+
+/// A certificate and its key, reloaded when the files change or on SIGHUP.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, PEM, the server's certificate first.
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+}
+
 /// The send-back API listener.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -155,7 +184,12 @@ pub struct SendbackConfig {
     /// reach this node's send-back API, to forward requests for connections this node
     /// holds. Default: `http://` + the bound `listen` address, unless that is a wildcard
     /// (`0.0.0.0`, `::`): then this node's connections are reachable only through it.
+    /// `https://` (the default when `tls` is set) when this listener speaks TLS.
     pub advertise: Option<String>,
+    /// Serve the send-back API over TLS (https) with this certificate, instead of plain
+    /// HTTP. Other nodes relaying to this one then need `https://` in `advertise` and to
+    /// trust the certificate (the system's roots or `functions.ca_file`).
+    pub tls: Option<TlsFiles>,
 }
 
 /// The functions the gateway calls, and how.
@@ -194,6 +228,9 @@ pub struct FunctionsConfig {
     /// Keep-alive connections kept open per function host (idle ones close after 60 s).
     /// Below the number of calls in flight at busy times, calls keep opening connections.
     pub pool_max_idle_per_host: usize,
+    /// A PEM bundle of CA certificates trusted for `https://` functions and relays to
+    /// nodes whose `sendback.advertise` is `https://`, besides the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// An event format: how events are encoded for a function and its replies read.
@@ -287,6 +324,12 @@ pub struct AwsConfig {
     pub region: String,
     /// Access keys accepted on the management API.
     pub credentials: Vec<AwsCredential>,
+    /// Also serve the management API (`/{stage}/@connections/…`) on the public listeners,
+    /// as AWS serves it on the WebSocket API's own domain: a handler that builds its
+    /// endpoint as `https://{domainName}/{stage}` from the event then reaches it. SigV4
+    /// protects it there as on the send-back listener; requests must be signed with
+    /// `aws.credentials` (refused at start without any).
+    pub management_api_on_public: bool,
 }
 
 /// One access key pair.
@@ -307,6 +350,7 @@ impl Default for AwsConfig {
             domain_name: String::new(),
             region: "us-east-1".to_owned(),
             credentials: Vec::new(),
+            management_api_on_public: false,
         }
     }
 }
@@ -517,6 +561,7 @@ impl Default for PublicConfig {
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
             real_ip_header: RealIpHeader::None,
+            tls: None,
         }
     }
 }
@@ -530,6 +575,7 @@ impl Default for SendbackConfig {
             max_body_bytes: 4 << 20,
             max_batch_ids: 10_000,
             advertise: None,
+            tls: None,
         }
     }
 }
@@ -549,6 +595,7 @@ impl Default for FunctionsConfig {
             max_reply_bytes: 1 << 20,
             max_context_bytes: 4096,
             pool_max_idle_per_host: 1024,
+            ca_file: None,
         }
     }
 }
@@ -612,6 +659,16 @@ fn with_every_field() -> Config {
     config.public.trusted_proxies = vec![IpNet::default()];
     config.sendback.token = Some(String::new());
     config.sendback.advertise = Some(String::new());
+    let files = TlsFiles {
+        cert_file: PathBuf::new(),
+        key_file: PathBuf::new(),
+    };
+    config.public.tls = Some(PublicTlsConfig {
+        listen: default_public_tls_listen(),
+        files: files.clone(),
+    });
+    config.sendback.tls = Some(files);
+    config.functions.ca_file = Some(PathBuf::new());
     let target = Target::Full {
         url: String::new(),
         dialect: Some(Dialect::Native),
@@ -744,20 +801,11 @@ impl Config {
             let Some(target) = target else { continue };
             let url = target.url();
             match url::Url::parse(url) {
-                Ok(u) if u.scheme() == "http" && u.host().is_some() => {}
-                Ok(u) if u.scheme() == "https" => {
-                    return bad(
-                        &field,
-                        format!(
-                            "`{url}`: https is not supported for functions; \
-                             call them over http:// on a private network or a sidecar"
-                        ),
-                    );
-                }
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
                 Ok(u) => {
                     return bad(
                         &field,
-                        format!("`{url}`: scheme `{}` is not http", u.scheme()),
+                        format!("`{url}`: scheme `{}` is not http or https", u.scheme()),
                     );
                 }
                 Err(e) => return bad(&field, format!("`{url}` is not a URL: {e}")),
@@ -816,7 +864,7 @@ impl Config {
         if let Some(advertise) = &self.sendback.advertise {
             match url::Url::parse(advertise) {
                 Ok(u)
-                    if u.scheme() == "http"
+                    if matches!(u.scheme(), "http" | "https")
                         && u.host().is_some()
                         && u.port_or_known_default().is_some()
                         && u.path() == "/"
@@ -825,7 +873,9 @@ impl Config {
                 _ => {
                     return bad(
                         "sendback.advertise",
-                        format!("`{advertise}`: expected `http://host:port`"),
+                        format!(
+                            "`{advertise}`: expected `http://host:port` or `https://host:port`"
+                        ),
                     );
                 }
             }
@@ -852,6 +902,17 @@ impl Config {
         if self.public.listen == self.sendback.listen && self.public.listen.port() != 0 {
             return bad("sendback.listen", "must differ from public.listen".into());
         }
+        if let Some(tls) = &self.public.tls {
+            let port = tls.listen.port();
+            if port != 0 && (tls.listen == self.public.listen || tls.listen == self.sendback.listen)
+            {
+                return bad(
+                    "public.tls.listen",
+                    "must differ from public.listen and sendback.listen".into(),
+                );
+            }
+        }
+        self.validate_tls()?;
         let l = &self.limits;
         let positive = [
             ("limits.max_message_bytes", l.max_message_bytes),
@@ -960,6 +1021,47 @@ impl Config {
                 "store_prefix",
                 "must be non-empty and must not contain `{` or `}`".into(),
             );
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Loads every certificate, key and CA file the config names, so that a file that
+    /// cannot be used stops the gateway (and `switchboard check`) before any port is bound.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let pairs = [
+            ("public.tls", self.public.tls.as_ref().map(|t| &t.files)),
+            ("sendback.tls", self.sendback.tls.as_ref()),
+        ];
+        for (table, files) in pairs {
+            let Some(files) = files else { continue };
+            if let Err(source) = crate::tls::server::load(&files.cert_file, &files.key_file) {
+                let which = if source.file == files.key_file {
+                    "key_file"
+                } else {
+                    "cert_file"
+                };
+                return Err(ConfigError::Tls {
+                    field: format!("{table}.{which}"),
+                    source,
+                });
+            }
+        }
+        if let Some(ca_file) = &self.functions.ca_file {
+            crate::tls::server::load_certs(ca_file).map_err(|source| ConfigError::Tls {
+                field: "functions.ca_file".into(),
+                source,
+            })?;
+        }
+        if self.aws.management_api_on_public && self.aws.credentials.is_empty() {
+            return Err(ConfigError::Field {
+                field: "aws.management_api_on_public".into(),
+                origin: None,
+                message: "needs aws.credentials: the management API on the public listener \
+                          takes signed requests only"
+                    .into(),
+            });
         }
         Ok(())
     }
@@ -1612,13 +1714,11 @@ mod tests {
         let m =
             msg("[sendback]\ntoken = \"0123456789abcdef\"\n[functions]\nregister = \"ftp://x/\"\n");
         assert!(m.contains("functions.register"), "{m}");
-        let m = msg(
+        load_str(
             "[sendback]\ntoken = \"0123456789abcdef\"\n[functions]\ntransport = \"https://x/\"\n",
-        );
-        assert!(
-            m.contains("functions.transport") && m.contains("https is not supported"),
-            "{m}"
-        );
+            &[],
+        )
+        .expect("https functions are accepted");
         let m = msg("[sendback]\ninsecure_no_auth = true\nlisten = \"0.0.0.0:9\"\n");
         assert!(m.contains("insecure_no_auth"), "{m}");
         let m = msg("[sendback]\ntoken = \"0123456789abcdef\"\n[limits]\nmax_message_bytes = 0\n");
@@ -1640,7 +1740,7 @@ mod tests {
         let m = msg("store_prefix = \"a{b}\"\n[sendback]\ntoken = \"0123456789abcdef\"\n");
         assert!(m.contains("store_prefix"), "{m}");
         for advertise in [
-            "https://x:1",
+            "ftp://x:1",
             "http://x:1/path",
             "gateway:9090",
             "http://u@x:1",
@@ -1655,5 +1755,14 @@ mod tests {
             &[],
         )
         .expect("a host and port are accepted");
+        load_str(
+            "[sendback]\ntoken = \"0123456789abcdef\"\nadvertise = \"https://gw-1.internal:9090\"\n",
+            &[],
+        )
+        .expect("https is accepted");
+        let m = msg(
+            "[sendback]\ntoken = \"0123456789abcdef\"\n[aws]\nmanagement_api_on_public = true\n",
+        );
+        assert!(m.contains("aws.management_api_on_public"), "{m}");
     }
 }

@@ -24,8 +24,11 @@ pub enum GatewayError {
     #[error("store: {0}")]
     Store(#[from] store::StoreError),
     /// A function URL the HTTP client cannot call.
-    #[error("function URL `{0}` is not an http:// URL with a host")]
+    #[error("function URL `{0}` is not an http:// or https:// URL with a host")]
     FunctionUrl(String),
+    /// A TLS setting rustls refuses.
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -49,6 +52,14 @@ pub enum ConfigError {
         origin: String,
         /// What is wrong, naming the field.
         message: String,
+    },
+    /// A certificate, key or CA file that cannot be used.
+    #[error("invalid config: `{field}`: {source}")]
+    Tls {
+        /// The dotted field naming the file, e.g. `public.tls.key_file`.
+        field: String,
+        /// The file and what is wrong with it.
+        source: crate::tls::server::CertError,
     },
     /// A field has a value that is not allowed.
     #[error("invalid config{}: `{field}` {message}", from_note(.origin.as_deref()))]

@@ -31,6 +31,7 @@ mod respond;
 mod sendback;
 mod socket;
 mod stop;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,6 +40,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use store::SharedStore;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -68,6 +70,7 @@ use crate::socket::outbox::QueueLimits;
 use crate::socket::registry::Registry;
 use crate::socket::task::Sockets;
 use crate::stop::Stop;
+use crate::tls::server::Reloadable;
 
 /// What a caller may hand the gateway besides its config.
 #[derive(Debug, Default, Clone)]
@@ -101,7 +104,13 @@ pub struct Gateway {
     edge: Arc<Edge>,
     router: Arc<Router>,
     public: TcpListener,
+    /// The `wss://` listener (`public.tls`) and its TLS config.
+    public_tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     sendback: TcpListener,
+    /// `sendback.tls`.
+    sendback_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The certificates reloaded on SIGHUP and when their files change.
+    certs: Vec<Arc<Reloadable>>,
 }
 
 impl Gateway {
@@ -117,12 +126,45 @@ impl Gateway {
             (None, Some(path)) => Some(Bytes::from(tokio::fs::read(path).await?)),
             (None, None) => None,
         };
+        // Certificates first: one that cannot be used stops the gateway before any port
+        // is bound.
+        let mut certs = Vec::new();
+        let mut acceptor =
+            |what, files: &config::TlsFiles| -> Result<Arc<rustls::ServerConfig>, GatewayError> {
+                let cert = Reloadable::load(what, &files.cert_file, &files.key_file).map_err(
+                    |source| ConfigError::Tls {
+                        field: format!("{what}.tls"),
+                        source,
+                    },
+                )?;
+                certs.push(cert.clone());
+                Ok(tls::server::server_config(cert)?)
+            };
+        let public_acceptor = match &config.public.tls {
+            Some(tls) => Some(acceptor("public", &tls.files)?),
+            None => None,
+        };
+        let sendback_tls = match &config.sendback.tls {
+            Some(files) => Some(acceptor("sendback", files)?),
+            None => None,
+        };
+        let client_tls =
+            tls::client::client_config(config.functions.ca_file.as_deref()).map_err(|source| {
+                ConfigError::Tls {
+                    field: "functions.ca_file".into(),
+                    source,
+                }
+            })?;
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
                 .map_err(|source| GatewayError::Bind { what, addr, source })
         };
         let public = bind("public", config.public.listen).await?;
+        let public_tls = match (&config.public.tls, public_acceptor) {
+            (Some(tls), Some(acceptor)) => Some((bind("public TLS", tls.listen).await?, acceptor)),
+            _ => None,
+        };
         let sendback = bind("send-back", config.sendback.listen).await?;
         let l = &config.limits;
         let ws_config = WebSocketConfig::default()
@@ -135,16 +177,21 @@ impl Gateway {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => {
                 let addr = sendback.local_addr()?;
+                let scheme = if sendback_tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
                 if addr.ip().is_unspecified() {
                     String::new()
                 } else {
-                    format!("http://{addr}")
+                    format!("{scheme}://{addr}")
                 }
             }
         };
         let config = Arc::new(config);
         let node: Arc<str> = Arc::from(config.node_id.as_str());
-        let invoker = Invoker::new(&config.functions)?;
+        let invoker = Invoker::new(&config.functions, client_tls.clone())?;
         let registry = Arc::new(Registry::default());
         let removals = Arc::new(Removals::new(store.clone()));
         let stop = Arc::new(Stop::default());
@@ -161,12 +208,23 @@ impl Gateway {
         let delivery = Arc::new(Delivery::new(
             registry.clone(),
             store.clone(),
-            Relay::new(node.clone(), store.clone(), config.relay_timeout),
+            Relay::new(
+                node.clone(),
+                store.clone(),
+                config.relay_timeout,
+                client_tls,
+            ),
             QueueLimits {
                 messages: config.limits.outbound_queue_messages,
                 bytes: config.limits.outbound_queue_bytes,
             },
         ));
+        let management = Arc::new(ManagementApi {
+            delivery: delivery.clone(),
+            aws: config.aws.clone(),
+            check: !(config.sendback.insecure_no_auth && config.aws.credentials.is_empty()),
+            max_message: config.limits.max_message_bytes,
+        });
         let router = Arc::new(Router {
             token: config.sendback.token.clone(),
             stage: config.aws.stage.clone(),
@@ -177,12 +235,7 @@ impl Gateway {
                 max_batch_ids: config.sendback.max_batch_ids,
                 node: node.clone(),
             },
-            aws: ManagementApi {
-                delivery: delivery.clone(),
-                aws: config.aws.clone(),
-                check: !(config.sendback.insecure_no_auth && config.aws.credentials.is_empty()),
-                max_message: config.limits.max_message_bytes,
-            },
+            aws: management.clone(),
             tencent: TencentApi {
                 delivery,
                 token: config.sendback.token.clone(),
@@ -198,6 +251,15 @@ impl Gateway {
             write_timeout: config.limits.write_timeout,
             page,
             real_ip: RealIp::new(&config.public),
+            // Always checked there: the option needs `aws.credentials` (`validate`).
+            management: config
+                .aws
+                .management_api_on_public
+                .then(|| edge::serve::Management {
+                    stage: config.aws.stage.clone(),
+                    api: management.clone(),
+                    max_body: config.limits.max_message_bytes,
+                }),
             admitter: Admitter {
                 node: node.clone(),
                 config: config.clone(),
@@ -263,7 +325,10 @@ impl Gateway {
             edge,
             router,
             public,
+            public_tls,
             sendback,
+            sendback_tls,
+            certs,
         })
     }
 
@@ -272,6 +337,15 @@ impl Gateway {
         self.public
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// Where `wss://` clients connect (`public.tls`), if anywhere.
+    pub fn public_tls_addr(&self) -> Option<SocketAddr> {
+        self.public_tls.as_ref().map(|(listener, _)| {
+            listener
+                .local_addr()
+                .expect("bound listener has an address")
+        })
     }
 
     /// Where the send-back API listens.
@@ -312,7 +386,10 @@ impl Gateway {
             edge,
             router,
             public,
+            public_tls,
             sendback,
+            sendback_tls,
+            certs,
             ..
         } = self;
         // The cleanup workers outlive the listeners: they drain what the closing sockets
@@ -325,9 +402,15 @@ impl Gateway {
         if let Err(e) = reaper.reap_own().await {
             warn!(cause = %e, "could not reap what a previous run of this node left");
         }
+        let public_tls_addr = match &public_tls {
+            Some((listener, _)) => listener.local_addr()?.to_string(),
+            None => "none".to_owned(),
+        };
         info!(
             public = %public.local_addr()?,
+            public_tls = %public_tls_addr,
             sendback = %sendback.local_addr()?,
+            sendback_tls = sendback_tls.is_some(),
             node = %node,
             "gateway listening"
         );
@@ -337,13 +420,25 @@ impl Gateway {
             warn!(cause = %e, "store heartbeat failed");
         }
         let listeners = TaskTracker::new();
-        listeners.spawn(edge::serve::serve(edge, public, tracker.clone()));
+        if let Some((listener, tls)) = public_tls {
+            listeners.spawn(edge::serve::serve(
+                edge.clone(),
+                listener,
+                tracker.clone(),
+                Some(TlsAcceptor::from(tls)),
+            ));
+        }
+        listeners.spawn(edge::serve::serve(edge, public, tracker.clone(), None));
         listeners.spawn(sendback::serve::serve(
             router,
             sendback,
             stop.clone(),
             tracker.clone(),
+            sendback_tls.map(TlsAcceptor::from),
         ));
+        for cert in certs {
+            listeners.spawn(tls::server::watch(cert, stop.clone()));
+        }
         let fencing = reaper.clone();
         let reassert = resync.clone();
         listeners.spawn(

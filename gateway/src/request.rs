@@ -45,6 +45,15 @@ pub(crate) fn decode_segment(segment: &str) -> String {
         .into_owned()
 }
 
+/// The connection id of an AWS management API path, `/{stage}/@connections/{id}`
+/// (percent-decoded), if `path` is one.
+pub(crate) fn management_id(path: &str, stage: &str) -> Option<String> {
+    path.strip_prefix('/')
+        .and_then(|p| p.strip_prefix(stage))
+        .and_then(|p| p.strip_prefix("/@connections/"))
+        .map(decode_segment)
+}
+
 /// The request's path and query, as it came (what a relay sends on).
 pub(crate) fn path_and_query<B>(req: &Request<B>) -> String {
     req.uri()

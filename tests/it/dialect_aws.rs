@@ -2,8 +2,10 @@
 //! unchanged. A chat room on the AWS sample's Python handlers (tests/handlers/aws) with
 //! their connection table in a real Redis; route selection; `$connect` replies (refusal,
 //! subprotocol, authorizer context); two-way and failing routes; the `@connections`
-//! management API driven by the real AWS SDK (boto3) with SigV4; and broken `$connect`
-//! replies against the real binary, with the log checked.
+//! management API driven by the real AWS SDK (boto3) with SigV4, also over https (on the
+//! send-back listener, and on the public TLS listener where a handler that builds its
+//! endpoint from `domainName` finds it); and broken `$connect` replies against the real
+//! binary, with the log checked.
 //!
 //! Tests needing Python with boto3 (Debian's `python3-boto3`, installed by tests/run.sh)
 //! or redis-server skip loudly when they are missing, and fail under
@@ -127,7 +129,12 @@ impl Runtime {
 
 /// Runs `manage.py` (the AWS SDK against the management API) and returns its JSON line.
 async fn sdk(python: &Path, endpoint: &str, args: &[&str]) -> Value {
-    let mut cmd = python_command(python, &[]);
+    sdk_env(python, endpoint, args, &[]).await
+}
+
+/// [`sdk`] with `env` added to the process's environment.
+async fn sdk_env(python: &Path, endpoint: &str, args: &[&str], env: &[(&str, String)]) -> Value {
+    let mut cmd = python_command(python, env);
     cmd.arg("manage.py")
         .arg(endpoint)
         .args(args)
@@ -456,7 +463,8 @@ async fn connect_replies_routes_and_failures() {
     assert_eq!(rc["messageId"], Value::Null);
     assert_eq!(rc["identity"]["sourceIp"], "127.0.0.1");
     assert_eq!(rc["identity"]["userAgent"], "aws-dialect-test/1");
-    assert_eq!(rc["domainName"], "127.0.0.1");
+    // The Host's port is kept: it is not the scheme's default.
+    assert_eq!(rc["domainName"], gw.public.to_string());
     assert!(rc["connectedAt"].is_u64() && rc["requestTimeEpoch"].is_u64());
     assert_eq!(connect["headers"]["Sec-WebSocket-Protocol"], "v1, v2");
     assert_eq!(connect["headers"]["User-Agent"], "aws-dialect-test/1");
@@ -835,4 +843,143 @@ async fn broken_connect_replies_are_502_with_a_clear_log() {
     assert!(try_connect("fine").await.is_ok());
 
     gateway.terminate().await;
+}
+
+// ------------------------------------------------------------------ https
+
+/// boto3 reaches the management API on the send-back listener over TLS, verifying its
+/// certificate with `verify=` the test CA; without the CA it refuses the endpoint.
+#[tokio::test]
+async fn management_api_over_https_on_the_sendback_listener() {
+    let Some(python) = python_with_boto3() else {
+        return;
+    };
+    let dir = tests::process::TempDir::new();
+    let ca = crate::tls::Ca::new("CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (cert, key) = ca.leaf("sendback").write(dir.path(), "sb");
+    let rec = RecordingFunction::start(|_, _| ok_result()).await;
+    let connect = rec.url("connect");
+    let gw = TestGateway::start(move |c| {
+        aws(c);
+        c.functions.register = Some(connect.into());
+        c.sendback.tls = Some(gateway::config::TlsFiles {
+            cert_file: cert,
+            key_file: key,
+        });
+    })
+    .await;
+    let mut client = gw.connect("/").await;
+    let id = wait_event(&rec, "CONNECT", None).await["requestContext"]["connectionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let endpoint = format!("https://127.0.0.1:{}/prod", gw.sendback.port());
+    let verify = ca_file.to_str().unwrap();
+    let r = sdk(
+        &python,
+        &endpoint,
+        &["post", &id, "--data", "over https", "--verify", verify],
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(text(next_message(&mut client).await), "over https");
+    let r = sdk(&python, &endpoint, &["get", &id, "--verify", verify]).await;
+    assert_eq!(r["identity"]["SourceIp"], "127.0.0.1", "{r}");
+
+    // Without the CA: boto3 will not talk to it (the system's roots do not know it).
+    let mut cmd = python_command(&python, &[]);
+    cmd.arg("manage.py")
+        .args([endpoint.as_str(), "get", &id])
+        .stdin(Stdio::null());
+    let output = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("CERTIFICATE_VERIFY_FAILED"),
+        "{stderr}"
+    );
+    gw.shutdown().await;
+}
+
+/// The AWS sample's `$default` handler builds its endpoint as
+/// `https://{domainName}/{stage}` from the event. With the management API on the public
+/// TLS listener, that URL (the Host's port kept in `domainName`) reaches it: the handler's
+/// GetConnection and PostToConnection work and the client gets the handler's answer.
+#[tokio::test]
+async fn a_handler_building_its_endpoint_from_domain_name_reaches_the_public_tls_listener() {
+    let Some(python) = python_with_boto3() else {
+        return;
+    };
+    let dir = tests::process::TempDir::new();
+    let ca = crate::tls::Ca::new("CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (cert, key) = ca.leaf("gateway").write(dir.path(), "gw");
+    // No APIGW_ENDPOINT: the handler takes the endpoint from the event, as on AWS; boto3
+    // trusts the test CA through AWS_CA_BUNDLE (what `verify=` reads from the environment).
+    let runtime = Runtime::start(
+        &python,
+        &["default"],
+        &[("AWS_CA_BUNDLE", ca_file.to_str().unwrap().to_owned())],
+    )
+    .await;
+    let default = runtime.url("default");
+    let gw = TestGateway::start(move |c| {
+        aws(c);
+        c.functions.transport = Some(default.into());
+        c.aws.management_api_on_public = true;
+        c.public.tls = Some(gateway::config::PublicTlsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            files: gateway::config::TlsFiles {
+                cert_file: cert,
+                key_file: key,
+            },
+        });
+    })
+    .await;
+    let tls = gw.public_tls.unwrap();
+    let (mut client, _) = tests::tls::connect_wss(tls, "/", &ca.pem()).await.unwrap();
+    send_text(&mut client, "hello").await;
+    let answer = text(next_message(&mut client).await);
+    assert!(
+        answer.starts_with("Use the sendmessage route") && answer.contains("127.0.0.1"),
+        "{answer}"
+    );
+
+    // The same route answers signed requests only, and on the plain listener too.
+    let endpoint = format!("https://localhost:{}/prod", tls.port());
+    let r = sdk(
+        &python,
+        &endpoint,
+        &[
+            "get",
+            "nope",
+            "--unsigned",
+            "--verify",
+            ca_file.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_sdk_error(&r, "ForbiddenException", 403);
+    // A body over limits.max_message_bytes is refused from its Content-Length.
+    let verify = ca_file.to_str().unwrap();
+    let r = sdk(
+        &python,
+        &endpoint,
+        &["post", "nope", "--size", "131073", "--verify", verify],
+    )
+    .await;
+    assert_sdk_error(&r, "PayloadTooLargeException", 413);
+    let r = sdk(
+        &python,
+        &format!("http://{}/prod", gw.public),
+        &["get", "nope"],
+    )
+    .await;
+    assert_sdk_error(&r, "GoneException", 410);
+    gw.shutdown().await;
 }

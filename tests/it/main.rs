@@ -27,6 +27,7 @@ mod stalled_client;
 mod store_redis;
 mod store_resync;
 mod store_suite;
+mod tls;
 
 /// The `switchboard` binary: the gateway's own `main.rs`, built by this package as
 /// `switchboard-under-test`, so the tests always run the current code.

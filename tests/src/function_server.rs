@@ -2,7 +2,7 @@
 //! [`crate::recorder::RecordingFunction`]) share: an HTTP/1 server that answers every
 //! request with one handler until it is cancelled ([`serve`]), the log of the events
 //! received, which tests wait on ([`EventLog`]), and the two together on a port of its own
-//! ([`FunctionServer`]).
+//! ([`FunctionServer`]), over plain HTTP or, given a TLS server config, https.
 
 use std::convert::Infallible;
 use std::fmt::Debug;
@@ -18,6 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// A request to a test function.
@@ -33,6 +34,19 @@ where
     H: Fn(Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
 {
+    serve_tls(listener, None, shutdown, handle);
+}
+
+/// [`serve`], over TLS with `tls` when given (a failed handshake ends that connection).
+pub fn serve_tls<H, Fut>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+    handle: H,
+) where
+    H: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
     let handle = Arc::new(handle);
     tokio::spawn(async move {
         loop {
@@ -44,12 +58,25 @@ where
                 },
             };
             let (handle, shutdown) = (handle.clone(), shutdown.clone());
+            let tls = tls.clone().map(TlsAcceptor::from);
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request| {
                     let reply = handle(request);
                     async move { Ok::<_, Infallible>(reply.await) }
                 });
-                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let http = http1::Builder::new();
+                let conn = async {
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                    }
+                };
                 tokio::select! {
                     _ = conn => {}
                     _ = shutdown.cancelled() => {}
@@ -147,12 +174,21 @@ impl<T: Clone + Debug + Send + 'static> FunctionServer<T> {
         H: Fn(Request, EventLog<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response> + Send + 'static,
     {
+        Self::start_tls(None, handle).await
+    }
+
+    /// [`FunctionServer::start`], serving https with `tls` when given.
+    pub async fn start_tls<H, Fut>(tls: Option<Arc<rustls::ServerConfig>>, handle: H) -> Self
+    where
+        H: Fn(Request, EventLog<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let events = EventLog::default();
         let shutdown = CancellationToken::new();
         let log = events.clone();
-        serve(listener, shutdown.clone(), move |request| {
+        serve_tls(listener, tls, shutdown.clone(), move |request| {
             handle(request, log.clone())
         });
         FunctionServer {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use gateway::{Config, Gateway, Options};
 use store::SharedStore;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
@@ -25,6 +26,8 @@ pub const TOKEN: &str = "test-token-0123456789";
 pub struct TestGateway {
     /// Where clients connect.
     pub public: SocketAddr,
+    /// The `wss://` listener, when `public.tls` is set.
+    pub public_tls: Option<SocketAddr>,
     /// The send-back API.
     pub sendback: SocketAddr,
     /// The store it uses.
@@ -136,6 +139,7 @@ impl TestGateway {
     pub fn run(gateway: Gateway, store: SharedStore) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();
         let public = gateway.public_addr();
+        let public_tls = gateway.public_tls_addr();
         let sendback = gateway.sendback_addr();
         let task = tokio::spawn(async move {
             gateway
@@ -147,6 +151,7 @@ impl TestGateway {
         });
         TestGateway {
             public,
+            public_tls,
             sendback,
             store,
             stop: Some(stop),
@@ -211,7 +216,9 @@ impl Drop for TestGateway {
 
 /// The next text or binary message (pings and pongs skipped), or `None` when the
 /// connection closes. Panics after 10 s.
-pub async fn next_message(client: &mut Client) -> Option<Message> {
+pub async fn next_message<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut WebSocketStream<S>,
+) -> Option<Message> {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match client.next().await {
@@ -226,7 +233,9 @@ pub async fn next_message(client: &mut Client) -> Option<Message> {
 }
 
 /// The next text message parsed as JSON.
-pub async fn next_json(client: &mut Client) -> serde_json::Value {
+pub async fn next_json<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut WebSocketStream<S>,
+) -> serde_json::Value {
     match next_message(client).await {
         Some(Message::Text(text)) => {
             serde_json::from_str(text.as_str()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -237,7 +246,9 @@ pub async fn next_json(client: &mut Client) -> serde_json::Value {
 
 /// Reads until the server's close frame; returns it (`None` if the connection ended
 /// without one). Panics after 10 s.
-pub async fn expect_close(client: &mut Client) -> Option<CloseFrame> {
+pub async fn expect_close<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut WebSocketStream<S>,
+) -> Option<CloseFrame> {
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match client.next().await {
@@ -252,6 +263,9 @@ pub async fn expect_close(client: &mut Client) -> Option<CloseFrame> {
 }
 
 /// Sends a text message.
-pub async fn send_text(client: &mut Client, text: &str) {
+pub async fn send_text<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut WebSocketStream<S>,
+    text: &str,
+) {
     client.send(Message::text(text)).await.expect("send");
 }

@@ -21,6 +21,7 @@ pub mod recorder;
 pub mod redis;
 pub mod redis_cluster;
 pub mod scripted;
+pub mod tls;
 pub mod wait;
 
 use std::io::Write as _;

@@ -178,6 +178,7 @@ fn spawn_killed_on_drop(cmd: &mut Command) -> Child {
 pub struct GatewayProcess {
     process: Process,
     public: String,
+    public_tls: Option<String>,
     sendback: String,
     _dir: TempDir,
 }
@@ -205,8 +206,10 @@ impl GatewayProcess {
             .output()
             .line_with(&["gateway listening"], LISTEN_TIMEOUT)
             .await;
+        let public_tls = Some(log_field(&listening, "public_tls")).filter(|a| a != "none");
         GatewayProcess {
             public: log_field(&listening, "public"),
+            public_tls,
             sendback: log_field(&listening, "sendback"),
             process,
             _dir: dir,
@@ -216,6 +219,11 @@ impl GatewayProcess {
     /// Where clients connect (`host:port`).
     pub fn public(&self) -> &str {
         &self.public
+    }
+
+    /// Where `wss://` clients connect (`host:port`), when `public.tls` is set.
+    pub fn public_tls(&self) -> Option<&str> {
+        self.public_tls.as_deref()
     }
 
     /// The send-back API (`host:port`).

@@ -101,13 +101,25 @@ impl Scripted {
 #[derive(Debug)]
 pub struct ScriptedFunction {
     server: FunctionServer<Event>,
+    /// Served over TLS.
+    https: bool,
 }
 
 impl ScriptedFunction {
     /// Starts one on 127.0.0.1:0 that answers every event with `script(event)`.
     pub async fn start(script: impl Fn(&Event) -> Scripted + Send + Sync + 'static) -> Self {
+        Self::start_tls(None, script).await
+    }
+
+    /// [`ScriptedFunction::start`], serving https with `tls` when given (its URL is then
+    /// `https://localhost:<port>/fn`, for a certificate made for `localhost`).
+    pub async fn start_tls(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        script: impl Fn(&Event) -> Scripted + Send + Sync + 'static,
+    ) -> Self {
+        let https = tls.is_some();
         let script = Arc::new(script);
-        let server = FunctionServer::start(move |request, log| {
+        let server = FunctionServer::start_tls(tls, move |request, log| {
             let script = script.clone();
             async move {
                 let body = request.into_body().collect().await.map(|b| b.to_bytes());
@@ -126,7 +138,7 @@ impl ScriptedFunction {
             }
         })
         .await;
-        ScriptedFunction { server }
+        ScriptedFunction { server, https }
     }
 
     /// A function that accepts every register and answers every other event with 204.
@@ -136,7 +148,11 @@ impl ScriptedFunction {
 
     /// Its URL.
     pub fn url(&self) -> String {
-        format!("http://{}/fn", self.server.addr())
+        if self.https {
+            format!("https://localhost:{}/fn", self.server.addr().port())
+        } else {
+            format!("http://{}/fn", self.server.addr())
+        }
     }
 
     /// Every event received so far, in arrival order.

@@ -5,7 +5,9 @@
 //! headers, body: so a bearer token, a Tencent token in the path and an AWS signature all
 //! still verify), to the node that holds it; a group send also goes to every other live
 //! node, each delivering to the members it holds. Relayed requests carry
-//! [`FORWARDED`] and are never relayed again.
+//! [`FORWARDED`] and are never relayed again. A node that advertises `https://` is reached
+//! over TLS (verified against the system's roots and `functions.ca_file`), so the bearer
+//! token a request carries is encrypted on the way.
 
 use std::time::Duration;
 
@@ -51,7 +53,7 @@ impl Origin<'_> {
 pub(crate) enum RelayError {
     /// The node's address is not a URL the client can reach. (The URL it made is not kept:
     /// its path may carry a send-back token, and this error is logged.)
-    #[error("node {node}: its address is not an http:// URL with a host")]
+    #[error("node {node}: its address is not an http:// or https:// URL with a host")]
     Address { node: String },
     /// Sending or reading failed.
     #[error("node {node}: {source}")]
@@ -92,11 +94,17 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    pub fn new(node: std::sync::Arc<str>, store: SharedStore, timeout: Duration) -> Self {
+    /// Relays through keep-alive connections, over TLS (with `tls`) to `https://` nodes.
+    pub fn new(
+        node: std::sync::Arc<str>,
+        store: SharedStore,
+        timeout: Duration,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> Self {
         Relay {
             node,
             store,
-            peers: HttpClient::new(64, Duration::from_secs(30)),
+            peers: HttpClient::new(64, Duration::from_secs(30), tls),
             timeout,
         }
     }
@@ -192,10 +200,10 @@ impl Relay {
     }
 }
 
-/// Whether a heartbeat's address is one to relay to: an `http://` URL. (A node of an
-/// older version writes `alive` there; it neither relays nor is relayed to.)
+/// Whether a heartbeat's address is one to relay to: an `http://` or `https://` URL. (A
+/// node of an older version writes `alive` there; it neither relays nor is relayed to.)
 fn relayable(address: &str) -> bool {
-    address.starts_with("http://")
+    address.starts_with("http://") || address.starts_with("https://")
 }
 
 /// A peer's reply as ours.
@@ -246,6 +254,7 @@ mod tests {
             "gw-a".into(),
             std::sync::Arc::new(store::MemoryStore::new()),
             Duration::from_millis(100),
+            crate::tls::client::client_config(None).unwrap(),
         );
         let headers = HeaderMap::new();
         let body = Bytes::new();
@@ -273,6 +282,7 @@ mod tests {
     #[test]
     fn only_http_addresses_are_relayed_to() {
         assert!(relayable("http://10.0.0.5:9090"));
+        assert!(relayable("https://10.0.0.5:9090"));
         assert!(!relayable(""), "a node that gave no address");
         assert!(!relayable("alive"), "an older node's heartbeat");
     }

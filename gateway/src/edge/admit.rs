@@ -65,12 +65,13 @@ pub(crate) struct Admitted {
 
 impl Admitter {
     /// Decides on one upgrade request from `source_ip` (the client, behind any trusted
-    /// proxies) over a TCP connection from `peer`.
+    /// proxies) over a TCP connection from `peer`, which came over TLS (`wss://`) when `tls`.
     pub async fn admit(
         &self,
         parts: Parts,
         source_ip: IpAddr,
         peer: SocketAddr,
+        tls: bool,
         accept: String,
         slot: Slot,
     ) -> Admission {
@@ -80,7 +81,7 @@ impl Admitter {
             let connected_at_ms = clock::now_ms();
             let request = handshake_request(&parts, source_ip);
             let user_agent = request.header("user-agent").map(Box::from);
-            let host = request.header("host").map(Box::from);
+            let host = request.header("host").map(|h| Box::from(domain(h, tls)));
             let mut record = ConnectionRecord {
                 id: id.to_string(),
                 node: self.node.to_string(),
@@ -97,7 +98,7 @@ impl Admitter {
                     "the gateway's store is unavailable",
                 ));
             }
-            let reply = match self.decide(&record, request).await {
+            let reply = match self.decide(&record, request, tls).await {
                 Ok(reply) => reply,
                 Err(refusal) => {
                     // The refused connection's record goes (with any groups register joined).
@@ -151,13 +152,14 @@ impl Admitter {
         &self,
         record: &ConnectionRecord,
         request: HandshakeRequest,
+        tls: bool,
     ) -> Result<RegisterReply, Response<Body>> {
         let Some(target) = self.config.functions.register.as_ref() else {
             return Ok(RegisterReply::default());
         };
         let dialect = target.dialect(self.config.functions.dialect);
         let offered = request.subprotocols.clone();
-        let host = request.header("host").map(str::to_owned);
+        let host = request.header("host").map(|h| domain(h, tls).to_owned());
         let event = Event {
             connection_id: record.id.clone(),
             seq: 0,
@@ -209,6 +211,18 @@ impl Admitter {
     }
 }
 
+/// The domain a client asked for, as AWS events name it (`domainName`): its `Host`, without
+/// the port when that is the scheme's default (443 for `wss://`, 80 for `ws://`), with it
+/// otherwise, so that `https://{domainName}/…` leads back to the listener it came to.
+fn domain(host: &str, tls: bool) -> &str {
+    let default = if tls { ":443" } else { ":80" };
+    match host.strip_suffix(default) {
+        // `[::1]:443`, `example.com:443`; not the end of an IPv6 address without brackets.
+        Some(rest) if !rest.is_empty() && (rest.ends_with(']') || !rest.contains(':')) => rest,
+        _ => host,
+    }
+}
+
 fn handshake_request(parts: &Parts, source_ip: IpAddr) -> HandshakeRequest {
     let headers = parts
         .headers
@@ -226,5 +240,22 @@ fn handshake_request(parts: &Parts, source_ip: IpAddr) -> HandshakeRequest {
         headers,
         source_ip: source_ip.to_string(),
         subprotocols: handshake::offered_subprotocols(&parts.headers),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_domain_keeps_a_port_that_is_not_the_schemes_default() {
+        assert_eq!(domain("ws.example.com", true), "ws.example.com");
+        assert_eq!(domain("ws.example.com:443", true), "ws.example.com");
+        assert_eq!(domain("ws.example.com:8443", true), "ws.example.com:8443");
+        assert_eq!(domain("ws.example.com:80", true), "ws.example.com:80");
+        assert_eq!(domain("ws.example.com:80", false), "ws.example.com");
+        assert_eq!(domain("ws.example.com:8080", false), "ws.example.com:8080");
+        assert_eq!(domain("[::1]:443", true), "[::1]");
+        assert_eq!(domain("[::1]:8443", true), "[::1]:8443");
     }
 }

@@ -3,21 +3,27 @@
 //! (at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] headers, within
 //! `limits.handshake_timeout`). Upgrade requests are checked (`handshake`), then admitted
 //! or refused (`admit`); once the 101 is written, the same task becomes the connection's
-//! socket task (`socket::task::run`) on the bare TCP stream, with any bytes the client sent
-//! after its request. Other requests get the page, a health answer or 426, on a keep-alive
-//! connection when the request allows it.
+//! socket task (`socket::task::run`) on the bare stream (TCP, or TLS over it), with any
+//! bytes the client sent after its request. Other requests get the page, a health answer
+//! or 426, on a keep-alive connection when the request allows it.
+//!
+//! The TLS listener (`public.tls`) serves the same way once its TLS handshake is done: the
+//! handshake is part of the first request's `limits.handshake_timeout`, and of the
+//! connection's pending slot.
 //!
 //! Until it is admitted, a connection holds a pending slot (`limits.max_pending_connections`,
-//! claimed at accept: beyond it a connection gets a 503 at once and is closed), and every
-//! wait is bounded: a request head by `limits.handshake_timeout` (from the accept, or from
-//! the first byte of a later request), the wait for a keep-alive connection's next request
-//! by `limits.keepalive_timeout`, each reply's write by `limits.write_timeout`.
+//! claimed at accept: beyond it a connection gets a 503 at once and is closed; a TLS one is
+//! just closed), and every wait is bounded: the PROXY header, the TLS handshake and the
+//! first request head by `limits.handshake_timeout` from the accept, a later request head
+//! by it from its first byte, the wait for a keep-alive connection's next request by
+//! `limits.keepalive_timeout`, each reply's write by `limits.write_timeout`.
 //!
 //! Where a connection comes from: with `public.proxy_protocol`, the PROXY protocol header
-//! that starts it (`proxy_protocol`, read first, within the same handshake timeout as the
-//! first request head; a peer outside `public.trusted_proxies` is closed at once), else
-//! its peer; then, for an upgrade request, the client that `public.real_ip_header` names
-//! (`forwarded`). That address is the connection's source address from admission on.
+//! that starts it (`proxy_protocol`, read first, before any TLS handshake, within the same
+//! handshake timeout as the first request head; a peer outside `public.trusted_proxies` is
+//! closed at once), else its peer; then, for an upgrade request, the client that
+//! `public.real_ip_header` names (`forwarded`). That address is the connection's source
+//! address from admission on.
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,22 +37,26 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, warn};
 
 use bytes::Bytes;
 use tokio_util::task::TaskTracker;
 
+use crate::dialect::aws::management::ManagementApi;
 use crate::edge::admit::{self, Admission, Admitter};
 use crate::edge::forwarded::{RealIp, Remote};
 use crate::edge::handshake;
 use crate::edge::proxy_protocol;
 use crate::edge::slots::{Slot, Slots};
 use crate::listener;
+use crate::request;
 use crate::respond::{self, Body};
 use crate::socket::registry::Connection;
 use crate::socket::sockio::SocketIo;
 use crate::socket::task::{self, NoSocket, Sockets};
 use crate::stop::Stop;
+use crate::tls::stream::{MaybeTls, ServerStream};
 
 /// What the public listener uses.
 #[derive(Debug)]
@@ -66,8 +76,20 @@ pub(crate) struct Edge {
     pub page: Option<Bytes>,
     /// `public.proxy_protocol`, `public.trusted_proxies`, `public.real_ip_header`.
     pub real_ip: RealIp,
+    /// The AWS management API, when `aws.management_api_on_public`.
+    pub management: Option<Management>,
     pub admitter: Admitter,
     pub sockets: Arc<Sockets>,
+}
+
+/// The AWS management API as the public listener serves it (`aws.management_api_on_public`).
+#[derive(Debug)]
+pub(crate) struct Management {
+    /// `aws.stage`: the API is under `/{stage}/@connections/`.
+    pub stage: String,
+    pub api: Arc<ManagementApi>,
+    /// `limits.max_message_bytes`: a longer body is refused (413) without being read.
+    pub max_body: usize,
 }
 
 /// The largest request head accepted (request line, headers and the blank line after
@@ -76,47 +98,78 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// The most headers a request may have.
 pub const MAX_HEADERS: usize = 100;
 
-/// Accepts clients until shutdown.
-pub(crate) async fn serve(edge: Arc<Edge>, listener: TcpListener, tracker: TaskTracker) {
+/// Accepts clients until shutdown; with `tls`, each connection's TLS handshake first.
+pub(crate) async fn serve(
+    edge: Arc<Edge>,
+    listener: TcpListener,
+    tracker: TaskTracker,
+    tls: Option<TlsAcceptor>,
+) {
     let stop = edge.stop.clone();
     listener::accept_loop(
         &stop,
         &tracker,
         listener,
-        "public",
+        if tls.is_some() {
+            "public-tls"
+        } else {
+            "public"
+        },
         move |stream, remote| {
             // Claimed here, in the order connections are accepted, not when their tasks
             // first run.
             let pending = edge.pending.try_claim();
-            serve_connection(edge.clone(), stream, remote, pending)
+            let accepted_at = Instant::now();
+            serve_connection(
+                edge.clone(),
+                stream,
+                remote,
+                pending,
+                tls.clone(),
+                accepted_at,
+            )
         },
     )
     .await;
 }
 
-/// Serves one client's TCP connection: HTTP requests until one is admitted as a WebSocket,
-/// then that WebSocket. Without a pending slot, refuses it.
+/// Serves one client's TCP connection: the TLS handshake on the TLS listener, then HTTP
+/// requests until one is admitted as a WebSocket, then that WebSocket. Without a pending
+/// slot, refuses it.
 async fn serve_connection(
     shared: Arc<Edge>,
     mut stream: TcpStream,
     peer: SocketAddr,
     pending: Option<Slot>,
+    tls: Option<TlsAcceptor>,
+    accepted_at: Instant,
 ) {
     let Some(pending) = pending else {
-        refuse_pending(&shared, &stream, peer);
+        refuse_pending(&shared, &stream, peer, tls.is_none());
         return;
     };
-    // A PROXY header counts against the handshake timeout, like the request after it.
-    let deadline = Instant::now() + shared.handshake_timeout;
+    // A PROXY header (it comes before the TLS handshake) counts against the handshake
+    // timeout, like the handshake and the request after it.
+    let deadline = accepted_at + shared.handshake_timeout;
     let (real_ip, stop) = (&shared.real_ip, &shared.stop);
     let Some(ip) = proxy_protocol::connection_ip(real_ip, stop, &mut stream, peer, deadline).await
     else {
         return;
     };
     let remote = Remote { peer, ip };
+    let stream = match tls {
+        None => MaybeTls::Plain(stream),
+        // Boxed: the handshake's state is large and short-lived.
+        Some(acceptor) => {
+            match Box::pin(tls_handshake(&shared, acceptor, stream, accepted_at)).await {
+                Some(tls) => MaybeTls::Tls(tls),
+                None => return,
+            }
+        }
+    };
     // Boxed: the HTTP phase is short, and an open WebSocket should not carry its state.
-    let http = http_phase(&shared, stream, remote, pending, deadline);
-    let Some(accepted) = Box::pin(http).await else {
+    let Some(accepted) = Box::pin(http_phase(&shared, stream, remote, pending, accepted_at)).await
+    else {
         return;
     };
     let Accepted {
@@ -135,14 +188,43 @@ async fn serve_connection(
 struct Accepted {
     conn: Arc<Connection>,
     slot: Slot,
-    socket: Result<SocketIo<TcpStream>, NoSocket>,
+    socket: Result<SocketIo<ServerStream>, NoSocket>,
     span: tracing::Span,
+}
+
+/// The TLS handshake of a connection accepted at `accepted_at`, within
+/// `limits.handshake_timeout` of it (the first request head shares that time); `None` if
+/// it failed, timed out or shutdown started first.
+async fn tls_handshake(
+    shared: &Edge,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    accepted_at: Instant,
+) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let deadline = accepted_at + shared.handshake_timeout;
+    let handshake = tokio::select! {
+        _ = shared.stop.cancelled() => return None,
+        handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => handshake,
+    };
+    match handshake {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Err(e)) => {
+            debug!(cause = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// Refuses a connection accepted beyond `limits.max_pending_connections`: a 503 in one
 /// write that never waits (a new connection's send buffer is empty), without reading its
 /// request, then closed. A client that sent its request already may see a reset instead.
-fn refuse_pending(shared: &Edge, stream: &TcpStream, remote: SocketAddr) {
+/// A TLS connection (`plain` false) is closed without a word: a reply would need the
+/// handshake the limit is there to spare.
+fn refuse_pending(shared: &Edge, stream: &TcpStream, remote: SocketAddr, plain: bool) {
     debug!(%remote, "refusing connection: too many connections not yet WebSockets");
     if let Some(refused) = shared.pending.refused() {
         warn!(
@@ -151,6 +233,9 @@ fn refuse_pending(shared: &Edge, stream: &TcpStream, remote: SocketAddr) {
             "refusing connections: at limits.max_pending_connections (connections not \
              WebSockets yet)"
         );
+    }
+    if !plain {
+        return;
     }
     let reply = respond::error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -161,18 +246,18 @@ fn refuse_pending(shared: &Edge, stream: &TcpStream, remote: SocketAddr) {
 }
 
 /// Answers requests until one is admitted (`Some`) or the connection ends (`None`). The
-/// pending slot is held until admission is done; the first request head must be whole by
-/// `first_deadline`.
+/// pending slot is held until admission is done. The first request head must be complete
+/// within the handshake timeout from `accepted_at`.
 async fn http_phase(
     shared: &Edge,
-    mut stream: TcpStream,
+    mut stream: ServerStream,
     remote: Remote,
     pending: Slot,
-    first_deadline: Instant,
+    accepted_at: Instant,
 ) -> Option<Accepted> {
     // Bytes read and not yet parsed: the head being read, then what follows it.
     let mut buf: Vec<u8> = Vec::new();
-    let mut first = Some(first_deadline);
+    let mut first = Some(accepted_at);
     loop {
         let read = read_request(shared, &mut stream, &mut buf, first.take()).await;
         let (req, head_len) = match read {
@@ -186,6 +271,24 @@ async fn http_phase(
             }
         };
         buf.drain(..head_len);
+        if let Some((management, id)) = shared.management.as_ref().and_then(|m| {
+            let id = request::management_id(req.uri().path(), &m.stage)?;
+            (!handshake::wants_websocket(&req)).then_some((m, id))
+        }) {
+            let (reply, framing) =
+                management_request(shared, management, &mut stream, &mut buf, req, &id).await?;
+            if write_reply(shared, &mut stream, reply, framing)
+                .await
+                .is_err()
+                || !framing.keep_alive
+            {
+                return None;
+            }
+            if buf.is_empty() {
+                buf = Vec::new();
+            }
+            continue;
+        }
         if !handshake::wants_websocket(&req) {
             let framing = Framing {
                 keep_alive: keeps_alive(&req),
@@ -205,7 +308,7 @@ async fn http_phase(
             }
             continue;
         }
-        let admitted = match upgrade(shared, req, remote).await {
+        let admitted = match upgrade(shared, req, remote, stream.is_tls()).await {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 let _ = write_reply(shared, &mut stream, refusal, Framing::close()).await;
@@ -241,12 +344,105 @@ async fn http_phase(
     }
 }
 
+/// Serves one management API request on the public listener: reads its body (framed by
+/// `Content-Length`, within the handshake timeout; a longer one than the API takes is not
+/// read and the connection closes after the 413) and hands it to the API. The reply and
+/// its framing, or `None` if the client went away.
+async fn management_request(
+    shared: &Edge,
+    management: &Management,
+    stream: &mut ServerStream,
+    buf: &mut Vec<u8>,
+    req: Request<()>,
+    id: &str,
+) -> Option<(Response<Body>, Framing)> {
+    let head_only = req.method() == http::Method::HEAD;
+    if req.headers().contains_key(header::TRANSFER_ENCODING) {
+        let reply = respond::error(
+            StatusCode::LENGTH_REQUIRED,
+            codes::BAD_REQUEST,
+            "the management API takes bodies with a Content-Length",
+        );
+        return Some((reply, Framing::close()));
+    }
+    let length = match req.headers().get(header::CONTENT_LENGTH) {
+        None => 0,
+        Some(value) => match value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            Some(length) => length,
+            None => {
+                let reply = respond::error(
+                    StatusCode::BAD_REQUEST,
+                    codes::BAD_REQUEST,
+                    "invalid Content-Length",
+                );
+                return Some((reply, Framing::close()));
+            }
+        },
+    };
+    let mut framing = Framing {
+        keep_alive: wants_keep_alive(&req),
+        head_only,
+    };
+    let deadline = Instant::now() + shared.handshake_timeout;
+    let body = if length > management.max_body {
+        // The API answers 413 from the header. A client sends its whole body before it
+        // reads the reply, so a body up to a few times the limit is read and dropped
+        // (closing on it would cut the client off before it sees the 413); a larger one
+        // is left unread and the connection closes after the reply.
+        if length > management.max_body.saturating_mul(4) {
+            framing.keep_alive = false;
+        } else if !discard(shared, stream, buf, length, deadline).await {
+            return None;
+        }
+        Bytes::new()
+    } else {
+        while buf.len() < length {
+            if !read_more(shared, stream, buf, deadline, "a request body").await {
+                return None;
+            }
+        }
+        Bytes::from(buf.drain(..length).collect::<Vec<u8>>())
+    };
+    let reply = management
+        .api
+        .handle(req.map(|()| http_body_util::Full::new(body)), id)
+        .await;
+    Some((reply, framing))
+}
+
+/// Reads and drops `length` bytes of body (what `buf` holds first) by `deadline`: `false`
+/// if the client went away, stalled or shutdown started first.
+async fn discard(
+    shared: &Edge,
+    stream: &mut ServerStream,
+    buf: &mut Vec<u8>,
+    mut length: usize,
+    deadline: Instant,
+) -> bool {
+    loop {
+        let take = length.min(buf.len());
+        buf.drain(..take);
+        length -= take;
+        if length == 0 {
+            return true;
+        }
+        if !read_more(shared, stream, buf, deadline, "a request body").await {
+            return false;
+        }
+    }
+}
+
 /// Checks an upgrade request and runs admission: the admitted connection, or the reply
 /// refusing it.
 async fn upgrade(
     shared: &Edge,
     req: Request<()>,
     remote: Remote,
+    tls: bool,
 ) -> Result<admit::Admitted, Response<Body>> {
     let accept = match handshake::check(&req) {
         Ok(accept) => accept,
@@ -290,7 +486,7 @@ async fn upgrade(
     // the decision still completes, so nothing is left half-registered.
     match shared
         .admitter
-        .admit(parts, source_ip, remote.peer, accept, slot)
+        .admit(parts, source_ip, remote.peer, tls, accept, slot)
         .await
     {
         Admission::Refused(reply) => Err(reply),
@@ -300,12 +496,12 @@ async fn upgrade(
 
 /// Reads and parses the next request head: `(request, head length)`, `None` when the
 /// client closed, stalled past a timeout or shutdown started first. The head must be
-/// complete by `first`'s deadline for a connection's first request (the handshake timeout
-/// from the accept), else within the handshake timeout from its first byte, which a
-/// keep-alive connection must send within the keep-alive timeout.
+/// complete within the handshake timeout: from the accept (`first`, for a connection's
+/// first request), else from its first byte, which a keep-alive connection must send
+/// within the keep-alive timeout.
 async fn read_request(
     shared: &Edge,
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     buf: &mut Vec<u8>,
     first: Option<Instant>,
 ) -> Result<Option<(Request<()>, usize)>, handshake::Rejection> {
@@ -315,7 +511,7 @@ async fn read_request(
             return Ok(None);
         }
     }
-    let deadline = first.unwrap_or_else(|| Instant::now() + shared.handshake_timeout);
+    let deadline = first.unwrap_or_else(Instant::now) + shared.handshake_timeout;
     loop {
         if !buf.is_empty() {
             if let Some(parsed) = parse_head(buf)? {
@@ -332,7 +528,7 @@ async fn read_request(
 /// `deadline` (`waiting_for` says for what, in the log) or shutdown started first.
 async fn read_more(
     shared: &Edge,
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     buf: &mut Vec<u8>,
     deadline: Instant,
     waiting_for: &'static str,
@@ -416,12 +612,17 @@ pub(crate) fn keeps_alive(req: &Request<()>) -> bool {
         || headers
             .get(header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0");
-    let connection = |token| handshake::header_has_token(headers, header::CONNECTION, token);
-    let wanted = match req.version() {
+    wants_keep_alive(req) && !has_body
+}
+
+/// Whether the client asks for the connection to stay open: HTTP/1.1 unless
+/// `Connection: close`, HTTP/1.0 only with `keep-alive`.
+fn wants_keep_alive(req: &Request<()>) -> bool {
+    let connection = |token| handshake::header_has_token(req.headers(), header::CONNECTION, token);
+    match req.version() {
         http::Version::HTTP_10 => connection("keep-alive"),
         _ => !connection("close"),
-    };
-    wanted && !has_body
+    }
 }
 
 /// How a reply is framed on the wire.
@@ -455,7 +656,7 @@ impl Framing {
 /// that pipelines requests and reads no reply cannot hold its connection that way).
 async fn write_reply(
     shared: &Edge,
-    stream: &mut TcpStream,
+    stream: &mut ServerStream,
     reply: Response<Body>,
     framing: Framing,
 ) -> io::Result<()> {

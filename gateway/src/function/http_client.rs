@@ -3,10 +3,16 @@
 //! task (no connection task, no channel hand-off, no extra wake-up), then checks the
 //! connection back in if the reply was read whole and the function keeps it open.
 //!
-//! What it speaks: `POST` with a `Content-Length` body to `http://` URLs; replies framed
-//! by `Content-Length`, `Transfer-Encoding: chunked`, or the end of the connection; interim
-//! `1xx` replies are skipped. No TLS, no redirects, no proxies. Timeouts are the caller's
-//! (dropping a call drops its connection).
+//! What it speaks: `POST` with a `Content-Length` body to `http://` and `https://` URLs;
+//! replies framed by `Content-Length`, `Transfer-Encoding: chunked`, or the end of the
+//! connection; interim `1xx` replies are skipped. No redirects, no proxies. Timeouts are
+//! the caller's (dropping a call drops its connection).
+//!
+//! `https://`: TLS through rustls with the client config the gateway built once
+//! (`tls::client`: the system's roots and `functions.ca_file`), SNI and verification for
+//! the URL's host. A certificate that does not verify is an error naming the host and the
+//! reason, never the URL (its path or query may hold a token). Pools are per scheme and
+//! origin, so an `http://` and an `https://` URL on one port never share a connection.
 //!
 //! Reply heads are at most 64 KiB (status line, headers and the blank line), however the
 //! bytes arrive. Transfer codings (RFC 9112 §6.1): the codings of every `Transfer-Encoding`
@@ -36,11 +42,17 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::tls::stream::{ClientStream, MaybeTls};
 
 /// The longest reply head (status line and headers) read.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -58,8 +70,8 @@ const MAX_POOLS: usize = 1024;
 /// Why a request got no complete reply.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    /// The URL is not an `http://` URL with a host.
-    #[error("`{0}` is not an http:// URL with a host")]
+    /// The URL is not an `http://` or `https://` URL with a host.
+    #[error("`{0}` is not an http:// or https:// URL with a host")]
     BadUrl(String),
     /// No connection could be made.
     #[error("connect to {authority}: {source}")]
@@ -68,6 +80,22 @@ pub enum HttpError {
         authority: String,
         /// The cause.
         source: io::Error,
+    },
+    /// The server's certificate did not verify against the trusted roots.
+    #[error("certificate verify failed for {host}: {reason}")]
+    Certificate {
+        /// The host the certificate had to be for.
+        host: String,
+        /// Why it did not verify (e.g. `UnknownIssuer`, expired).
+        reason: String,
+    },
+    /// The TLS handshake failed for another reason.
+    #[error("TLS handshake with {host} failed: {reason}")]
+    Handshake {
+        /// The host.
+        host: String,
+        /// Why.
+        reason: String,
     },
     /// Writing the request or reading the reply failed.
     #[error("connection to the function failed: {0}")]
@@ -107,12 +135,15 @@ pub struct HttpReply {
     pub body: Bytes,
 }
 
-/// A parsed `http://` URL: where to connect and what to put in the request line.
+/// A parsed `http://` or `https://` URL: where to connect and what to put in the request
+/// line.
 #[derive(Debug)]
 pub struct Endpoint {
     /// The host to connect to: a name or an IP literal without brackets.
     connect_host: String,
     port: u16,
+    /// `https://`: the client config and the name the certificate must be for (SNI).
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     /// `Host` header value: `host[:port]`, IPv6 in brackets.
     authority: String,
     /// Path and query.
@@ -138,16 +169,19 @@ struct PoolState {
 
 #[derive(Debug)]
 struct Idle {
-    stream: TcpStream,
+    stream: ClientStream,
     since: Instant,
 }
 
-/// The client: one pool per origin (`host:port`), shared by every URL on that origin.
+/// The client: one pool per origin (`scheme://host:port`), shared by every URL on that
+/// origin.
 #[derive(Debug)]
 pub struct HttpClient {
     pools: Mutex<Pools>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// For `https://` URLs.
+    tls: Arc<ClientConfig>,
 }
 
 /// The pools by origin, and when they are next swept.
@@ -165,8 +199,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl HttpClient {
     /// A client keeping at most `max_idle` idle connections per origin, each for at most
-    /// `idle_timeout`.
-    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+    /// `idle_timeout`; `https://` URLs are called with `tls`.
+    pub fn new(max_idle: usize, idle_timeout: Duration, tls: Arc<ClientConfig>) -> Self {
         HttpClient {
             pools: Mutex::new(Pools {
                 by_origin: HashMap::new(),
@@ -174,6 +208,7 @@ impl HttpClient {
             }),
             max_idle,
             idle_timeout,
+            tls,
         }
     }
 
@@ -192,9 +227,11 @@ impl HttpClient {
     fn endpoint_at(&self, url: &str, now: Instant) -> Result<Endpoint, HttpError> {
         let bad = || HttpError::BadUrl(url.to_owned());
         let parsed = url::Url::parse(url).map_err(|_| bad())?;
-        if parsed.scheme() != "http" {
-            return Err(bad());
-        }
+        let https = match parsed.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => return Err(bad()),
+        };
         let host = parsed.host_str().ok_or_else(bad)?;
         let port = parsed.port_or_known_default().ok_or_else(bad)?;
         let authority = match parsed.port() {
@@ -210,11 +247,18 @@ impl HttpClient {
             target.push('?');
             target.push_str(q);
         }
-        let origin = format!("{connect_host}:{port}");
+        let tls = if https {
+            let name = ServerName::try_from(connect_host.clone()).map_err(|_| bad())?;
+            Some((self.tls.clone(), name))
+        } else {
+            None
+        };
+        let origin = format!("{}://{connect_host}:{port}", parsed.scheme());
         let pool = self.pool(origin, now);
         Ok(Endpoint {
             connect_host,
             port,
+            tls,
             authority,
             target,
             pool,
@@ -321,7 +365,7 @@ impl Endpoint {
         self.exchange(stream, &request, body, max_body).await
     }
 
-    async fn connect(&self) -> Result<TcpStream, HttpError> {
+    async fn connect(&self) -> Result<ClientStream, HttpError> {
         let stream = TcpStream::connect((self.connect_host.as_str(), self.port))
             .await
             .map_err(|source| HttpError::Connect {
@@ -329,7 +373,33 @@ impl Endpoint {
                 source,
             })?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        let Some((config, name)) = &self.tls else {
+            return Ok(MaybeTls::Plain(stream));
+        };
+        let connector = TlsConnector::from(config.clone());
+        match Box::pin(connector.connect(name.clone(), stream)).await {
+            Ok(tls) => Ok(MaybeTls::Tls(Box::new(tls))),
+            Err(e) => Err(self.tls_error(e)),
+        }
+    }
+
+    /// A failed handshake as an error naming the host (never the URL) and the reason.
+    fn tls_error(&self, e: io::Error) -> HttpError {
+        let host = self.connect_host.clone();
+        match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::InvalidCertificate(why)) => HttpError::Certificate {
+                host,
+                reason: why.to_string(),
+            },
+            Some(other) => HttpError::Handshake {
+                host,
+                reason: other.to_string(),
+            },
+            None => HttpError::Handshake {
+                host,
+                reason: e.to_string(),
+            },
+        }
     }
 
     /// The request head, with the body behind it when it is small.
@@ -371,7 +441,7 @@ impl Endpoint {
 
     async fn exchange(
         &self,
-        mut stream: TcpStream,
+        mut stream: ClientStream,
         request: &[u8],
         body: &Bytes,
         max_body: usize,
@@ -388,18 +458,21 @@ impl Endpoint {
     }
 }
 
+/// Whether a reused connection broke as the function closed it (over TLS, a close
+/// without `close_notify` reads as an unexpected end).
 fn is_reset(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionReset
             | io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
     )
 }
 
 impl Pool {
     /// The most recently used idle connection that is still open, if any.
-    fn take(&self) -> Option<TcpStream> {
+    fn take(&self) -> Option<ClientStream> {
         let now = Instant::now();
         let mut stale = Vec::new();
         let found = {
@@ -413,7 +486,7 @@ impl Pool {
                     stale.append(idle);
                     break None;
                 }
-                if is_idle_open(&c.stream) {
+                if is_idle_open(c.stream.tcp()) {
                     break Some(c.stream);
                 }
                 stale.push(c);
@@ -423,7 +496,7 @@ impl Pool {
         found
     }
 
-    fn put(&self, stream: TcpStream) {
+    fn put(&self, stream: ClientStream) {
         let now = Instant::now();
         let mut state = lock(&self.state);
         state.last_used = state.last_used.max(now);
@@ -434,10 +507,13 @@ impl Pool {
 }
 
 /// Whether an idle connection has neither been closed by the peer nor received stray
-/// bytes. Costs no syscall unless the socket has signalled readiness.
+/// bytes (over TLS, a `close_notify` is such bytes). Peeks at the TCP stream, so nothing is
+/// taken from a TLS session; costs no syscall unless the socket has signalled readiness.
 fn is_idle_open(stream: &TcpStream) -> bool {
     let mut probe = [0u8; 1];
-    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    let mut probe = ReadBuf::new(&mut probe);
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(stream.poll_peek(&mut cx, &mut probe), Poll::Pending)
 }
 
 /// How a reply body is delimited.
@@ -801,7 +877,11 @@ mod tests {
     }
 
     fn client() -> HttpClient {
-        HttpClient::new(4, Duration::from_secs(60))
+        HttpClient::new(4, Duration::from_secs(60), tls())
+    }
+
+    fn tls() -> Arc<ClientConfig> {
+        crate::tls::client::client_config(None).unwrap()
     }
 
     #[tokio::test]
@@ -1108,7 +1188,13 @@ mod tests {
         let a = c.endpoint("http://127.0.0.1:9/a").unwrap();
         let b = c.endpoint("http://127.0.0.1:9/b").unwrap();
         assert!(Arc::ptr_eq(&a.pool, &b.pool));
-        assert!(c.endpoint("https://example.com/").is_err());
+        // The scheme is part of the origin.
+        let plain = c.endpoint("http://localhost:9/a").unwrap();
+        let tls = c.endpoint("https://localhost:9/a").unwrap();
+        assert!(!Arc::ptr_eq(&plain.pool, &tls.pool));
+        assert!(plain.tls.is_none() && tls.tls.is_some());
+        assert_eq!(c.endpoint("https://example.com/").unwrap().port, 443);
+        assert!(c.endpoint("ftp://example.com/").is_err());
         assert!(c.endpoint("not a url").is_err());
     }
 }

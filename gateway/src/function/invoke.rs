@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use rustls::ClientConfig;
 use tracing::{debug, warn};
 
 use crate::config::FunctionsConfig;
@@ -104,9 +105,10 @@ pub struct Invoker {
 }
 
 impl Invoker {
-    /// Builds the client from the functions config.
-    pub fn new(config: &FunctionsConfig) -> Result<Self, GatewayError> {
-        let client = HttpClient::new(config.pool_max_idle_per_host, POOL_IDLE_TIMEOUT);
+    /// Builds the client from the functions config; `https://` functions are called with
+    /// `tls`.
+    pub fn new(config: &FunctionsConfig, tls: Arc<ClientConfig>) -> Result<Self, GatewayError> {
+        let client = HttpClient::new(config.pool_max_idle_per_host, POOL_IDLE_TIMEOUT, tls);
         let targets = [&config.register, &config.transport, &config.cleanup]
             .into_iter()
             .flatten()

@@ -1,6 +1,7 @@
 //! The send-back API: how functions and backends reach connections. Served on its own
-//! listener (loopback by default), every request authenticated by the bearer token.
-//! Routes and bodies are documented in `wire::api`.
+//! listener (loopback by default), every request authenticated by the bearer token; over
+//! TLS when `sendback.tls` is set (the handshake within [`HEAD_TIMEOUT`], then hyper serves
+//! the TLS stream as it serves TCP). Routes and bodies are documented in `wire::api`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,7 +13,9 @@ use http::{Request, Response, StatusCode, header};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
@@ -32,16 +35,21 @@ pub(crate) struct Router {
     /// The AWS stage: the management API is under `/{stage}/@connections/`.
     pub stage: String,
     pub native: NativeApi,
-    pub aws: ManagementApi,
+    /// Shared with the public listener under `aws.management_api_on_public`.
+    pub aws: Arc<ManagementApi>,
     pub tencent: TencentApi,
 }
 
-/// Serves the send-back API until `stop`.
+/// How long a request head (and, over TLS, the handshake before the first) may take.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves the send-back API until `stop`; with `tls`, over TLS.
 pub(crate) async fn serve(
     router: Arc<Router>,
     listener: TcpListener,
     stop: Arc<Stop>,
     tracker: TaskTracker,
+    tls: Option<TlsAcceptor>,
 ) {
     let conn_stop = stop.clone();
     listener::accept_loop(
@@ -49,25 +57,60 @@ pub(crate) async fn serve(
         &tracker,
         listener,
         "send-back",
-        move |stream, remote| serve_connection(router.clone(), conn_stop.clone(), stream, remote),
+        move |stream, remote| {
+            let (router, stop, tls) = (router.clone(), conn_stop.clone(), tls.clone());
+            async move {
+                match tls {
+                    None => serve_connection(router, stop, stream, remote).await,
+                    Some(acceptor) => {
+                        if let Some(tls) = tls_handshake(&stop, acceptor, stream, remote).await {
+                            serve_connection(router, stop, tls, remote).await;
+                        }
+                    }
+                }
+            }
+        },
     )
     .await;
 }
 
-/// Serves one HTTP/1.1 connection of the send-back API (keep-alive).
-async fn serve_connection(
-    router: Arc<Router>,
-    stop: Arc<Stop>,
+/// The TLS handshake of a send-back connection: `None` if it failed, took longer than
+/// [`HEAD_TIMEOUT`] or shutdown started first.
+async fn tls_handshake(
+    stop: &Stop,
+    acceptor: TlsAcceptor,
     stream: TcpStream,
     remote: SocketAddr,
-) {
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let handshake = tokio::select! {
+        _ = stop.cancelled() => return None,
+        handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)) => handshake,
+    };
+    match handshake {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            debug!(%remote, cause = %e, "send-back TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(%remote, "send-back TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Serves one HTTP/1.1 connection of the send-back API (keep-alive).
+async fn serve_connection<S>(router: Arc<Router>, stop: Arc<Stop>, stream: S, remote: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req| {
         let router = router.clone();
         async move { Ok::<_, Infallible>(router.handle(req).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(HEAD_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -94,12 +137,8 @@ impl Router {
             let token = rest.strip_prefix('/').filter(|t| !t.is_empty());
             return self.tencent.handle(req, token).await;
         }
-        if let Some(rest) = path
-            .strip_prefix('/')
-            .and_then(|p| p.strip_prefix(self.stage.as_str()))
-            .and_then(|p| p.strip_prefix("/@connections/"))
-        {
-            return self.aws.handle(req, &request::decode_segment(rest)).await;
+        if let Some(id) = request::management_id(&path, &self.stage) {
+            return self.aws.handle(req, &id).await;
         }
         let authorized = self
             .token

@@ -22,7 +22,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -43,8 +42,9 @@ use crate::socket::outbox::Outbox;
 use crate::socket::registry::{Connection, Registry};
 use crate::socket::sockio::SocketIo;
 use crate::stop::Stop;
+use crate::tls::stream::ServerStream;
 
-type Ws = WebSocketStream<SocketIo<TcpStream>>;
+type Ws = WebSocketStream<SocketIo<ServerStream>>;
 type TransportCall = Pin<Box<dyn Future<Output = TransportResult> + Send>>;
 
 /// A finished transport call and how to read it.
@@ -96,7 +96,7 @@ impl End {
 pub(crate) async fn run(
     shared: Arc<Sockets>,
     conn: Arc<Connection>,
-    socket: Result<SocketIo<TcpStream>, NoSocket>,
+    socket: Result<SocketIo<ServerStream>, NoSocket>,
     slot: impl Send,
 ) {
     let mut session = Session::new(shared.clone(), conn.clone());
@@ -759,7 +759,7 @@ async fn protocol_end(shared: &Sockets, ws: &mut Ws, outbox: &Outbox, e: WsError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A connected pair of loopback sockets: (client, gateway side).
     async fn pair() -> (TcpStream, TcpStream) {

@@ -7,7 +7,8 @@ end-to-end tests: one operation per run, the outcome printed as one JSON line.
     python3 manage.py ENDPOINT flood ID --size N --max M   # post until LimitExceededException
 
 Credentials and region come from the environment (AWS_ACCESS_KEY_ID, …) unless
---access-key/--secret are given; --unsigned sends no signature at all. Errors print
+--access-key/--secret are given; --unsigned sends no signature at all; --verify CA_FILE
+checks an https endpoint's certificate against that CA bundle. Errors print
 {"ok": false, "exception": <class the SDK raised>, "code", "status", "message"}.
 """
 
@@ -32,6 +33,7 @@ def main():
     p.add_argument("--access-key")
     p.add_argument("--secret")
     p.add_argument("--unsigned", action="store_true")
+    p.add_argument("--verify")
     a = p.parse_args()
 
     config = Config(retries={"total_max_attempts": 1})
@@ -40,6 +42,8 @@ def main():
     kwargs = {}
     if a.access_key:
         kwargs = {"aws_access_key_id": a.access_key, "aws_secret_access_key": a.secret}
+    if a.verify:
+        kwargs["verify"] = a.verify
     client = boto3.client("apigatewaymanagementapi", endpoint_url=a.endpoint, config=config, **kwargs)
 
     if a.data is not None:

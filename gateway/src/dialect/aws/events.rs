@@ -256,18 +256,8 @@ fn domain_name(config: &AwsConfig, facts: Facts<'_>) -> String {
     if !config.domain_name.is_empty() {
         return config.domain_name.clone();
     }
-    facts
-        .host
-        .map(|h| host_without_port(h).to_owned())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
-/// `example.com:8080` → `example.com`, `[::1]:8080` → `[::1]`.
-fn host_without_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.find(']').map_or(host, |end| &host[..=end]);
-    }
-    host.split(':').next().unwrap_or(host)
+    // Admission keeps the port only when it is not the scheme's default.
+    facts.host.unwrap_or("localhost").to_owned()
 }
 
 /// `sec-websocket-key` → `Sec-WebSocket-Key`: the case AWS passes headers in.
@@ -299,13 +289,9 @@ mod tests {
     use wire::event::HandshakeRequest;
 
     #[test]
-    fn ids_and_hosts() {
+    fn ids() {
         assert_eq!(short_id().len(), 16);
         assert!(short_id().ends_with('='));
-        assert_eq!(host_without_port("abc.example:8080"), "abc.example");
-        assert_eq!(host_without_port("abc.example"), "abc.example");
-        assert_eq!(host_without_port("[::1]:8080"), "[::1]");
-        assert_eq!(host_without_port("[::1]"), "[::1]");
     }
 
     fn facts() -> Facts<'static> {
@@ -362,7 +348,7 @@ mod tests {
         assert_eq!(rc["extendedRequestId"], "c1:register");
         assert_eq!(rc["connectionId"], "c1");
         assert_eq!(rc["stage"], "prod");
-        assert_eq!(rc["domainName"], "abc.example");
+        assert_eq!(rc["domainName"], "abc.example:8080");
         assert_eq!(rc["requestTime"], "13/Dec/2020:10:17:47 +0000");
         assert_eq!(rc["identity"]["sourceIp"], "203.0.113.0");
         assert_eq!(v["isBase64Encoded"], false);
@@ -411,7 +397,7 @@ mod tests {
         assert_eq!(v["requestContext"]["requestId"], "c1:cleanup");
         assert_eq!(v["requestContext"]["extendedRequestId"], "c1:cleanup");
         assert_eq!(v["requestContext"]["messageId"], Value::Null);
-        assert_eq!(v["headers"]["Host"], "abc.example");
+        assert_eq!(v["headers"]["Host"], "abc.example:8080");
         assert_eq!(v["multiValueHeaders"]["x-api-key"], json!([""]));
         assert!(v["requestContext"].get("authorizer").is_none());
         let disconnect = |reason, close_code| {

@@ -18,6 +18,10 @@
 //!
 //! With `sendback.insecure_no_auth` (loopback only) and no `aws.credentials`, requests
 //! are not checked, for local development; otherwise every request must be signed.
+//!
+//! With `aws.management_api_on_public`, the public listeners route the same paths here
+//! too (as AWS serves the API on the WebSocket API's domain); requests are always signed
+//! there (the config refuses the option without `aws.credentials`).
 
 use std::sync::Arc;
 use std::time::SystemTime;
