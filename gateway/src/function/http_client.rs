@@ -289,8 +289,6 @@ impl HttpClient {
 impl Endpoint {
     /// POSTs `body` with `headers` (plus `Host` and `Content-Length`) and reads the whole
     /// reply, its body capped at `max_body` bytes.
-    // With `hyper-client` the invoker posts through `hyper_client`; the relay uses `send`.
-    #[cfg_attr(feature = "hyper-client", allow(dead_code))]
     pub async fn post(
         &self,
         headers: &[(&str, &str)],

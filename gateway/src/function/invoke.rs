@@ -1,7 +1,6 @@
 //! Calls to functions: one HTTP POST of a JSON event per call, over pooled keep-alive
-//! connections ([`crate::function::http_client`], or hyper-util's client in
-//! `function::hyper_client` with the `hyper-client` feature), with a timeout, a cap on the
-//! reply size, and bounded retries for the failures that retrying can fix.
+//! connections ([`crate::function::http_client`]), with a timeout, a cap on the reply size, and
+//! bounded retries for the failures that retrying can fix.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,18 +11,7 @@ use tracing::{debug, warn};
 
 use crate::config::FunctionsConfig;
 use crate::error::GatewayError;
-use crate::function::http_client::HttpError;
-
-/// The HTTP client under the invoker: the hand-written one unless the `hyper-client`
-/// feature picks hyper-util's (the experiment in tests/bench/README.md).
-#[cfg(not(feature = "hyper-client"))]
-type Client = crate::function::http_client::HttpClient;
-#[cfg(not(feature = "hyper-client"))]
-type Endpoint = crate::function::http_client::Endpoint;
-#[cfg(feature = "hyper-client")]
-type Client = crate::function::hyper_client::HyperClient;
-#[cfg(feature = "hyper-client")]
-type Endpoint = crate::function::hyper_client::Endpoint;
+use crate::function::http_client::{Endpoint, HttpClient, HttpError};
 
 /// How long an idle keep-alive connection to a function is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -106,7 +94,7 @@ pub struct Call<'a> {
 /// The HTTP client for all functions.
 #[derive(Debug, Clone)]
 pub struct Invoker {
-    client: Arc<Client>,
+    client: Arc<HttpClient>,
     timeout: Duration,
     retries: u32,
     retry_backoff: Duration,
@@ -118,7 +106,7 @@ pub struct Invoker {
 impl Invoker {
     /// Builds the client from the functions config.
     pub fn new(config: &FunctionsConfig) -> Result<Self, GatewayError> {
-        let client = Client::new(config.pool_max_idle_per_host, POOL_IDLE_TIMEOUT);
+        let client = HttpClient::new(config.pool_max_idle_per_host, POOL_IDLE_TIMEOUT);
         let targets = [&config.register, &config.transport, &config.cleanup]
             .into_iter()
             .flatten()
