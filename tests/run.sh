@@ -2,7 +2,7 @@
 # tests/run.sh — the one command that runs every Switchboard test.
 #
 # Works on a fresh Debian machine that has only the Rust toolchain: installs
-# whatever is missing (redis-server, nginx, chromium, node/npm via apt; the browser
+# whatever is missing (redis-server, nginx, chromium, certutil, node/npm via apt; the browser
 # test's npm packages; rustfmt/clippy via rustup), then runs, in order:
 #   fmt    cargo fmt --all -- --check
 #   clippy cargo clippy --workspace --all-targets -- -D warnings
@@ -15,9 +15,9 @@
 # Tests start their own redis-server on a free port; the machine's redis
 # service is never started or touched; likewise the nginx tests start their own nginx.
 # With CI set, SWITCHBOARD_REQUIRE_ALL=1 is exported so tests needing
-# redis/nginx/chromium/node fail instead of skipping.
+# redis/nginx/chromium/certutil/node fail instead of skipping.
 #
-# Environment: REDIS_SERVER, NGINX, CHROMIUM (paths of the binaries, optional),
+# Environment: REDIS_SERVER, NGINX, CHROMIUM, CERTUTIL (paths of the binaries, optional),
 # CI (any value but "", "0" or "false" means CI).
 set -euo pipefail
 
@@ -68,6 +68,13 @@ if [ -n "${CHROMIUM:-}" ]; then
     [ -x "$CHROMIUM" ] || die "CHROMIUM=$CHROMIUM is not an executable"
 elif ! have chromium && [ ! -x /usr/bin/chromium ]; then
     APT_MISSING+=(chromium)
+fi
+# The browser test over https (tests/it/browser.rs) makes Chromium trust its test CA through
+# an NSS database made with certutil: Debian's libnss3-tools.
+if [ -n "${CERTUTIL:-}" ]; then
+    [ -x "$CERTUTIL" ] || die "CERTUTIL=$CERTUTIL is not an executable"
+elif ! have certutil && [ ! -x /usr/bin/certutil ]; then
+    APT_MISSING+=(libnss3-tools)
 fi
 have node || APT_MISSING+=(nodejs)
 have npm || APT_MISSING+=(npm)

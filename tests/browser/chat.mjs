@@ -2,14 +2,17 @@
 //! Browser end-to-end test of the Switchboard chat page, in headless Chromium.
 //!
 //! Usage: node tests/browser/chat.mjs <base-url>
-//!   <base-url> serves the chat page at `/`, e.g. http://127.0.0.1:8080
+//!   <base-url> serves the chat page at `/`, e.g. http://127.0.0.1:8080, or
+//!   https://localhost:8443 (the certificate must be trusted, see harness.mjs)
 //!
-//! Environment: CHROMIUM, SCREENSHOT (bob's page), see harness.mjs.
+//! Environment: CHROMIUM, SCREENSHOT (bob's page), HOME, see harness.mjs.
 //!
 //! Two pages (alice and bob) join the same random room. Alice sends a message
 //! with Enter, bob replies with the #send button, each must see the other's
 //! message, and nobody may see their own message twice (the page may echo
-//! locally, the server must not echo it back on top of that).
+//! locally, the server must not echo it back on top of that). Every WebSocket
+//! the pages open goes to the base URL's host, with wss:// for an https page
+//! and ws:// for an http one.
 //!
 //! Exits 0 on success, 1 on failure (with expected vs found), 2 on bad usage.
 //! Hard timeout: 60 s overall.
@@ -47,7 +50,7 @@ const predicates = {
   },
 };
 
-runBrowserTest('chat', 'chat.mjs', async ({ open, waitFor, log }) => {
+runBrowserTest('chat', 'chat.mjs', async ({ base, open, waitFor, websockets, log }) => {
   const expectCount = async (who, page, line, want) => {
     const got = await page.evaluate(predicates.msgCount, line);
     if (got !== want) {
@@ -67,6 +70,21 @@ runBrowserTest('chat', 'chat.mjs', async ({ open, waitFor, log }) => {
   await waitFor('alice', alice, 'is connected', predicates.connected);
   await waitFor('bob', bob, 'is connected', predicates.connected);
   await waitFor('alice', alice, 'lists alice and bob in #online', predicates.online, ['alice', 'bob']);
+
+  // The page picks its WebSocket scheme from its own: wss:// when served over https.
+  const page = new URL(base);
+  const scheme = page.protocol === 'https:' ? 'wss:' : 'ws:';
+  for (const who of ['alice', 'bob']) {
+    const urls = websockets(who);
+    const wrong = urls.filter((u) => {
+      const url = new URL(u);
+      return url.protocol !== scheme || url.host !== page.host;
+    });
+    if (urls.length === 0 || wrong.length > 0) {
+      throw new Expectation(`${who}'s WebSockets all to ${scheme}//${page.host}`, { websockets: urls });
+    }
+  }
+  log(`ok: alice and bob connected with ${scheme}//${page.host}`);
 
   const fromAlice = 'hello from alice';
   log(`alice types "${fromAlice}" + Enter`);

@@ -1,11 +1,18 @@
 //! What the browser tests of the chat page share: headless Chromium through playwright-core
 //! (the system chromium, never a downloaded one), pages opened on the chat page with their
-//! diagnostics collected, bounded waits on in-page conditions, and a runner that prints what
-//! the pages showed on failure and exits 0 (pass), 1 (fail) or 2 (bad usage).
+//! diagnostics and WebSocket URLs collected, bounded waits on in-page conditions, and a
+//! runner that prints what the pages showed on failure and exits 0 (pass), 1 (fail) or 2
+//! (bad usage).
+//!
+//! An https base URL is checked as a browser checks it: certificate errors are not ignored,
+//! so the certificate must chain to a CA Chromium trusts (on Linux, the NSS database in
+//! $HOME/.pki/nssdb). Each page opened over https logs its TLS version, certificate subject
+//! and issuer.
 //!
 //! Environment:
 //!   CHROMIUM    path of the chromium binary (default /usr/bin/chromium)
 //!   SCREENSHOT  if set, a PNG of the test's last page is saved at this path
+//!   HOME        where Chromium finds .pki/nssdb (the CAs it trusts beyond its own roots)
 
 import { chromium } from 'playwright-core';
 
@@ -82,14 +89,16 @@ export async function snapshot(page) {
 }
 
 /**
- * Runs a browser test: `run({ base, context, open, waitFor, log })` against the base URL in
- * argv[2]. `open(room, name)` opens the chat page as a new page; `waitFor(who, page,
- * expected, predicate, arg)` waits until the in-page `predicate(arg)` holds.
+ * Runs a browser test: `run({ base, context, open, waitFor, websockets, log })` against the
+ * base URL in argv[2]. `open(room, name)` opens the chat page as a new page; `waitFor(who,
+ * page, expected, predicate, arg)` waits until the in-page `predicate(arg)` holds;
+ * `websockets(who)` lists the URLs of the WebSockets that page opened, in order.
  */
 export async function runBrowserTest(name, script, run) {
   const log = (line) => console.log(`[${name}] ${line}`);
   const base = parseBase(script, process.argv[2]);
   const pages = {};
+  const sockets = {};
   const diagnostics = [];
   let browser = null;
   let ok = false;
@@ -155,15 +164,19 @@ export async function runBrowserTest(name, script, run) {
     log(`chromium ${browser.version()} up`);
     const context = await browser.newContext();
 
+    const websockets = (who) => [...(sockets[who] ?? [])];
+
     const open = async (room, who) => {
       const page = await context.newPage();
       pages[who] = page;
+      sockets[who] = [];
       page.on('console', (m) => {
         if (m.type() === 'error' || m.type() === 'warning') diagnostics.push(`${who} console.${m.type()}: ${m.text()}`);
       });
       page.on('pageerror', (e) => diagnostics.push(`${who} page error: ${e.message}`));
       page.on('requestfailed', (r) => diagnostics.push(`${who} request failed: ${r.url()} ${r.failure()?.errorText ?? ''}`));
       page.on('websocket', (ws) => {
+        sockets[who].push(ws.url());
         diagnostics.push(`${who} websocket opened: ${ws.url()}`);
         ws.on('socketerror', (e) => diagnostics.push(`${who} websocket error: ${e}`));
         ws.on('close', () => diagnostics.push(`${who} websocket closed: ${ws.url()}`));
@@ -174,10 +187,15 @@ export async function runBrowserTest(name, script, run) {
       if (!resp || !resp.ok()) {
         throw new Expectation(`HTTP 2xx for ${url}`, { status: resp ? resp.status() : 'no response' });
       }
+      // Over plain http Chromium reports no details (null, or an object without fields).
+      const tls = await resp.securityDetails();
+      if (tls && tls.protocol) {
+        log(`${who}'s page came over ${tls.protocol}: certificate for ${tls.subjectName} issued by ${tls.issuer}`);
+      }
       return page;
     };
 
-    await run({ base, context, open, waitFor, log });
+    await run({ base, context, open, waitFor, websockets, log });
     ok = true;
   } catch (e) {
     if (e instanceof Expectation) {

@@ -2,8 +2,9 @@
 //! AWS's simple WebSocket chat sample (`simple-chat/`: onconnect, ondisconnect,
 //! sendmessage on the AWS SDK v3) behind the real gateway in the `aws` dialect, its
 //! connection table in a real Redis and its PostToConnection calls signed by the SDK and
-//! verified by the gateway; and the adapter itself: CommonJS and ES modules, async and
-//! callback handlers, the Lambda context, and handlers that throw.
+//! verified by the gateway, also over TLS with the endpoint built from the event as on AWS;
+//! and the adapter itself: CommonJS and ES modules, async and callback handlers, the Lambda
+//! context, and handlers that throw.
 //!
 //! Tests skip loudly without `node` (or, for the sample, without its npm packages, which
 //! tests/run.sh installs with `npm ci`, or redis-server), and fail under
@@ -14,10 +15,11 @@ use std::path::Path;
 
 use gateway::config::Target;
 use serde_json::{Value, json};
-use tests::gateway::{Client, TestGateway, next_json, next_message, send_text, test_config};
+use tests::gateway::{TestGateway, next_json, next_message, send_text, test_config};
 use tests::node::{LambdaRuntime, aws_node_dir, find_node, require_packages};
 use tests::process::TempDir;
 use tests::redis::require_redis;
+use tests::tls::connect_wss;
 
 use crate::dialect_aws::{ACCESS_KEY, REGION, SECRET_KEY, WAIT, aws, members, text, wait_members};
 
@@ -53,7 +55,10 @@ async fn post_event(url: &str, event: &Value) -> (u16, Value) {
 }
 
 /// The sender's view of a failed integration: AWS's message, for this connection.
-async fn expect_internal_error(client: &mut Client) {
+async fn expect_internal_error<S>(client: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let error = next_json(client).await;
     assert_eq!(error["message"], "Internal server error", "{error}");
 }
@@ -178,6 +183,106 @@ async fn aws_simple_chat_sample_on_node() {
     wait_members(&redis, &table, "an empty table", |ids| ids.is_empty()).await;
     gw.shutdown().await;
     runtime.terminate().await;
+}
+
+/// AWS's sample chat against a gateway serving `wss://` (`[public.tls]`, a certificate
+/// from a private CA) with the management API on its public listeners: `APIGW_ENDPOINT` is
+/// not set, so `sendmessage` builds `https://${domainName}/${stage}` from the event exactly
+/// as on AWS, and the only trust setting is `NODE_EXTRA_CA_CERTS` naming the CA. Both wss
+/// clients get what one sends. The same handler without the CA cannot post: the sender is
+/// told, and nobody receives the message.
+#[tokio::test]
+async fn aws_simple_chat_sample_on_node_over_tls_with_the_endpoint_from_the_event() {
+    let Some(node) = find_node() else { return };
+    let sample = aws_node_dir().join("simple-chat");
+    if !require_packages(
+        &sample,
+        &["redis", "@aws-sdk/client-apigatewaymanagementapi"],
+    ) {
+        return;
+    }
+    let Some(redis) = require_redis() else { return };
+    let table = format!(
+        "connections-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let dir = TempDir::new();
+    let ca = crate::tls::Ca::new("Switchboard AWS sample CA");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (cert, key) = ca.leaf("gateway").write(dir.path(), "gw");
+
+    // No APIGW_ENDPOINT in either environment; `untrusting` lacks the CA.
+    let common = [("REDIS_URL", redis.url()), ("TABLE_NAME", table.clone())];
+    let mut env = lambda_env(SECRET_KEY);
+    env.extend(common.clone());
+    let mut trusting = env.clone();
+    trusting.push(("NODE_EXTRA_CA_CERTS", ca_file.display().to_string()));
+    let runtime = LambdaRuntime::start(
+        &node,
+        "simple-chat",
+        &["onconnect", "ondisconnect", "sendmessage"],
+        &[],
+        &trusting,
+    )
+    .await;
+    let untrusting = LambdaRuntime::start(&node, "untrusting", &["sendmessage"], &[], &env).await;
+    let urls = [
+        runtime.url("onconnect"),
+        runtime.url("ondisconnect"),
+        runtime.url("sendmessage"),
+        untrusting.url("sendmessage"),
+    ];
+    let gw = TestGateway::start(move |c| {
+        aws(c);
+        let [connect, disconnect, sendmessage, untrusted] = urls;
+        c.functions.register = Some(connect.into());
+        c.functions.cleanup = Some(disconnect.into());
+        c.functions
+            .routes
+            .insert("sendmessage".into(), sendmessage.into());
+        c.functions
+            .routes
+            .insert("untrusting".into(), untrusted.into());
+        c.aws.management_api_on_public = true;
+        c.public.tls = Some(gateway::config::PublicTlsConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            files: gateway::config::TlsFiles {
+                cert_file: cert,
+                key_file: key,
+            },
+        });
+    })
+    .await;
+    let tls = gw.public_tls.expect("a TLS listener");
+
+    // Clients of wss://localhost:<port>/, checking the certificate against the CA: each
+    // event's domainName is `localhost:<port>`, the sample's endpoint
+    // https://localhost:<port>/prod.
+    let (mut a, _) = connect_wss(tls, "/", &ca.pem()).await.expect("a over wss");
+    let (mut b, _) = connect_wss(tls, "/", &ca.pem()).await.expect("b over wss");
+    let ids = members(&redis, &table);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+
+    send_text(&mut a, r#"{"action":"sendmessage","data":"hello"}"#).await;
+    for client in [&mut a, &mut b] {
+        assert_eq!(text(next_message(client).await), "hello");
+    }
+
+    // Without NODE_EXTRA_CA_CERTS the SDK refuses the gateway's certificate.
+    send_text(&mut a, r#"{"action":"untrusting","data":"unseen"}"#).await;
+    expect_internal_error(&mut a).await;
+    send_text(&mut b, r#"{"action":"sendmessage","data":"after"}"#).await;
+    for client in [&mut a, &mut b] {
+        assert_eq!(text(next_message(client).await), "after");
+    }
+
+    a.close(None).await.unwrap();
+    b.close(None).await.unwrap();
+    wait_members(&redis, &table, "an empty table", |ids| ids.is_empty()).await;
+    gw.shutdown().await;
+    runtime.terminate().await;
+    untrusting.terminate().await;
 }
 
 /// What each style of handler answers: its style, and what the Lambda context told it.

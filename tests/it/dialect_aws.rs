@@ -82,10 +82,11 @@ fn python_with_boto3() -> Option<PathBuf> {
     )
 }
 
-/// A Python process with the environment a Lambda function gets (keys, region), and
-/// nothing from the machine's AWS configuration.
+/// A Python process with the environment a Lambda function gets (keys, region), nothing
+/// from the machine's AWS configuration (its CA bundle included), and `extra_env` over all
+/// of it.
 fn python_command(python: &Path, extra_env: &[(&str, String)]) -> Command {
-    let mut cmd = tests::python::command(python, "aws", extra_env);
+    let mut cmd = tests::python::command(python, "aws", &[]);
     cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env("AWS_REGION", REGION)
@@ -93,9 +94,15 @@ fn python_command(python: &Path, extra_env: &[(&str, String)]) -> Command {
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
-    for var in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"] {
+    for var in [
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL",
+        "AWS_CA_BUNDLE",
+    ] {
         cmd.env_remove(var);
     }
+    cmd.envs(extra_env.iter().map(|(k, v)| (k, v)));
     cmd
 }
 
@@ -848,7 +855,8 @@ async fn broken_connect_replies_are_502_with_a_clear_log() {
 // ------------------------------------------------------------------ https
 
 /// boto3 reaches the management API on the send-back listener over TLS, verifying its
-/// certificate with `verify=` the test CA; without the CA it refuses the endpoint.
+/// certificate against the test CA given as `verify=` or in `AWS_CA_BUNDLE`; without the
+/// CA it refuses the endpoint.
 #[tokio::test]
 async fn management_api_over_https_on_the_sendback_listener() {
     let Some(python) = python_with_boto3() else {
@@ -887,6 +895,19 @@ async fn management_api_over_https_on_the_sendback_listener() {
     assert_eq!(text(next_message(&mut client).await), "over https");
     let r = sdk(&python, &endpoint, &["get", &id, "--verify", verify]).await;
     assert_eq!(r["identity"]["SourceIp"], "127.0.0.1", "{r}");
+    // The same CA from the environment, as a handler deployed unchanged is given it.
+    let r = sdk_env(
+        &python,
+        &endpoint,
+        &["post", &id, "--data", "trusted through AWS_CA_BUNDLE"],
+        &[("AWS_CA_BUNDLE", verify.to_owned())],
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(
+        text(next_message(&mut client).await),
+        "trusted through AWS_CA_BUNDLE"
+    );
 
     // Without the CA: boto3 will not talk to it (the system's roots do not know it).
     let mut cmd = python_command(&python, &[]);

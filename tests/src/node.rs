@@ -102,8 +102,9 @@ impl LambdaRuntime {
 }
 
 /// `node` in `tests/handlers/aws-node` with `NODE_PATH` = `user_dirs` (unset if none) and
-/// `env` added, without proxies, AWS profiles or the machine's AWS files, without stdin;
-/// killed when dropped. Arguments are the caller's.
+/// `env` added, without proxies, AWS profiles or the machine's AWS files, without the
+/// machine's TLS trust settings (extra CAs, verification turned off), without stdin; killed
+/// when dropped. Arguments are the caller's.
 pub fn command(node: &Path, user_dirs: &[&Path], env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(node);
     cmd.current_dir(aws_node_dir())
@@ -126,6 +127,9 @@ pub fn command(node: &Path, user_dirs: &[&Path], env: &[(&str, String)]) -> Comm
         "AWS_ENDPOINT_URL",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
+        "AWS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "NODE_TLS_REJECT_UNAUTHORIZED",
     ] {
         cmd.env_remove(var);
     }
