@@ -22,10 +22,16 @@ fn check(toml: &str) -> (bool, String) {
 /// `switchboard check --config deploy/gateway.toml` with `env` (and no other
 /// `SWITCHBOARD_*` variable) and `flags`.
 fn check_example(env: &[(&str, &str)], flags: &[&str]) -> (bool, String) {
+    check_deploy_file("deploy/gateway.toml", env, flags)
+}
+
+/// `switchboard check --config <file>` (relative to the repository root) with `env` (and
+/// no other `SWITCHBOARD_*` variable) and `flags`.
+fn check_deploy_file(file: &str, env: &[(&str, &str)], flags: &[&str]) -> (bool, String) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut command = Command::new(crate::switchboard_bin());
     command
-        .args(["check", "--config", "deploy/gateway.toml"])
+        .args(["check", "--config", file])
         .args(flags)
         .current_dir(root);
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SWITCHBOARD_")) {
@@ -199,4 +205,35 @@ fn example_configs_in_deploy_are_valid() {
         }
     }
     assert!(checked >= 2, "checked {checked} configs");
+}
+
+/// deploy/tls.toml is a working config once its certificate files exist: here made by a
+/// test CA, their paths given as the environment variables a deployment would use.
+#[test]
+fn the_tls_example_checks_with_real_certificates() {
+    let dir = tests::process::TempDir::new();
+    let ca = crate::tls::Ca::new("example internal CA");
+    let (cert, key) = ca.leaf("gw-1").write(dir.path(), "public");
+    let (sendback_cert, sendback_key) = ca.leaf("gw-1 send-back").write(dir.path(), "sendback");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let files = [
+        ("SWITCHBOARD_PUBLIC__TLS__CERT_FILE", path(&cert)),
+        ("SWITCHBOARD_PUBLIC__TLS__KEY_FILE", path(&key)),
+        ("SWITCHBOARD_SENDBACK__TLS__CERT_FILE", path(&sendback_cert)),
+        ("SWITCHBOARD_SENDBACK__TLS__KEY_FILE", path(&sendback_key)),
+        ("SWITCHBOARD_FUNCTIONS__CA_FILE", path(&ca_file)),
+    ];
+    let env: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (ok, out) = check_deploy_file("deploy/tls.toml", &env, &[]);
+    assert!(ok, "{out}");
+    // As written (no such files here), the check names the first file it could not load.
+    let (ok, out) = check_deploy_file("deploy/tls.toml", &[], &[]);
+    assert!(!ok && out.contains("public.tls.cert_file"), "{out}");
+    // A key that is not the certificate's is refused, naming it.
+    let mut swapped = env.clone();
+    swapped[1].1 = env[3].1;
+    let (ok, out) = check_deploy_file("deploy/tls.toml", &swapped, &[]);
+    assert!(!ok && out.contains("public.tls"), "{out}");
 }
