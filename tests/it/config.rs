@@ -189,6 +189,11 @@ fn example_configs_in_deploy_are_valid() {
     let mut checked = 0;
     for entry in std::fs::read_dir(root.join("deploy")).unwrap() {
         let path = entry.unwrap().path();
+        // tls.toml names certificate files that exist only on a real host: checked with
+        // certificates made for it by `the_tls_example_checks_with_real_certificates`.
+        if path.file_name().is_some_and(|n| n == "tls.toml") {
+            continue;
+        }
         if path.extension().is_some_and(|e| e == "toml") {
             let out = Command::new(crate::switchboard_bin())
                 .args(["check", "--config", path.to_str().unwrap()])
