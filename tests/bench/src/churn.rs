@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 
 use super::cli::Ctx;
-use super::client::{Sources, connect_ws};
+use super::client::{Dialer, Sources};
 use super::procs::cpu_us_per;
 use super::report::Row;
 use super::stats::Percentiles;
@@ -28,8 +28,8 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One cycle; `Ok(true)` when the server answered the close frame (a clean close).
-async fn cycle(url: &str, sources: &Sources, i: usize) -> anyhow::Result<bool> {
-    let mut ws = connect_ws(url, sources.next()).await?;
+async fn cycle(dialer: &Dialer, url: &str, sources: &Sources, i: usize) -> anyhow::Result<bool> {
+    let mut ws = dialer.ws(url, sources.next()).await?;
     let text = format!("churn {i}");
     let exchange = async {
         ws.send(Message::text(text.clone())).await?;
@@ -91,6 +91,7 @@ pub async fn run(target: &mut Target, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
             let (next, sources, url) = (next.clone(), sources.clone(), target.ws_url.clone());
+            let dialer = target.dialer.clone();
             tokio::spawn(async move {
                 let mut times = Vec::new();
                 let mut errors = Vec::new();
@@ -101,7 +102,7 @@ pub async fn run(target: &mut Target, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
                         break;
                     }
                     let t = Instant::now();
-                    match cycle(&url, &sources, i).await {
+                    match cycle(&dialer, &url, &sources, i).await {
                         Ok(clean) => {
                             times.push(t.elapsed().as_micros() as u64);
                             unclean += u64::from(!clean);

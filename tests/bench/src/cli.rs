@@ -2,18 +2,22 @@
 //!
 //! ```text
 //! bench [--size smoke|full] [--store memory|redis|both] [--only idle,echo,fanout,churn]
-//!       [--systems switchboard,pushpin,nchan,node,floor] [--peers] [--results FILE] [--svg FILE]
+//!       [--systems switchboard,switchboard-wss,nginx-tls,pushpin,nchan,node,floor] [--peers]
+//!       [--results FILE] [--svg FILE]
 //! bench svg [--results FILE] [--out FILE] [--run RUN_ID]
 //! bench worker            (internal: a load-generator subprocess)
 //! ```
 //!
-//! Every combination starts its system fresh, runs one scenario, prints a table row and
-//! appends it to the results file. The exit status is non-zero when a scenario errored
-//! (or, under `SWITCHBOARD_REQUIRE_ALL`, when a requested system could not run); timings
-//! never fail a run.
+//! A run first makes its CA and server certificate ([`crate::tls`]). Every combination
+//! starts its system fresh, runs one scenario, prints a table row and appends it to the
+//! results file (`switchboard-wss` and `nginx-tls` take part in `idle` and `echo` only).
+//! The exit status is non-zero when a scenario errored (or, under
+//! `SWITCHBOARD_REQUIRE_ALL`, when a requested system could not run); timings never fail a
+//! run.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,6 +27,7 @@ use super::machine::{FdLimit, Machine, raise_fd_limit, sockets_per_process};
 use super::plan::{Scenario, Size, Sizes, StoreChoice, StoreKind, System, parse_list};
 use super::report::{self, Row};
 use super::systems::{Env, Target};
+use super::tls::Pki;
 use super::{churn, echo, fanout, idle, svg, targets, worker, workspace_root};
 
 /// The benchmark harness.
@@ -62,8 +67,8 @@ pub struct RunArgs {
     /// Scenarios to run, comma-separated (default: all).
     #[arg(long, value_parser = |s: &str| parse_list::<Scenario>(s).map(List))]
     only: Option<List<Scenario>>,
-    /// Systems to run, comma-separated (default: switchboard,floor at smoke size, all at
-    /// full size).
+    /// Systems to run, comma-separated (default: switchboard, switchboard-wss, nginx-tls
+    /// and floor at smoke size, all at full size).
     #[arg(long, value_parser = |s: &str| parse_list::<System>(s).map(List))]
     systems: Option<List<System>>,
     /// Add the peers (pushpin, nchan, node) to the default systems (for smoke runs).
@@ -160,10 +165,19 @@ impl RunArgs {
         }
         match (self.size, self.peers) {
             (Size::Full, _) | (Size::Smoke, true) => System::ALL.to_vec(),
-            (Size::Smoke, false) => vec![System::Switchboard, System::Floor],
+            (Size::Smoke, false) => SMOKE_SYSTEMS.to_vec(),
         }
     }
 }
+
+/// The systems of a smoke run without `--peers`: those that need no peer but nginx (which
+/// the tests need too; `nginx-tls` is skipped with a message when it is missing).
+pub const SMOKE_SYSTEMS: [System; 4] = [
+    System::Switchboard,
+    System::SwitchboardWss,
+    System::NginxTls,
+    System::Floor,
+];
 
 /// What every scenario needs.
 pub struct Ctx {
@@ -298,6 +312,7 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
             log_dir: log_dir.clone(),
             node_dir: workspace_root().join("tests/bench/node-ws"),
             http,
+            pki: Arc::new(Pki::make().context("making the run's TLS certificates")?),
         },
         sizes,
         sources: super::client::source_addrs(args.sources),
@@ -320,8 +335,8 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut all = Vec::new();
     let mut failed = false;
     for &scenario in &scenarios {
-        for &system in &systems {
-            let stores: Vec<Option<StoreKind>> = if system == System::Switchboard {
+        for &system in systems.iter().filter(|s| s.runs(scenario)) {
+            let stores: Vec<Option<StoreKind>> = if system.on_store() {
                 args.store.stores().into_iter().map(Some).collect()
             } else {
                 vec![None]
@@ -441,7 +456,12 @@ mod tests {
         assert_eq!(smoke.run.sizes().1, "smoke");
         assert_eq!(
             smoke.run.systems(),
-            vec![System::Switchboard, System::Floor]
+            vec![
+                System::Switchboard,
+                System::SwitchboardWss,
+                System::NginxTls,
+                System::Floor
+            ]
         );
         let peers = Cli::try_parse_from(["bench", "--peers"]).unwrap();
         assert_eq!(peers.run.systems(), System::ALL.to_vec());

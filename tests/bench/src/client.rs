@@ -1,11 +1,13 @@
-//! The load generator's clients: WebSocket connections bound to one of several 127.0.0.x
-//! source addresses, and a bare HTTP/1.1 keep-alive connection.
+//! The load generator's clients: WebSocket connections (`ws://`, or `wss://` through a
+//! [`Dialer`] holding the run's TLS client config) bound to one of several 127.0.0.x source
+//! addresses, and a bare HTTP/1.1 keep-alive connection.
 //!
 //! One source address gives one ephemeral port range (about 28,000 ports) towards a
 //! server; binding clients to 127.0.0.2, 127.0.0.3, … (all loopback on Linux) before
 //! connecting multiplies that, so 100k+ connections fit.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -14,14 +16,22 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::either::Either;
 
-/// A client WebSocket over a plain TCP stream.
-pub type Ws = WebSocketStream<TcpStream>;
+/// A client connection: plain TCP, or TLS over it (boxed: a plain client does not carry
+/// the TLS state's size).
+pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
-/// How long one connection attempt (TCP + handshake) may take.
+/// A client WebSocket, `ws://` or `wss://`.
+pub type Ws = WebSocketStream<Stream>;
+
+/// How long one connection attempt (TCP + TLS + upgrade) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The client side's tungstenite buffers: small, like the servers', so that 15,000 client
@@ -95,25 +105,78 @@ pub async fn tcp_from(source: Ipv4Addr, server: SocketAddr) -> anyhow::Result<Tc
     Ok(stream)
 }
 
-/// Opens a WebSocket to `url` from `source`; an upgrade refused is an error naming the
-/// status.
-pub async fn connect_ws(url: &str, source: Ipv4Addr) -> anyhow::Result<Ws> {
-    let attempt = async {
-        let stream = tcp_from(source, url_addr(url)?).await?;
-        let (ws, _response) =
-            tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
-                .await
-                .map_err(|e| match e {
-                    tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                        anyhow::anyhow!("upgrade refused with {}", resp.status())
-                    }
-                    other => anyhow::anyhow!("handshake: {other}"),
-                })?;
-        Ok(ws)
-    };
-    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-        Ok(result) => result,
-        Err(_) => bail!("connect timed out after {CONNECT_TIMEOUT:?}"),
+/// How clients open WebSockets: `ws://` URLs always, `wss://` URLs when made with a CA to
+/// trust (the run's, [`crate::tls`]). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Dialer {
+    /// The CA, PEM, and the connector trusting it.
+    tls: Option<(Arc<str>, TlsConnector)>,
+}
+
+impl Dialer {
+    /// `ws://` only.
+    pub fn plain() -> Self {
+        Dialer::default()
+    }
+
+    /// `wss://` too, trusting the CA certificates in `ca_pem` (if given).
+    pub fn new(ca_pem: Option<&str>) -> anyhow::Result<Self> {
+        let tls = match ca_pem {
+            Some(pem) => Some((Arc::from(pem), crate::tls::connector(pem)?)),
+            None => None,
+        };
+        Ok(Dialer { tls })
+    }
+
+    /// The CA it trusts, for a worker process to make the same dialer.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_ref().map(|(pem, _)| &**pem)
+    }
+
+    /// A TLS connection to `server` from `source`, verifying the server's certificate for
+    /// its IP address (no timeout of its own).
+    pub async fn tls(
+        &self,
+        source: Ipv4Addr,
+        server: SocketAddr,
+    ) -> anyhow::Result<TlsStream<TcpStream>> {
+        let (_, connector) = self
+            .tls
+            .as_ref()
+            .with_context(|| format!("TLS to {server} without a CA to trust"))?;
+        let tcp = tcp_from(source, server).await?;
+        connector
+            .connect(ServerName::from(server.ip()), tcp)
+            .await
+            .with_context(|| format!("TLS handshake with {server}"))
+    }
+
+    /// Opens a WebSocket to `url` (`ws://` or `wss://`, an IP address and a port) from
+    /// `source`, the TLS handshake included; an upgrade refused is an error naming the
+    /// status.
+    pub async fn ws(&self, url: &str, source: Ipv4Addr) -> anyhow::Result<Ws> {
+        let attempt = async {
+            let addr = url_addr(url)?;
+            let stream = if url.starts_with("wss://") {
+                Either::Right(Box::new(self.tls(source, addr).await?))
+            } else {
+                Either::Left(tcp_from(source, addr).await?)
+            };
+            let (ws, _response) =
+                tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
+                    .await
+                    .map_err(|e| match e {
+                        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                            anyhow::anyhow!("upgrade refused with {}", resp.status())
+                        }
+                        other => anyhow::anyhow!("handshake: {other}"),
+                    })?;
+            Ok(ws)
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(result) => result,
+            Err(_) => bail!("connect timed out after {CONNECT_TIMEOUT:?}"),
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::cli::Ctx;
-use super::client::{HttpConn, Sources, Ws, connect_ws};
+use super::client::{Dialer, HttpConn, Sources, Ws};
 use super::procs::{Usage, cpu_us_per};
 use super::report::Row;
 use super::stats::Percentiles;
@@ -132,8 +132,9 @@ async fn drive(mut client: Client, conn: usize, budget: Budget) -> Done {
     done
 }
 
-/// Connects `n` clients of one kind.
+/// Connects `n` clients of one kind (WebSockets through `dialer`).
 async fn connect_all(
+    dialer: &Dialer,
     url: &str,
     n: usize,
     http: bool,
@@ -146,7 +147,8 @@ async fn connect_all(
                 if http {
                     HttpConn::connect(url, source).await.map(Client::Http)
                 } else {
-                    connect_ws(url, source)
+                    dialer
+                        .ws(url, source)
                         .await
                         .map(|ws| Client::Ws(Box::new(ws)))
                 }
@@ -174,7 +176,7 @@ async fn measure(target: &Target, ctx: &Ctx, system: &str, url: &str, http: bool
     let n = ctx.sizes.echo_conns;
     row.conns = n;
     let sources = Sources::new(ctx.sources.clone(), 0);
-    let (clients, errors) = connect_all(url, n, http, &sources).await;
+    let (clients, errors) = connect_all(&target.dialer, url, n, http, &sources).await;
     row.errors_from(errors.len() as u64, &errors);
     if clients.is_empty() {
         return row;

@@ -323,6 +323,7 @@ pub async fn run(target: &mut Target, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let mut pool = WorkerPool::spawn(ctx.workers_for(wanted), &ctx.env.log_dir).await?;
     let connected = pool
         .connect(
+            &target.dialer,
             &target.room_url,
             wanted,
             &ctx.sources,

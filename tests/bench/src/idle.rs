@@ -47,6 +47,7 @@ pub async fn run(target: &mut Target, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let mut pool = WorkerPool::spawn(ctx.workers_for(conns), &ctx.env.log_dir).await?;
     let mut connected = pool
         .connect(
+            &target.dialer,
             &target.ws_url,
             conns,
             &ctx.sources,

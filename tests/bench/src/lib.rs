@@ -1,6 +1,7 @@
-//! The benchmark harness: Switchboard against Pushpin, Nchan (nginx), a hand-written
-//! Node.js `ws` server and bare tokio floors, side by side, on one machine, with one load
-//! generator and one function.
+//! The benchmark harness: Switchboard (on `ws://`, and on `wss://` against nginx
+//! terminating TLS in front of it) against Pushpin, Nchan (nginx), a hand-written Node.js
+//! `ws` server and bare tokio floors, side by side, on one machine, with one load generator
+//! and one function.
 //!
 //! Its own package, so the integration tests do not compile it; it uses their library
 //! (the `tests` package, as `harness`) for `redis-server` and finding programs.
@@ -18,8 +19,8 @@
 //! - `bench-floor` ([`floor`]): the floors: a bare tokio-tungstenite echo, a bare hyper
 //!   HTTP echo and a raw fan-out server.
 //!
-//! Scenarios: [`idle`], [`echo`], [`fanout`], [`churn`]. `tests/bench/README.md` has the
-//! commands and the latest results.
+//! Scenarios: [`idle`], [`echo`], [`fanout`], [`churn`]. [`tls`] makes the run's
+//! certificates. `tests/bench/README.md` has the commands and the latest results.
 
 pub mod churn;
 pub mod cli;
@@ -37,6 +38,7 @@ pub mod stats;
 pub mod svg;
 pub mod systems;
 pub mod targets;
+pub mod tls;
 pub mod worker;
 pub mod wsevents;
 

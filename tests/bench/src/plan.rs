@@ -65,6 +65,11 @@ impl FromStr for Scenario {
 pub enum System {
     /// The gateway (`switchboard`) with `bench-function`.
     Switchboard,
+    /// The same gateway serving `wss://` itself (`[public.tls]`); clients connect over TLS.
+    SwitchboardWss,
+    /// nginx terminating TLS in front of the plain gateway, proxying WebSocket upgrades:
+    /// what a user does instead of built-in `wss://`.
+    NginxTls,
     /// Pushpin in WebSocket-over-HTTP mode with `bench-function`.
     Pushpin,
     /// nginx with the Nchan module, its WebSocket opens, messages and closes going to
@@ -77,9 +82,12 @@ pub enum System {
 }
 
 impl System {
-    /// Every system, in run order.
-    pub const ALL: [System; 5] = [
+    /// Every system, in run order (the TLS variants right after the plain gateway, so the
+    /// three are measured minutes apart).
+    pub const ALL: [System; 7] = [
         System::Switchboard,
+        System::SwitchboardWss,
+        System::NginxTls,
         System::Pushpin,
         System::Nchan,
         System::Node,
@@ -90,10 +98,31 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::Switchboard => "switchboard",
+            System::SwitchboardWss => "switchboard-wss",
+            System::NginxTls => "nginx-tls",
             System::Pushpin => "pushpin",
             System::Nchan => "nchan",
             System::Node => "node",
             System::Floor => "floor",
+        }
+    }
+
+    /// Whether it runs the gateway, so once per store of `--store`.
+    pub fn on_store(self) -> bool {
+        matches!(
+            self,
+            System::Switchboard | System::SwitchboardWss | System::NginxTls
+        )
+    }
+
+    /// Whether it takes part in `scenario`: the TLS systems compare idle memory and echo
+    /// only.
+    pub fn runs(self, scenario: Scenario) -> bool {
+        match self {
+            System::SwitchboardWss | System::NginxTls => {
+                matches!(scenario, Scenario::Idle | Scenario::Echo)
+            }
+            _ => true,
         }
     }
 }
@@ -111,7 +140,8 @@ impl FromStr for System {
             .into_iter()
             .find(|sy| sy.name() == s)
             .ok_or_else(|| {
-                format!("unknown system `{s}` (switchboard, pushpin, nchan, node, floor)")
+                let names: Vec<&str> = System::ALL.iter().map(|sy| sy.name()).collect();
+                format!("unknown system `{s}` ({})", names.join(", "))
             })
     }
 }
@@ -268,6 +298,30 @@ mod tests {
         );
         assert!(parse_list::<Scenario>("idle,nope").is_err());
         assert!(parse_list::<System>("").is_err());
+        assert_eq!(
+            parse_list::<System>("switchboard-wss,nginx-tls").unwrap(),
+            vec![System::SwitchboardWss, System::NginxTls]
+        );
+        let err = "wss".parse::<System>().unwrap_err();
+        assert!(err.contains("switchboard-wss, nginx-tls"), "{err}");
+    }
+
+    #[test]
+    fn tls_systems_run_on_each_store_and_only_idle_and_echo() {
+        for system in [System::SwitchboardWss, System::NginxTls] {
+            assert!(system.on_store());
+            let scenarios: Vec<Scenario> = Scenario::ALL
+                .into_iter()
+                .filter(|&sc| system.runs(sc))
+                .collect();
+            assert_eq!(scenarios, vec![Scenario::Idle, Scenario::Echo]);
+        }
+        assert!(System::Switchboard.on_store() && !System::Nchan.on_store());
+        assert!(
+            Scenario::ALL
+                .into_iter()
+                .all(|sc| System::Switchboard.runs(sc))
+        );
     }
 
     #[test]

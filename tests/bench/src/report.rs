@@ -24,7 +24,8 @@ pub struct Row {
     pub size: String,
     /// `idle`, `echo`, `fanout`, `fanout-batch` or `churn`.
     pub scenario: String,
-    /// `switchboard`, `pushpin`, `nchan`, `node`, `floor` or `floor-http`.
+    /// `switchboard`, `switchboard-wss`, `nginx-tls`, `pushpin`, `nchan`, `node`, `floor`
+    /// or `floor-http`.
     pub system: String,
     /// `memory`, `redis`, or `-` for systems without a Switchboard store.
     pub store: String,
@@ -117,7 +118,7 @@ impl Row {
 /// The table's header line.
 pub fn header() -> String {
     format!(
-        "{:<13} {:<11} {:<6} {:>6} {:>12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6}  {}",
+        "{:<13} {:<15} {:<6} {:>6} {:>12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6}  {}",
         "scenario",
         "system",
         "store",
@@ -150,7 +151,7 @@ pub fn line(row: &Row) -> String {
         String::new()
     };
     format!(
-        "{:<13} {:<11} {:<6} {:>6} {:>12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6}  {}",
+        "{:<13} {:<15} {:<6} {:>6} {:>12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6}  {}",
         row.scenario,
         row.system,
         row.store,
@@ -205,7 +206,7 @@ mod tests {
         });
         let l = line(&row);
         assert!(l.contains("12346") && l.contains("switchboard"), "{l}");
-        assert!(l.starts_with("echo          switchboard memory"), "{l}");
+        assert!(l.starts_with("echo          switchboard     memory"), "{l}");
         row.error(2, "boom");
         assert!(!row.ok && line(&row).contains("ERROR: boom"));
 

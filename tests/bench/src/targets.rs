@@ -170,6 +170,7 @@ pub fn check(rows: &[Row], store: &str) -> Vec<Verdict> {
         rate(sb("fanout-burst")).map(|d| (d, format!("{d:.0}/s"))),
         |d| d >= 500_000.0,
     ));
+    out.extend(wss(rows, store));
     if store == "memory" {
         out.push(verdict(
             "churn [memory]: cycles per second".to_owned(),
@@ -179,6 +180,43 @@ pub fn check(rows: &[Row], store: &str) -> Vec<Verdict> {
         ));
     }
     out
+}
+
+/// The `wss://` targets on `store`: built-in TLS (`switchboard-wss`) against the plain
+/// gateway and against nginx terminating TLS in front of it (`nginx-tls`).
+fn wss(rows: &[Row], store: &str) -> Vec<Verdict> {
+    let row = |sc: &str, sy: &str| find(rows, sc, sy, store);
+    let kib = |sy: &str| row("idle", sy).and_then(|r| r.rss_kib_per_conn);
+    let rate = |sy: &str| row("echo", sy).and_then(|r| r.rate);
+    let ratio = |a: Option<f64>, b: Option<f64>, unit: &str, prec: usize| {
+        a.zip(b).filter(|&(_, b)| b > 0.0).map(|(a, b)| {
+            (
+                a / b,
+                format!("{:.2}x ({a:.prec$} vs {b:.prec$} {unit})", a / b),
+            )
+        })
+    };
+    let wss = kib("switchboard-wss");
+    vec![
+        verdict(
+            format!("idle [{store}]: wss RSS per connection vs plain ws"),
+            "<= 3x",
+            ratio(wss, kib("switchboard"), "KiB", 2),
+            |x| x <= 3.0,
+        ),
+        verdict(
+            format!("idle [{store}]: wss RSS per connection vs nginx terminating TLS"),
+            "< 1x (nginx + gateway)",
+            ratio(wss, kib("nginx-tls"), "KiB", 2),
+            |x| x < 1.0,
+        ),
+        verdict(
+            format!("echo [{store}]: wss round trips per second vs nginx terminating TLS"),
+            "> 1x",
+            ratio(rate("switchboard-wss"), rate("nginx-tls"), "rt/s", 0),
+            |x| x > 1.0,
+        ),
+    ]
 }
 
 #[cfg(test)]
@@ -210,6 +248,42 @@ mod tests {
         assert_eq!(get("RSS").met, None);
         assert!(get("RSS").line().starts_with("n/a"));
         assert!(check(&rows, "redis").iter().all(|v| v.met.is_none()));
+    }
+
+    #[test]
+    fn wss_against_plain_and_nginx() {
+        let idle = |system: &str, kib: f64| {
+            let mut r = row("idle", system, "memory", 5_000.0);
+            r.rss_kib_per_conn = Some(kib);
+            r
+        };
+        let rows = vec![
+            idle("switchboard", 3.5),
+            idle("switchboard-wss", 11.2),
+            idle("nginx-tls", 20.0),
+            row("echo", "switchboard-wss", "memory", 20_000.0),
+            row("echo", "nginx-tls", "memory", 25_000.0),
+        ];
+        let v = check(&rows, "memory");
+        let get = |w: &str| v.iter().find(|v| v.what.contains(w)).unwrap().clone();
+        let plain = get("wss RSS per connection vs plain");
+        assert_eq!(plain.met, Some(false));
+        assert_eq!(plain.measured, "3.20x (11.20 vs 3.50 KiB)");
+        assert_eq!(get("wss RSS per connection vs nginx").met, Some(true));
+        let echo = get("wss round trips");
+        assert_eq!(echo.met, Some(false));
+        assert_eq!(echo.measured, "0.80x (20000 vs 25000 rt/s)");
+        // A skipped nginx row (nginx missing) leaves its comparisons unmeasured.
+        let rows = vec![
+            idle("switchboard", 3.5),
+            idle("switchboard-wss", 10.0),
+            Row::new("idle", "nginx-tls", "memory").skip("nginx not installed"),
+        ];
+        let v = check(&rows, "memory");
+        let get = |w: &str| v.iter().find(|v| v.what.contains(w)).unwrap().clone();
+        assert_eq!(get("vs plain ws").met, Some(true));
+        assert_eq!(get("wss RSS per connection vs nginx").met, None);
+        assert_eq!(get("wss round trips").met, None);
     }
 
     #[test]

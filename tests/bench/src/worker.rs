@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client::{Sources, Ws, connect_ws};
+use super::client::{Dialer, Sources, Ws};
 use super::report::MAX_ERROR_SAMPLES;
 use super::unix_us;
 
@@ -44,6 +44,8 @@ pub enum Command {
     Connect {
         /// The WebSocket URL.
         url: String,
+        /// The CA to trust for a `wss://` URL, PEM.
+        ca_pem: Option<String>,
         /// How many.
         count: usize,
         /// Source addresses.
@@ -182,6 +184,7 @@ async fn hold(mut ws: Ws, state: Arc<State>) {
 
 async fn connect_many(
     state: &Arc<State>,
+    dialer: &Dialer,
     url: &str,
     count: usize,
     sources: Vec<Ipv4Addr>,
@@ -195,7 +198,8 @@ async fn connect_many(
             let source = sources.next();
             async move {
                 let t = Instant::now();
-                connect_ws(url, source)
+                dialer
+                    .ws(url, source)
                     .await
                     .map(|ws| (ws, t.elapsed().as_micros() as u64))
                     .map_err(|e| format!("{e:#}"))
@@ -258,14 +262,31 @@ pub async fn main() -> anyhow::Result<()> {
         let (reply, last) = match command {
             Command::Connect {
                 url,
+                ca_pem,
                 count,
                 sources,
                 source_offset,
                 concurrency,
-            } => (
-                connect_many(&state, &url, count, sources, source_offset, concurrency).await,
-                false,
-            ),
+            } => {
+                let reply = match Dialer::new(ca_pem.as_deref()) {
+                    Ok(dialer) => {
+                        connect_many(
+                            &state,
+                            &dialer,
+                            &url,
+                            count,
+                            sources,
+                            source_offset,
+                            concurrency,
+                        )
+                        .await
+                    }
+                    Err(e) => Reply::Failed {
+                        message: format!("{e:#}"),
+                    },
+                };
+                (reply, false)
+            }
             Command::Expect {
                 tag,
                 count,
@@ -391,9 +412,11 @@ impl WorkerPool {
         self.workers.is_empty()
     }
 
-    /// Opens `total` connections to `url` spread evenly over the workers, all at once.
+    /// Opens `total` connections to `url` through `dialer`, spread evenly over the workers,
+    /// all at once.
     pub async fn connect(
         &mut self,
+        dialer: &Dialer,
         url: &str,
         total: usize,
         sources: &[Ipv4Addr],
@@ -403,6 +426,7 @@ impl WorkerPool {
         let requests = self.workers.iter_mut().enumerate().map(|(i, w)| {
             let command = Command::Connect {
                 url: url.to_owned(),
+                ca_pem: dialer.ca_pem().map(str::to_owned),
                 count: total / n + usize::from(i < total % n),
                 sources: sources.to_vec(),
                 source_offset: i,

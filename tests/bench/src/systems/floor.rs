@@ -1,6 +1,7 @@
 //! The floors: `bench-floor` (see [`crate::floor`]), built in the same run.
 
 use super::{Env, Publisher, START_TIMEOUT, Target};
+use crate::client::Dialer;
 use crate::floor::FloorPorts;
 use crate::plan::System;
 use crate::procs::Proc;
@@ -15,6 +16,7 @@ pub async fn start(env: &Env) -> anyhow::Result<Target> {
         store: None,
         ws_url: format!("ws://127.0.0.1:{}/ws", ports.ws),
         room_url: format!("ws://127.0.0.1:{}/ws", ports.fanout_ws),
+        dialer: Dialer::plain(),
         http_echo_url: Some(format!("http://127.0.0.1:{}/echo", ports.http)),
         publisher: Publisher::Plain {
             url: format!("http://127.0.0.1:{}/publish", ports.fanout_http),

@@ -4,19 +4,24 @@
 
 pub mod floor;
 pub mod nchan;
+pub mod nginx_tls;
 pub mod node;
 pub mod pushpin;
 pub mod switchboard;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
+use super::client::Dialer;
 use super::function::FunctionStats;
+use super::machine::FD_RESERVE;
 use super::plan::{StoreKind, System};
 use super::procs::{Proc, Usage, usage};
+use super::tls::Pki;
 use harness::redis::RedisServer;
 
 /// The room (group, channel) every fan-out member joins.
@@ -34,6 +39,8 @@ pub struct Env {
     pub node_dir: PathBuf,
     /// The HTTP client for control requests.
     pub http: reqwest::Client,
+    /// The run's CA and server certificate (`switchboard-wss`, `nginx-tls`).
+    pub pki: Arc<Pki>,
 }
 
 /// How a fan-out is published.
@@ -62,12 +69,14 @@ pub enum Publisher {
 pub struct Target {
     /// Which system.
     pub system: System,
-    /// The gateway's store (Switchboard only).
+    /// The gateway's store (the systems running the gateway only).
     pub store: Option<StoreKind>,
     /// WebSocket URL for idle, echo and churn clients.
     pub ws_url: String,
     /// WebSocket URL of a fan-out member (joins [`ROOM`]).
     pub room_url: String,
+    /// How clients connect (with the run's CA for a `wss://` URL).
+    pub dialer: Dialer,
     /// HTTP echo URL (the floor's bare HTTP round trip).
     pub http_echo_url: Option<String>,
     /// How to publish to the room.
@@ -85,16 +94,17 @@ pub struct Target {
 }
 
 impl Target {
-    /// Starts `system` (on `store` for Switchboard).
+    /// Starts `system` (on `store` for the systems running the gateway).
     pub async fn start(
         system: System,
         store: Option<StoreKind>,
         env: &Env,
     ) -> anyhow::Result<Target> {
+        let store = store.unwrap_or(StoreKind::Memory);
         match system {
-            System::Switchboard => {
-                switchboard::start(store.unwrap_or(StoreKind::Memory), env).await
-            }
+            System::Switchboard => switchboard::start(store, env).await,
+            System::SwitchboardWss => switchboard::start_wss(store, env).await,
+            System::NginxTls => nginx_tls::start(store, env).await,
             System::Pushpin => pushpin::start(env).await,
             System::Nchan => nchan::start(env).await,
             System::Node => node::start(env).await,
@@ -110,8 +120,9 @@ impl Target {
         match system {
             System::Pushpin => pushpin::unavailable(),
             System::Nchan => nchan::unavailable(),
+            System::NginxTls => nginx_tls::unavailable(),
             System::Node => node::unavailable(env),
-            System::Switchboard | System::Floor => None,
+            System::Switchboard | System::SwitchboardWss | System::Floor => None,
         }
     }
 
@@ -153,6 +164,15 @@ impl Target {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// An nginx worker's open-files limit and connections (`nchan`, `nginx-tls`): the hard
+/// limit the harness runs under (every system inherits it), less a reserve for everything
+/// but connections.
+pub fn nginx_limits() -> (u64, u64) {
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    let nofile = hard.min(1 << 20);
+    (nofile, nofile.saturating_sub(FD_RESERVE).max(512))
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).

@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use super::{
-    Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, start_function, start_in_scratch,
-    wait_port,
+    Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, nginx_limits, start_function,
+    start_in_scratch, wait_port,
 };
-use crate::machine::FD_RESERVE;
+use crate::client::Dialer;
 use crate::plan::System;
 use crate::procs::Proc;
 
@@ -211,14 +211,6 @@ http {{
     )
 }
 
-/// Each worker's open-files limit and connections: the hard limit the harness runs under
-/// (every system inherits it), less a reserve for everything but connections.
-fn limits() -> (u64, u64) {
-    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
-    let nofile = hard.min(1 << 20);
-    (nofile, nofile.saturating_sub(FD_RESERVE).max(512))
-}
-
 /// Polls `GET /ready` (the function's `/stats` through nginx) until it answers: the
 /// workers are up and reach the function.
 async fn wait_ready(http: &reqwest::Client, port: u16, nginx: &mut Proc) -> anyhow::Result<()> {
@@ -248,7 +240,7 @@ async fn wait_ready(http: &reqwest::Client, port: u16, nginx: &mut Proc) -> anyh
 /// it is ready.
 async fn start_nginx(env: &Env, dir: &Path, function_port: u16) -> anyhow::Result<(Proc, u16)> {
     let binary = binary().context("nginx not installed")?;
-    let (nofile, connections) = limits();
+    let (nofile, connections) = nginx_limits();
     let settings = Settings {
         dir: dir.to_path_buf(),
         module: module().context("the nchan module is not installed")?,
@@ -307,6 +299,7 @@ pub async fn start(env: &Env) -> anyhow::Result<Target> {
         store: None,
         ws_url: format!("ws://127.0.0.1:{port}/ws"),
         room_url: format!("ws://127.0.0.1:{port}/ws?room={ROOM}"),
+        dialer: Dialer::plain(),
         http_echo_url: None,
         publisher: Publisher::Plain {
             url: format!("http://127.0.0.1:{port}/publish/{ROOM}"),
@@ -382,7 +375,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sbnchan-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let conf = dir.join("nginx.conf");
-        let (nofile, connections) = limits();
+        let (nofile, connections) = nginx_limits();
         let settings = Settings {
             dir: dir.clone(),
             module,

@@ -5,6 +5,7 @@
 use anyhow::Context as _;
 
 use super::{Env, Publisher, ROOM, START_TIMEOUT, Target};
+use crate::client::Dialer;
 use crate::plan::System;
 use crate::procs::Proc;
 
@@ -38,6 +39,7 @@ pub async fn start(env: &Env) -> anyhow::Result<Target> {
         store: None,
         ws_url: format!("ws://127.0.0.1:{port}/ws"),
         room_url: format!("ws://127.0.0.1:{port}/ws?room={ROOM}"),
+        dialer: Dialer::plain(),
         http_echo_url: None,
         publisher: Publisher::Plain {
             url: format!("http://127.0.0.1:{port}/publish/{ROOM}"),

@@ -37,6 +37,7 @@ use super::{
     Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, start_function, start_in_scratch,
     wait_port,
 };
+use crate::client::Dialer;
 use crate::machine::FD_RESERVE;
 use crate::plan::System;
 use crate::procs::Proc;
@@ -405,6 +406,7 @@ pub async fn start(env: &Env) -> anyhow::Result<Target> {
         store: None,
         ws_url: format!("ws://127.0.0.1:{client_port}/ws"),
         room_url: format!("ws://127.0.0.1:{client_port}/ws?room={ROOM}"),
+        dialer: Dialer::plain(),
         http_echo_url: None,
         publisher: Publisher::Pushpin {
             url: format!("http://127.0.0.1:{publish_port}/publish/"),
