@@ -175,6 +175,32 @@ pub fn nginx_limits() -> (u64, u64) {
     (nofile, nofile.saturating_sub(FD_RESERVE).max(512))
 }
 
+/// Starts nginx (`nchan`, `nginx-tls`) with `config` as its whole configuration, in `dir`
+/// (its prefix; `tmp/` made for its temporary files), logging to stderr; a copy of the
+/// config goes to the run's log directory as `<name>-nginx.conf`.
+pub fn spawn_nginx(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    config: &str,
+    name: &str,
+    env: &Env,
+) -> anyhow::Result<Proc> {
+    use anyhow::Context as _;
+    std::fs::create_dir_all(dir.join("tmp"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, config).with_context(|| format!("writing {}", conf.display()))?;
+    std::fs::copy(&conf, env.log_dir.join(format!("{name}-nginx.conf")))?;
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg("stderr");
+    Proc::spawn_logged(name, cmd, &env.log_dir)
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(harness::redis::free_port()?)

@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use super::{
-    Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, nginx_limits, start_function,
-    start_in_scratch, wait_port,
+    Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, nginx_limits, spawn_nginx,
+    start_function, start_in_scratch, wait_port,
 };
 use crate::client::Dialer;
 use crate::plan::System;
@@ -250,21 +250,7 @@ async fn start_nginx(env: &Env, dir: &Path, function_port: u16) -> anyhow::Resul
         nofile,
         connections,
     };
-    std::fs::create_dir_all(dir.join("tmp"))
-        .with_context(|| format!("creating {}", dir.display()))?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, config(&settings))
-        .with_context(|| format!("writing {}", conf.display()))?;
-    std::fs::copy(&conf, env.log_dir.join("nchan-nginx.conf"))?;
-
-    let mut cmd = tokio::process::Command::new(binary);
-    cmd.arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-e")
-        .arg("stderr");
-    let mut nginx = Proc::spawn_logged("nchan", cmd, &env.log_dir)?;
+    let mut nginx = spawn_nginx(&binary, dir, &config(&settings), "nchan", env)?;
     let ready = async {
         wait_port(settings.port, &mut nginx).await?;
         wait_ready(&env.http, settings.port, &mut nginx).await

@@ -29,7 +29,9 @@ use anyhow::{Context as _, bail};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::switchboard::launch;
-use super::{Env, START_TIMEOUT, Target, free_port, nginx_limits, start_in_scratch, wait_port};
+use super::{
+    Env, START_TIMEOUT, Target, free_port, nginx_limits, spawn_nginx, start_in_scratch, wait_port,
+};
 use crate::client::Dialer;
 use crate::plan::{StoreKind, System};
 use crate::procs::Proc;
@@ -190,21 +192,7 @@ async fn start_nginx(
         nofile,
         connections,
     };
-    std::fs::create_dir_all(dir.join("tmp"))
-        .with_context(|| format!("creating {}", dir.display()))?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, config(&settings))
-        .with_context(|| format!("writing {}", conf.display()))?;
-    std::fs::copy(&conf, env.log_dir.join("nginx-tls.conf"))?;
-
-    let mut cmd = tokio::process::Command::new(binary);
-    cmd.arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-e")
-        .arg("stderr");
-    let mut nginx = Proc::spawn_logged("nginx-tls", cmd, &env.log_dir)?;
+    let mut nginx = spawn_nginx(&binary, dir, &config(&settings), "nginx-tls", env)?;
     let ready = async {
         wait_port(settings.port, &mut nginx).await?;
         wait_ready(dialer, settings.port, &mut nginx).await
