@@ -271,30 +271,23 @@ async fn http_phase(
             }
         };
         buf.drain(..head_len);
-        if let Some((management, id)) = shared.management.as_ref().and_then(|m| {
-            let id = request::management_id(req.uri().path(), &m.stage)?;
-            (!handshake::wants_websocket(&req)).then_some((m, id))
-        }) {
-            let (reply, framing) =
-                management_request(shared, management, &mut stream, &mut buf, req, &id).await?;
-            if write_reply(shared, &mut stream, reply, framing)
-                .await
-                .is_err()
-                || !framing.keep_alive
-            {
-                return None;
-            }
-            if buf.is_empty() {
-                buf = Vec::new();
-            }
-            continue;
-        }
         if !handshake::wants_websocket(&req) {
-            let framing = Framing {
-                keep_alive: keeps_alive(&req),
-                head_only: req.method() == http::Method::HEAD,
+            let management = shared.management.as_ref().and_then(|m| {
+                let id = request::management_id(req.uri().path(), &m.stage)?;
+                Some((m, id))
+            });
+            let (reply, framing) = match management {
+                Some((management, id)) => {
+                    management_request(shared, management, &mut stream, &mut buf, req, &id).await?
+                }
+                None => {
+                    let framing = Framing {
+                        keep_alive: keeps_alive(&req),
+                        head_only: req.method() == http::Method::HEAD,
+                    };
+                    (plain(shared, &req), framing)
+                }
             };
-            let reply = plain(shared, &req);
             if write_reply(shared, &mut stream, reply, framing)
                 .await
                 .is_err()
