@@ -74,6 +74,19 @@ pub struct Config {
     pub aws: AwsConfig,
     /// The `tencent` dialect.
     pub tencent: TencentConfig,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: MetricsConfig,
+}
+
+/// Where `GET /metrics` (the Prometheus text format) is served.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A listener of its own for `/metrics` (e.g. `0.0.0.0:9100`, for a scraper on another
+    /// host), serving nothing else. Absent: `/metrics` is on the send-back listener,
+    /// without the token (as `/healthz` is; that listener is internal). Metrics carry no
+    /// secret and no connection id or group name.
+    pub listen: Option<SocketAddr>,
 }
 
 /// The public (WebSocket) listener.
@@ -549,6 +562,7 @@ impl Default for Config {
             store_resync: StoreResyncConfig::default(),
             aws: AwsConfig::default(),
             tencent: TencentConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -669,6 +683,7 @@ fn with_every_field() -> Config {
     });
     config.sendback.tls = Some(files);
     config.functions.ca_file = Some(PathBuf::new());
+    config.metrics.listen = Some(SocketAddr::from(([127, 0, 0, 1], 9100)));
     let target = Target::Full {
         url: String::new(),
         dialect: Some(Dialect::Native),
@@ -909,6 +924,19 @@ impl Config {
                 return bad(
                     "public.tls.listen",
                     "must differ from public.listen and sendback.listen".into(),
+                );
+            }
+        }
+        if let Some(listen) = self.metrics.listen {
+            let taken = [
+                Some(self.public.listen),
+                Some(self.sendback.listen),
+                self.public.tls.as_ref().map(|t| t.listen),
+            ];
+            if listen.port() != 0 && taken.contains(&Some(listen)) {
+                return bad(
+                    "metrics.listen",
+                    "must differ from public.listen, public.tls.listen and sendback.listen".into(),
                 );
             }
         }
@@ -1764,5 +1792,46 @@ mod tests {
             "[sendback]\ntoken = \"0123456789abcdef\"\n[aws]\nmanagement_api_on_public = true\n",
         );
         assert!(m.contains("aws.management_api_on_public"), "{m}");
+    }
+
+    #[test]
+    fn the_metrics_listener_is_typed_layered_and_checked() {
+        let c = load_str(TOKEN_TOML, &[]).unwrap();
+        assert_eq!(
+            c.metrics.listen, None,
+            "on the send-back listener by default"
+        );
+        let c = load_str(
+            TOKEN_TOML,
+            &[("SWITCHBOARD_METRICS__LISTEN", "0.0.0.0:9100")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.metrics.listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], 9100)))
+        );
+        let c = load_str(
+            &format!("{TOKEN_TOML}[metrics]\nlisten = \"127.0.0.1:9101\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9101)))
+        );
+        let m = load_str(TOKEN_TOML, &[("SWITCHBOARD_METRICS__LISTEN", "everywhere")])
+            .unwrap_err()
+            .to_string();
+        assert!(m.contains("SWITCHBOARD_METRICS__LISTEN"), "{m}");
+        let m = load_str(
+            &format!("{TOKEN_TOML}[metrics]\nlisten = \"127.0.0.1:9090\"\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            m.contains("metrics.listen") && m.contains("sendback.listen"),
+            "{m}"
+        );
     }
 }

@@ -26,6 +26,7 @@ mod function;
 #[doc(hidden)]
 pub mod fuzzing;
 mod listener;
+mod metrics;
 mod request;
 mod respond;
 mod sendback;
@@ -64,6 +65,9 @@ use crate::edge::forwarded::RealIp;
 use crate::edge::serve::Edge;
 use crate::edge::slots::Slots;
 use crate::function::invoke::Invoker;
+use crate::metrics::registry::Metrics;
+use crate::metrics::serve::Exporter;
+use crate::metrics::store::MeasuredStore;
 use crate::request::BodyLimits;
 use crate::sendback::serve::Router;
 use crate::socket::outbox::QueueLimits;
@@ -111,6 +115,8 @@ pub struct Gateway {
     sendback_tls: Option<Arc<rustls::ServerConfig>>,
     /// The certificates reloaded on SIGHUP and when their files change.
     certs: Vec<Arc<Reloadable>>,
+    /// `metrics.listen`, and what it serves.
+    metrics: Option<(TcpListener, Arc<Exporter>)>,
 }
 
 impl Gateway {
@@ -166,6 +172,10 @@ impl Gateway {
             _ => None,
         };
         let sendback = bind("send-back", config.sendback.listen).await?;
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(bind("metrics", addr).await?),
+            None => None,
+        };
         let l = &config.limits;
         let ws_config = WebSocketConfig::default()
             .read_buffer_size(l.read_buffer_bytes)
@@ -191,15 +201,20 @@ impl Gateway {
         };
         let config = Arc::new(config);
         let node: Arc<str> = Arc::from(config.node_id.as_str());
-        let invoker = Invoker::new(&config.functions, client_tls.clone())?;
+        // Every part counts in this gateway's own metrics, and reaches the store through
+        // them (`gateway.store()` stays the store as given).
+        let metrics = Arc::new(Metrics::new());
+        let measured = MeasuredStore::wrap(store.clone(), metrics.clone());
+        let invoker = Invoker::new(&config.functions, client_tls.clone(), metrics.clone())?;
         let registry = Arc::new(Registry::default());
-        let removals = Arc::new(Removals::new(store.clone()));
+        let removals = Arc::new(Removals::new(measured.clone()));
         let stop = Arc::new(Stop::default());
         let cleanups = Arc::new(Cleanups::new(
-            store.clone(),
+            measured.clone(),
             config.clone(),
             invoker.clone(),
             removals.clone(),
+            metrics.clone(),
         ));
         let limits = BodyLimits {
             message: config.limits.max_message_bytes,
@@ -207,17 +222,19 @@ impl Gateway {
         };
         let delivery = Arc::new(Delivery::new(
             registry.clone(),
-            store.clone(),
+            measured.clone(),
             Relay::new(
                 node.clone(),
-                store.clone(),
+                measured.clone(),
                 config.relay_timeout,
                 client_tls,
+                metrics.clone(),
             ),
             QueueLimits {
                 messages: config.limits.outbound_queue_messages,
                 bytes: config.limits.outbound_queue_bytes,
             },
+            metrics.clone(),
         ));
         let management = Arc::new(ManagementApi {
             delivery: delivery.clone(),
@@ -225,12 +242,29 @@ impl Gateway {
             check: !(config.sendback.insecure_no_auth && config.aws.credentials.is_empty()),
             max_message: config.limits.max_message_bytes,
         });
+        let pending = Arc::new(Slots::new(config.limits.max_pending_connections));
+        let exporter = Arc::new(
+            Exporter::new(metrics.clone(), measured.clone())
+                .sample(&metrics.connections, {
+                    let registry = registry.clone();
+                    move || i64::try_from(registry.len()).unwrap_or(i64::MAX)
+                })
+                .sample(&metrics.handshakes_in_progress, {
+                    let pending = pending.clone();
+                    move || i64::try_from(pending.taken()).unwrap_or(i64::MAX)
+                }),
+        );
+        // With `metrics.listen` the metrics have a listener of their own, and only that.
+        let (exporter, metrics_listener) = match metrics_listener {
+            Some(listener) => (None, Some((listener, exporter))),
+            None => (Some(exporter), None),
+        };
         let router = Arc::new(Router {
             token: config.sendback.token.clone(),
             stage: config.aws.stage.clone(),
             native: NativeApi {
                 delivery: delivery.clone(),
-                store: store.clone(),
+                store: measured.clone(),
                 limits,
                 max_batch_ids: config.sendback.max_batch_ids,
                 node: node.clone(),
@@ -241,11 +275,13 @@ impl Gateway {
                 token: config.sendback.token.clone(),
                 limits,
             },
+            metrics: metrics.clone(),
+            exporter,
         });
         let edge = Arc::new(Edge {
             stop: stop.clone(),
             slots: Arc::new(Slots::new(config.limits.max_connections)),
-            pending: Arc::new(Slots::new(config.limits.max_pending_connections)),
+            pending,
             handshake_timeout: config.limits.handshake_timeout,
             keepalive_timeout: config.limits.keepalive_timeout,
             write_timeout: config.limits.write_timeout,
@@ -263,7 +299,7 @@ impl Gateway {
             admitter: Admitter {
                 node: node.clone(),
                 config: config.clone(),
-                store: store.clone(),
+                store: measured.clone(),
                 invoker: invoker.clone(),
                 registry: registry.clone(),
                 removals: removals.clone(),
@@ -276,11 +312,13 @@ impl Gateway {
                 cleanups: cleanups.clone(),
                 stop: stop.clone(),
                 ws_config,
+                metrics: metrics.clone(),
             }),
+            metrics: metrics.clone(),
         });
         let health = Arc::new(StoreHealth::default());
         let heartbeat = Arc::new(Heartbeat {
-            store: store.clone(),
+            store: measured.clone(),
             node: node.clone(),
             advertise,
             interval: config.node_heartbeat,
@@ -289,7 +327,7 @@ impl Gateway {
         });
         let resync = Resync::for_store(ResyncParts {
             node: node.clone(),
-            store: store.clone(),
+            store: measured.clone(),
             registry: registry.clone(),
             health: health.clone(),
             removals: removals.clone(),
@@ -302,7 +340,7 @@ impl Gateway {
         });
         let reaper = Arc::new(Reaper {
             node: node.clone(),
-            store: store.clone(),
+            store: measured,
             config: config.clone(),
             cleanups: cleanups.clone(),
             registry: registry.clone(),
@@ -329,6 +367,7 @@ impl Gateway {
             sendback,
             sendback_tls,
             certs,
+            metrics: metrics_listener,
         })
     }
 
@@ -353,6 +392,16 @@ impl Gateway {
         self.sendback
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// Where `/metrics` is served when `metrics.listen` gives it a listener of its own
+    /// (else it is on the send-back listener).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|(listener, _)| {
+            listener
+                .local_addr()
+                .expect("bound listener has an address")
+        })
     }
 
     /// The store this gateway uses.
@@ -390,6 +439,7 @@ impl Gateway {
             sendback,
             sendback_tls,
             certs,
+            metrics: metrics_listener,
             ..
         } = self;
         // The cleanup workers outlive the listeners: they drain what the closing sockets
@@ -411,10 +461,15 @@ impl Gateway {
             Some((listener, _)) => listener.local_addr()?.to_string(),
             None => "none".to_owned(),
         };
+        let metrics_addr = match &metrics_listener {
+            Some((listener, _)) => listener.local_addr()?.to_string(),
+            None => "send-back".to_owned(),
+        };
         info!(
             public = %public.local_addr()?,
             public_tls = %public_tls_addr,
             sendback = %sendback.local_addr()?,
+            metrics = %metrics_addr,
             sendback_tls = sendback_tls.is_some(),
             node = %node,
             "gateway listening"
@@ -443,6 +498,14 @@ impl Gateway {
         ));
         if let Some(hangup) = hangup {
             listeners.spawn(hangup);
+        }
+        if let Some((listener, exporter)) = metrics_listener {
+            listeners.spawn(metrics::serve::serve(
+                exporter,
+                listener,
+                stop.clone(),
+                tracker.clone(),
+            ));
         }
         for cert in certs {
             listeners.spawn(tls::server::watch(cert, stop.clone()));

@@ -16,6 +16,7 @@ mod forwarded;
 mod fuzz_corpora;
 mod handler_runtime;
 mod limits;
+mod metrics;
 mod multi_node;
 mod node_faults;
 mod ordering;

@@ -30,6 +30,8 @@ pub struct TestGateway {
     pub public_tls: Option<SocketAddr>,
     /// The send-back API.
     pub sendback: SocketAddr,
+    /// The metrics listener, when `metrics.listen` is set (else `/metrics` is on `sendback`).
+    pub metrics: Option<SocketAddr>,
     /// The store it uses.
     pub store: SharedStore,
     stop: Option<oneshot::Sender<()>>,
@@ -141,6 +143,7 @@ impl TestGateway {
         let public = gateway.public_addr();
         let public_tls = gateway.public_tls_addr();
         let sendback = gateway.sendback_addr();
+        let metrics = gateway.metrics_addr();
         let task = tokio::spawn(async move {
             gateway
                 .run(async {
@@ -153,6 +156,7 @@ impl TestGateway {
             public,
             public_tls,
             sendback,
+            metrics,
             store,
             stop: Some(stop),
             task: Some(task),
@@ -171,6 +175,11 @@ impl TestGateway {
     /// The send-back API base URL.
     pub fn sendback_url(&self) -> String {
         format!("http://{}", self.sendback)
+    }
+
+    /// Where `GET /metrics` is served: the metrics listener, else the send-back API.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics.unwrap_or(self.sendback))
     }
 
     /// A connected client (panics if the upgrade is refused).

@@ -12,6 +12,7 @@
 
 pub mod function_server;
 pub mod gateway;
+pub mod metrics;
 pub mod nginx;
 pub mod node;
 pub mod process;

@@ -41,6 +41,7 @@ use crate::cluster::liveness::Removals;
 use crate::config::Config;
 use crate::dialect::{self, model::Facts};
 use crate::function::invoke::{Call, Invoker};
+use crate::metrics::registry::{CleanupOutcome, FunctionEvent, Metrics};
 
 /// Hand-overs writing to the store at once.
 const HAND_OVER_WRITES: usize = 64;
@@ -62,6 +63,7 @@ pub(crate) struct Cleanups {
     backlog: Mutex<Vec<PendingCleanup>>,
     delivered: AtomicU64,
     expired: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// What one connection's cleanup needs to know about it, taken when the connection ends.
@@ -83,6 +85,7 @@ impl Cleanups {
         config: Arc<Config>,
         invoker: Invoker,
         removals: Arc<Removals>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Cleanups {
             writes: Semaphore::new(HAND_OVER_WRITES),
@@ -94,6 +97,7 @@ impl Cleanups {
             backlog: Mutex::default(),
             delivered: AtomicU64::new(0),
             expired: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -319,17 +323,20 @@ impl Cleanups {
         };
         let body = dialect::encode(dialect, &self.config, &event, facts, "$disconnect");
         let call = Call {
-            event: "cleanup",
+            event: FunctionEvent::Cleanup,
+            dialect,
             connection_id: &cleanup.connection_id,
             body: body.into(),
         };
         match self.invoker.call_with_retries(target.url(), &call).await {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                self.metrics.cleanup(CleanupOutcome::Delivered);
                 debug!(attempts = cleanup.attempts + 1, "cleanup delivered");
                 self.done(&cleanup.connection_id).await;
             }
             Err(e) if e.is_retryable() => {
+                self.metrics.cleanup(CleanupOutcome::Retried);
                 cleanup.attempts = cleanup.attempts.saturating_add(1);
                 let now = clock::now_ms();
                 let pause = backoff(
@@ -346,6 +353,7 @@ impl Cleanups {
             }
             Err(e) => {
                 // The function answered and retrying will not change its answer.
+                self.metrics.cleanup(CleanupOutcome::Dropped);
                 error!(cause = %e, "cleanup function failed; not retried");
                 self.done(&cleanup.connection_id).await;
             }
@@ -355,6 +363,7 @@ impl Cleanups {
     /// Drops a cleanup whose `cleanup.max_age` passed.
     async fn expire(&self, cleanup: &PendingCleanup, now: u64) {
         let total = self.expired.fetch_add(1, Ordering::Relaxed) + 1;
+        self.metrics.cleanup(CleanupOutcome::Expired);
         warn!(
             connection_id = %cleanup.connection_id,
             event_id = %cleanup.event_id,

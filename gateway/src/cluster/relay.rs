@@ -9,7 +9,8 @@
 //! over TLS (verified against the system's roots and `functions.ca_file`), so the bearer
 //! token a request carries is encrypted on the way.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
@@ -18,6 +19,7 @@ use store::{NodeInfo, SharedStore};
 use tracing::{debug, warn};
 
 use crate::function::http_client::{HttpClient, HttpError, HttpReply};
+use crate::metrics::registry::{Metrics, RelayOutcome};
 use crate::respond::Body;
 
 /// The header a relayed request carries: the name of the node that relayed it.
@@ -86,26 +88,30 @@ pub(crate) enum Owner {
 /// which node holds a connection; requests go over keep-alive connections.
 #[derive(Debug)]
 pub(crate) struct Relay {
-    node: std::sync::Arc<str>,
+    node: Arc<str>,
     store: SharedStore,
     peers: HttpClient,
     /// `relay_timeout`.
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 impl Relay {
-    /// Relays through keep-alive connections, over TLS (with `tls`) to `https://` nodes.
+    /// Relays through keep-alive connections, over TLS (with `tls`) to `https://` nodes;
+    /// counts each relay in `metrics`.
     pub fn new(
-        node: std::sync::Arc<str>,
+        node: Arc<str>,
         store: SharedStore,
         timeout: Duration,
-        tls: std::sync::Arc<rustls::ClientConfig>,
+        tls: Arc<rustls::ClientConfig>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Relay {
             node,
             store,
             peers: HttpClient::new(64, Duration::from_secs(30), tls),
             timeout,
+            metrics,
         }
     }
 
@@ -149,6 +155,25 @@ impl Relay {
     /// Sends `origin` to the node at `base`, as it came, marked as relayed; `body` replaces
     /// its body when given (a batch's part for that node).
     pub async fn send(
+        &self,
+        base: &str,
+        origin: Origin<'_>,
+        body: Option<&Bytes>,
+    ) -> Result<HttpReply, RelayError> {
+        let started = Instant::now();
+        let sent = self.send_uncounted(base, origin, body).await;
+        let outcome = match &sent {
+            Ok(_) => RelayOutcome::Answered,
+            Err(RelayError::Address { .. }) => RelayOutcome::BadAddress,
+            Err(RelayError::Timeout { .. }) => RelayOutcome::Timeout,
+            Err(RelayError::Http { .. } | RelayError::Answer { .. }) => RelayOutcome::Failed,
+        };
+        self.metrics.relay(outcome, started.elapsed());
+        sent
+    }
+
+    /// [`Relay::send`], uncounted.
+    async fn send_uncounted(
         &self,
         base: &str,
         origin: Origin<'_>,
@@ -255,6 +280,7 @@ mod tests {
             std::sync::Arc::new(store::MemoryStore::new()),
             Duration::from_millis(100),
             crate::tls::client::client_config(None).unwrap(),
+            Arc::new(Metrics::new()),
         );
         let headers = HeaderMap::new();
         let body = Bytes::new();

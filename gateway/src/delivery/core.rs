@@ -19,6 +19,7 @@ use wire::api::{BatchItem, BatchResult, BatchSend, DeliveryStatus, GroupSendResu
 
 use crate::cluster::relay::{self, Origin, Owner, Relay};
 use crate::delivery::group_cache::{GroupCache, Members};
+use crate::metrics::registry::Metrics;
 use crate::respond::Body;
 use crate::socket::outbox::{CloseRequest, PushError, QueueLimits};
 use crate::socket::registry::{Connection, IdHasher, Registry};
@@ -63,6 +64,8 @@ pub(crate) struct Delivery {
     relay: Relay,
     groups: GroupCache,
     limits: QueueLimits,
+    /// Counts throttled sends and group sends.
+    metrics: Arc<Metrics>,
 }
 
 /// Members read per store round trip in a group walk.
@@ -76,6 +79,7 @@ impl Delivery {
         store: SharedStore,
         relay: Relay,
         limits: QueueLimits,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Delivery {
             registry,
@@ -83,6 +87,7 @@ impl Delivery {
             relay,
             groups: GroupCache::default(),
             limits,
+            metrics,
         }
     }
 
@@ -125,6 +130,7 @@ impl Delivery {
                 Err(PushError::Closed) => Outcome::Gone,
                 Err(PushError::Full) => {
                     debug!(connection = id, "send-back throttled: outbound queue full");
+                    self.metrics.throttled.inc();
                     Outcome::Throttled
                 }
             },
@@ -150,6 +156,7 @@ impl Delivery {
         let mut items = Vec::with_capacity(batch.connection_ids.len());
         // Positions of the ids this node does not hold.
         let mut elsewhere = Vec::new();
+        let mut throttled = 0;
         for id in &batch.connection_ids {
             let status = match self.local(id) {
                 None => {
@@ -159,13 +166,19 @@ impl Delivery {
                 Some(conn) => match conn.outbox.push(message.clone(), self.limits) {
                     Ok(()) => DeliveryStatus::Delivered,
                     Err(PushError::Closed) => DeliveryStatus::Gone,
-                    Err(PushError::Full) => DeliveryStatus::Throttled,
+                    Err(PushError::Full) => {
+                        throttled += 1;
+                        DeliveryStatus::Throttled
+                    }
                 },
             };
             items.push(BatchItem {
                 connection_id: id.clone(),
                 status,
             });
+        }
+        if throttled > 0 {
+            self.metrics.throttled.inc_by(throttled);
         }
         if !origin.is_forwarded() && !elsewhere.is_empty() {
             self.relay_batch(batch, &mut items, &elsewhere, origin)
@@ -286,6 +299,7 @@ impl Delivery {
             }
         }
         let mut page = Vec::new();
+        let mut throttled_here = 0;
         for chunk in members.ids.chunks(GROUP_PAGE) {
             let ids = if excluded_ids.is_empty() {
                 chunk
@@ -299,10 +313,16 @@ impl Delivery {
             self.registry.with_each(ids, |conn| {
                 match conn.map(|c| c.outbox.push(message.clone(), self.limits)) {
                     Some(Ok(())) => result.delivered += 1,
-                    Some(Err(PushError::Full)) => result.throttled += 1,
+                    Some(Err(PushError::Full)) => {
+                        result.throttled += 1;
+                        throttled_here += 1;
+                    }
                     Some(Err(PushError::Closed)) | None => result.gone += 1,
                 }
             });
+        }
+        if throttled_here > 0 {
+            self.metrics.throttled.inc_by(throttled_here);
         }
         if !peers.is_empty() {
             // Each relay is bounded by `relay_timeout`: a silent node costs that, once.
@@ -329,6 +349,9 @@ impl Delivery {
             gone = result.gone,
             "group send"
         );
+        if !origin.is_forwarded() {
+            self.metrics.group_send(result.delivered as u64);
+        }
         Ok(result)
     }
 

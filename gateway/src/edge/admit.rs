@@ -26,6 +26,7 @@ use crate::dialect::{self, model::Facts, model::Verdict};
 use crate::edge::handshake;
 use crate::edge::slots::Slot;
 use crate::function::invoke::{Call, CallError, Invoker};
+use crate::metrics::registry::{FunctionEvent, Refusal};
 use crate::respond::{self, Body};
 use crate::socket::registry::{Connection, Registry};
 
@@ -45,9 +46,9 @@ pub(crate) struct Admitter {
 
 /// The register decision on one upgrade request.
 pub(crate) enum Admission {
-    /// Not admitted (refused, or register or the store failed): the reply to send. Nothing
-    /// is left to clean up.
-    Refused(Response<Body>),
+    /// Not admitted (refused, or register or the store failed): why, and the reply to
+    /// send. Nothing is left to clean up.
+    Refused(Refusal, Response<Body>),
     /// Register accepted: the caller must send the reply, then run `socket::task::run`.
     Accepted(Admitted),
 }
@@ -92,18 +93,21 @@ impl Admitter {
             };
             if let Err(e) = self.store.register(&record).await {
                 warn!(cause = %e, "refusing connection: store unavailable");
-                return Admission::Refused(respond::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    codes::STORE_UNAVAILABLE,
-                    "the gateway's store is unavailable",
-                ));
+                return Admission::Refused(
+                    Refusal::StoreUnavailable,
+                    respond::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        codes::STORE_UNAVAILABLE,
+                        "the gateway's store is unavailable",
+                    ),
+                );
             }
             let reply = match self.decide(&record, request, tls).await {
                 Ok(reply) => reply,
-                Err(refusal) => {
+                Err((reason, refusal)) => {
                     // The refused connection's record goes (with any groups register joined).
                     self.removals.forget(record.id.clone()).await;
-                    return Admission::Refused(refusal);
+                    return Admission::Refused(reason, refusal);
                 }
             };
             let conn = Arc::new(Connection::new(
@@ -146,14 +150,14 @@ impl Admitter {
         .await
     }
 
-    /// Calls register (if configured) and judges its reply: `Ok` accepts, `Err` is the
-    /// refusal to send.
+    /// Calls register (if configured) and judges its reply: `Ok` accepts, `Err` is why not
+    /// and the refusal to send.
     async fn decide(
         &self,
         record: &ConnectionRecord,
         request: HandshakeRequest,
         tls: bool,
-    ) -> Result<RegisterReply, Response<Body>> {
+    ) -> Result<RegisterReply, (Refusal, Response<Body>)> {
         let Some(target) = self.config.functions.register.as_ref() else {
             return Ok(RegisterReply::default());
         };
@@ -176,7 +180,8 @@ impl Admitter {
             host: host.as_deref(),
         };
         let call = Call {
-            event: "register",
+            event: FunctionEvent::Register,
+            dialect,
             connection_id: &record.id,
             body: dialect::encode(dialect, &self.config, &event, facts, "$connect").into(),
         };
@@ -184,12 +189,13 @@ impl Admitter {
             warn!(cause = %e, "refusing connection: register function failed");
             let status =
                 StatusCode::from_u16(e.upgrade_status()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let code = if status == StatusCode::GATEWAY_TIMEOUT {
-                codes::FUNCTION_TIMEOUT
+            let (reason, code) = if status == StatusCode::GATEWAY_TIMEOUT {
+                (Refusal::FunctionTimeout, codes::FUNCTION_TIMEOUT)
             } else {
-                codes::FUNCTION_FAILED
+                (Refusal::FunctionFailed, codes::FUNCTION_FAILED)
             };
-            respond::error(status, code, "the register function did not answer usably")
+            let reply = respond::error(status, code, "the register function did not answer usably");
+            (reason, reply)
         };
         let reply = self
             .invoker
@@ -205,7 +211,7 @@ impl Admitter {
             Verdict::Refuse { status, body } => {
                 info!(status, "connection refused by register function");
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-                Err(respond::text(status, body))
+                Err((Refusal::RegisterRefused, respond::text(status, body)))
             }
         }
     }

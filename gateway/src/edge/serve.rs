@@ -50,6 +50,7 @@ use crate::edge::handshake;
 use crate::edge::proxy_protocol;
 use crate::edge::slots::{Slot, Slots};
 use crate::listener;
+use crate::metrics::registry::{Metrics, Refusal};
 use crate::request;
 use crate::respond::{self, Body};
 use crate::socket::registry::Connection;
@@ -80,6 +81,8 @@ pub(crate) struct Edge {
     pub management: Option<Management>,
     pub admitter: Admitter,
     pub sockets: Arc<Sockets>,
+    /// Counts upgrades accepted and refused.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The AWS management API as the public listener serves it (`aws.management_api_on_public`).
@@ -226,6 +229,7 @@ async fn tls_handshake(
 /// handshake the limit is there to spare.
 fn refuse_pending(shared: &Edge, stream: &TcpStream, remote: SocketAddr, plain: bool) {
     debug!(%remote, "refusing connection: too many connections not yet WebSockets");
+    shared.metrics.refused(Refusal::TooManyPending);
     if let Some(refused) = shared.pending.refused() {
         warn!(
             refused,
@@ -319,11 +323,18 @@ async fn http_phase(
         let socket = match reply {
             Ok(switching) => {
                 match write_reply(shared, &mut stream, switching, Framing::upgrade()).await {
-                    Ok(()) => Ok(SocketIo::with_prefix(stream, std::mem::take(&mut buf))),
-                    Err(e) => Err(NoSocket::Upgrade(e)),
+                    Ok(()) => {
+                        shared.metrics.accepted();
+                        Ok(SocketIo::with_prefix(stream, std::mem::take(&mut buf)))
+                    }
+                    Err(e) => {
+                        shared.metrics.refused(Refusal::UpgradeFailed);
+                        Err(NoSocket::Upgrade(e))
+                    }
                 }
             }
             Err(failure) => {
+                shared.metrics.refused(Refusal::StoreUnavailable);
                 let _ = write_reply(shared, &mut stream, failure, Framing::close()).await;
                 Err(NoSocket::StoreUnavailable)
             }
@@ -430,13 +441,27 @@ async fn discard(
 }
 
 /// Checks an upgrade request and runs admission: the admitted connection, or the reply
-/// refusing it.
+/// refusing it (counted here).
 async fn upgrade(
     shared: &Edge,
     req: Request<()>,
     remote: Remote,
     tls: bool,
 ) -> Result<admit::Admitted, Response<Body>> {
+    let admitted = admission(shared, req, remote, tls).await;
+    admitted.map_err(|(reason, reply)| {
+        shared.metrics.refused(reason);
+        reply
+    })
+}
+
+/// [`upgrade`], uncounted: the admitted connection, or why not and the reply.
+async fn admission(
+    shared: &Edge,
+    req: Request<()>,
+    remote: Remote,
+    tls: bool,
+) -> Result<admit::Admitted, (Refusal, Response<Body>)> {
     let accept = match handshake::check(&req) {
         Ok(accept) => accept,
         Err(rejection) => {
@@ -448,15 +473,16 @@ async fn upgrade(
                     HeaderValue::from_static("13"),
                 );
             }
-            return Err(response);
+            return Err((Refusal::BadHandshake, response));
         }
     };
     if shared.stop.is_cancelled() {
-        return Err(respond::error(
+        let reply = respond::error(
             StatusCode::SERVICE_UNAVAILABLE,
             codes::SHUTTING_DOWN,
             "the gateway is shutting down",
-        ));
+        );
+        return Err((Refusal::ShuttingDown, reply));
     }
     let Some(slot) = shared.slots.try_claim() else {
         debug!(%remote, "refusing connection: at capacity");
@@ -467,11 +493,12 @@ async fn upgrade(
                 "refusing connections: at capacity (limits.max_connections)"
             );
         }
-        return Err(respond::error(
+        let reply = respond::error(
             StatusCode::SERVICE_UNAVAILABLE,
             codes::AT_CAPACITY,
             "the gateway holds its maximum number of connections",
-        ));
+        );
+        return Err((Refusal::AtCapacity, reply));
     };
     let source_ip = shared.real_ip.client_ip(remote.ip, req.headers());
     let (parts, ()) = req.into_parts();
@@ -482,7 +509,7 @@ async fn upgrade(
         .admit(parts, source_ip, remote.peer, tls, accept, slot)
         .await
     {
-        Admission::Refused(reply) => Err(reply),
+        Admission::Refused(reason, reply) => Err((reason, reply)),
         Admission::Accepted(admitted) => Ok(admitted),
     }
 }

@@ -53,6 +53,11 @@ impl Slots {
         self.max
     }
 
+    /// How many slots are claimed now.
+    pub fn taken(&self) -> usize {
+        self.taken.load(Ordering::Acquire)
+    }
+
     /// Claims a slot, or `None` at capacity.
     pub fn try_claim(self: &Arc<Self>) -> Option<Slot> {
         self.taken

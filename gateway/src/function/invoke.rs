@@ -1,18 +1,20 @@
 //! Calls to functions: one HTTP POST of a JSON event per call, over pooled keep-alive
 //! connections ([`crate::function::http_client`]), with a timeout, a cap on the reply size, and
-//! bounded retries for the failures that retrying can fix.
+//! bounded retries for the failures that retrying can fix. Every attempt is counted
+//! (`switchboard_function_calls_total`, its duration, and the retries).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustls::ClientConfig;
 use tracing::{debug, warn};
 
-use crate::config::FunctionsConfig;
+use crate::config::{Dialect, FunctionsConfig};
 use crate::error::GatewayError;
 use crate::function::http_client::{Endpoint, HttpClient, HttpError};
+use crate::metrics::registry::{CallOutcome, FunctionEvent, Metrics};
 
 /// How long an idle keep-alive connection to a function is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -85,7 +87,9 @@ impl CallError {
 #[derive(Debug)]
 pub struct Call<'a> {
     /// `register`, `transport` or `cleanup` (the `X-Switchboard-Event` header).
-    pub event: &'static str,
+    pub event: FunctionEvent,
+    /// The dialect it is encoded in (for the metrics).
+    pub dialect: Dialect,
     /// The connection (the `X-Switchboard-Connection-Id` header).
     pub connection_id: &'a str,
     /// The encoded event.
@@ -102,12 +106,17 @@ pub struct Invoker {
     max_reply_bytes: usize,
     /// The configured function URLs, parsed once.
     endpoints: Arc<HashMap<String, Arc<Endpoint>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Invoker {
     /// Builds the client from the functions config; `https://` functions are called with
-    /// `tls`.
-    pub fn new(config: &FunctionsConfig, tls: Arc<ClientConfig>) -> Result<Self, GatewayError> {
+    /// `tls`, and every call is counted in `metrics`.
+    pub fn new(
+        config: &FunctionsConfig,
+        tls: Arc<ClientConfig>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, GatewayError> {
         let client = HttpClient::new(config.pool_max_idle_per_host, POOL_IDLE_TIMEOUT, tls);
         let targets = [&config.register, &config.transport, &config.cleanup]
             .into_iter()
@@ -127,11 +136,32 @@ impl Invoker {
             retries: config.retries,
             retry_backoff: config.retry_backoff,
             max_reply_bytes: config.max_reply_bytes,
+            metrics,
         })
     }
 
     /// One call, no retry. Any HTTP status is a reply; the caller judges it.
     pub async fn call_once(&self, url: &str, call: &Call<'_>) -> Result<Reply, CallError> {
+        let started = Instant::now();
+        let result = self.attempt(url, call).await;
+        let outcome = match &result {
+            Ok(reply) => match reply.status {
+                200..=299 => CallOutcome::Ok,
+                400..=499 => CallOutcome::Status4xx,
+                500..=599 => CallOutcome::Status5xx,
+                _ => CallOutcome::StatusOther,
+            },
+            Err(CallError::Timeout(_)) => CallOutcome::Timeout,
+            Err(CallError::TooLarge(_)) => CallOutcome::TooLarge,
+            Err(_) => CallOutcome::Unreachable,
+        };
+        self.metrics
+            .function_call(call.event, call.dialect, outcome, started.elapsed());
+        result
+    }
+
+    /// [`Invoker::call_once`], uncounted.
+    async fn attempt(&self, url: &str, call: &Call<'_>) -> Result<Reply, CallError> {
         let endpoint = match self.endpoints.get(url) {
             Some(endpoint) => endpoint.clone(),
             None => Arc::new(
@@ -142,7 +172,7 @@ impl Invoker {
         };
         let headers = [
             ("content-type", "application/json"),
-            ("x-switchboard-event", call.event),
+            ("x-switchboard-event", call.event.as_str()),
             ("x-switchboard-connection-id", call.connection_id),
         ];
         let exchange = endpoint.post(&headers, &call.body, self.max_reply_bytes);
@@ -181,7 +211,8 @@ impl Invoker {
                 return Err(err);
             }
             attempt += 1;
-            debug!(cause = %err, attempt, event = call.event, "retrying function call");
+            self.metrics.function_retry(call.event);
+            debug!(cause = %err, attempt, event = call.event.as_str(), "retrying function call");
             tokio::time::sleep(backoff).await;
             backoff = backoff.saturating_mul(2);
         }

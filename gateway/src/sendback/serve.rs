@@ -2,11 +2,13 @@
 //! listener (loopback by default), every request authenticated by the bearer token; over
 //! TLS when `sendback.tls` is set (the handshake within [`HEAD_TIMEOUT`], then hyper serves
 //! the TLS stream as it serves TCP). Routes and bodies are documented in `wire::api`.
+//! `/healthz` and, unless `metrics.listen` gives them a listener of their own, the metrics
+//! (`/metrics`) answer without the token. Every request is counted by route and status.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wire::codes;
 
 use http::{Request, Response, StatusCode, header};
@@ -23,6 +25,8 @@ use crate::dialect::aws::management::ManagementApi;
 use crate::dialect::native::sendback::NativeApi;
 use crate::dialect::tencent::sendback::TencentApi;
 use crate::listener;
+use crate::metrics::registry::{Metrics, Route};
+use crate::metrics::serve::Exporter;
 use crate::request::{self, RequestBody};
 use crate::respond::{self, Body};
 use crate::stop::Stop;
@@ -38,6 +42,10 @@ pub(crate) struct Router {
     /// Shared with the public listener under `aws.management_api_on_public`.
     pub aws: Arc<ManagementApi>,
     pub tencent: TencentApi,
+    /// Counts every request by route and status.
+    pub metrics: Arc<Metrics>,
+    /// Serves `/metrics` here; `None` when `metrics.listen` serves them elsewhere.
+    pub exporter: Option<Arc<Exporter>>,
 }
 
 /// How long a request head (and, over TLS, the handshake before the first) may take.
@@ -126,11 +134,56 @@ where
 }
 
 impl Router {
-    /// One send-back request, to the adapter its path names. Generic over the body so
-    /// that `crate::fuzzing` drives it with bodies it made; served, it is hyper's.
+    /// One send-back request, to the adapter its path names, counted by route and
+    /// status. Generic over the body so that `crate::fuzzing` drives it with bodies it
+    /// made; served, it is hyper's.
     pub(crate) async fn handle<B: RequestBody>(&self, req: Request<B>) -> Response<Body> {
-        if req.uri().path() == "/healthz" {
-            return respond::text(StatusCode::OK, "ok\n");
+        let started = Instant::now();
+        let route = self.route(req.uri().path());
+        let reply = self.dispatch(route, req).await;
+        self.metrics
+            .sendback_request(route, reply.status().as_u16(), started.elapsed());
+        reply
+    }
+
+    /// The route a path takes, as the metrics name it.
+    fn route(&self, path: &str) -> Route {
+        if path == "/healthz" {
+            return Route::Healthz;
+        }
+        if path == "/metrics" {
+            return Route::Metrics;
+        }
+        if path.starts_with("/@tencent") {
+            return Route::Tencent;
+        }
+        if request::management_id(path, &self.stage).is_some() {
+            return Route::AwsConnection;
+        }
+        let mut segments = path.trim_start_matches('/').split('/');
+        match (segments.next(), segments.next(), segments.next()) {
+            (Some("@connections"), None, _) => Route::NativeBatch,
+            (Some("@connections"), Some(_), None) => Route::NativeConnection,
+            (Some("@groups"), Some(_), _) => Route::NativeGroup,
+            _ => Route::Other,
+        }
+    }
+
+    /// Serves a request on the route [`Router::route`] found for it.
+    async fn dispatch<B: RequestBody>(&self, route: Route, req: Request<B>) -> Response<Body> {
+        match route {
+            Route::Healthz => return respond::text(StatusCode::OK, "ok\n"),
+            Route::Metrics => {
+                return match &self.exporter {
+                    Some(exporter) => exporter.answer(req.method()).await,
+                    None => respond::error(
+                        StatusCode::NOT_FOUND,
+                        codes::NOT_FOUND,
+                        "the metrics are served on their own listener (metrics.listen)",
+                    ),
+                };
+            }
+            _ => {}
         }
         let path = req.uri().path().to_owned();
         if let Some(rest) = path.strip_prefix("/@tencent") {

@@ -38,6 +38,7 @@ use crate::cluster::cleanup::{Cleanups, Ended};
 use crate::config::{Config, Dialect};
 use crate::dialect::{self, model::Facts, model::FailureAction};
 use crate::function::invoke::{Call, CallError, Invoker, Reply};
+use crate::metrics::registry::{FunctionEvent, Metrics};
 use crate::socket::outbox::Outbox;
 use crate::socket::registry::{Connection, Registry};
 use crate::socket::sockio::SocketIo;
@@ -68,6 +69,16 @@ pub(crate) struct Sockets {
     pub cleanups: Arc<Cleanups>,
     pub stop: Arc<Stop>,
     pub ws_config: WebSocketConfig,
+    /// Counts the messages in and out.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Sockets {
+    /// Counts a message of `len` payload bytes handed to a client's socket.
+    fn sent(&self, len: usize) {
+        self.metrics.messages_out.inc();
+        self.metrics.bytes_out.inc_by(len as u64);
+    }
 }
 
 /// How long to wait for the client's answer to our close frame.
@@ -188,15 +199,8 @@ impl Session {
         }
     }
 
-    /// Encodes the next event of this connection for a target of `dialect`; returns the
-    /// event's name and body.
-    fn encode(
-        &mut self,
-        kind: EventKind,
-        dialect: Dialect,
-        route_key: &str,
-    ) -> (&'static str, Bytes) {
-        let name = kind.name();
+    /// Encodes the next event of this connection for a target of `dialect`.
+    fn encode(&mut self, kind: EventKind, dialect: Dialect, route_key: &str) -> Bytes {
         let event = self.event(kind);
         let body = dialect::encode(
             dialect,
@@ -205,7 +209,7 @@ impl Session {
             self.facts(),
             route_key,
         );
-        (name, body.into())
+        body.into()
     }
 
     /// Starts the next transport call if none is in flight and a message waits.
@@ -228,13 +232,13 @@ impl Session {
             Message::Binary(bytes) => (DataType::Binary, BASE64.encode(&bytes)),
             _ => return,
         };
-        let (event, body) =
-            self.encode(EventKind::Transport { data_type, data }, dialect, route_key);
+        let body = self.encode(EventKind::Transport { data_type, data }, dialect, route_key);
         let url = target.url().to_owned();
         let id = self.conn.id.to_string();
         self.inflight = Some(Box::pin(async move {
             let call = Call {
-                event,
+                event: FunctionEvent::Transport,
+                dialect,
                 connection_id: &id,
                 body,
             };
@@ -316,6 +320,7 @@ impl Session {
                             warn!(len = message.len(), "transport reply larger than limits.max_message_bytes; not sent");
                         }
                         Ok(Some(message)) => {
+                            shared.sent(message.len());
                             let write = ws.send(message);
                             if let Err(cut) = Box::pin(guarded(&shared, &self.conn.outbox, cuts(last_activity), write)).await {
                                 return cut.end();
@@ -325,6 +330,7 @@ impl Session {
                         Err(e) => match dialect::transport_failure(done.dialect, &self.conn.id.to_string()) {
                             FailureAction::Notify(message) => {
                                 error!(cause = %e, "transport function failed; the client is told");
+                                shared.sent(message.len());
                                 let write = ws.send(message);
                                 if let Err(cut) = Box::pin(guarded(&shared, &self.conn.outbox, cuts(last_activity), write)).await {
                                     return cut.end();
@@ -354,11 +360,14 @@ impl Session {
                     ping_sent = None;
                     match message {
                         Message::Text(_) | Message::Binary(_) => {
+                            shared.metrics.messages_in.inc();
+                            shared.metrics.bytes_in.inc_by(message.len() as u64);
                             last_activity = last_rx;
                             self.conn.touch();
                             if !heartbeat.request.is_empty()
                                 && matches!(&message, Message::Text(t) if t.as_str() == heartbeat.request)
                             {
+                                shared.sent(heartbeat.reply.len());
                                 let write = ws.send(Message::text(heartbeat.reply.as_str()));
                                 if let Err(cut) = Box::pin(guarded(&shared, &self.conn.outbox, cuts(last_activity), write)).await {
                                     return cut.end();
@@ -504,7 +513,7 @@ async fn flush_outbox(
         close_requested: close_request.is_some(),
         ..cuts
     };
-    let written = guarded(shared, outbox, cuts, write_all(ws, batch)).await;
+    let written = guarded(shared, outbox, cuts, write_all(shared, ws, batch)).await;
     // Cut short: what was not written is dropped with the connection.
     batch.clear();
     if let Err(cut) = written {
@@ -529,8 +538,9 @@ async fn flush_outbox(
     Some(End::new(reason, Some(request.code), request.reason))
 }
 
-async fn write_all(ws: &mut Ws, batch: &mut Vec<Message>) -> Result<(), WsError> {
+async fn write_all(shared: &Sockets, ws: &mut Ws, batch: &mut Vec<Message>) -> Result<(), WsError> {
     for message in batch.drain(..) {
+        shared.sent(message.len());
         ws.feed(message).await?;
     }
     ws.flush().await
