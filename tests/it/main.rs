@@ -19,6 +19,7 @@ mod multi_node;
 mod node_faults;
 mod ordering;
 mod public_http;
+mod readiness;
 mod redis_e2e;
 mod register;
 mod secrets_in_logs;

@@ -1,7 +1,9 @@
 //! The send-back API: how functions and backends reach connections. Served on its own
 //! listener (loopback by default), every request authenticated by the bearer token; over
 //! TLS when `sendback.tls` is set (the handshake within [`HEAD_TIMEOUT`], then hyper serves
-//! the TLS stream as it serves TCP). Routes and bodies are documented in `wire::api`.
+//! the TLS stream as it serves TCP). Routes and bodies are documented in `wire::api`. While
+//! the node drains, connections accepted then are answered one request each, until the
+//! listener closes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::cluster::readiness::Readiness;
 use crate::dialect::aws::management::ManagementApi;
 use crate::dialect::native::sendback::NativeApi;
 use crate::dialect::tencent::sendback::TencentApi;
@@ -38,33 +41,41 @@ pub(crate) struct Router {
     /// Shared with the public listener under `aws.management_api_on_public`.
     pub aws: Arc<ManagementApi>,
     pub tencent: TencentApi,
+    /// What `/readyz` answers.
+    pub readiness: Readiness,
 }
 
 /// How long a request head (and, over TLS, the handshake before the first) may take.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves the send-back API until `stop`; with `tls`, over TLS.
+/// Serves the send-back API until `closed` (after the drain that `stop` starts); with
+/// `tls`, over TLS.
 pub(crate) async fn serve(
     router: Arc<Router>,
     listener: TcpListener,
     stop: Arc<Stop>,
+    closed: Arc<Stop>,
     tracker: TaskTracker,
     tls: Option<TlsAcceptor>,
 ) {
-    let conn_stop = stop.clone();
+    let (conn_stop, conn_closed) = (stop.clone(), closed.clone());
     listener::accept_loop(
         &stop,
+        &closed,
         &tracker,
         listener,
         "send-back",
-        move |stream, remote| {
-            let (router, stop, tls) = (router.clone(), conn_stop.clone(), tls.clone());
+        move |stream, remote, draining| {
+            // What ends the connection: shutdown, or for one accepted while draining (a
+            // probe, a relay), the listener's close.
+            let stop = if draining { &conn_closed } else { &conn_stop }.clone();
+            let (router, tls) = (router.clone(), tls.clone());
             async move {
                 match tls {
-                    None => serve_connection(router, stop, stream, remote).await,
+                    None => serve_connection(router, stop, stream, remote, !draining).await,
                     Some(acceptor) => {
                         if let Some(tls) = tls_handshake(&stop, acceptor, stream, remote).await {
-                            serve_connection(router, stop, tls, remote).await;
+                            serve_connection(router, stop, tls, remote, !draining).await;
                         }
                     }
                 }
@@ -99,9 +110,15 @@ async fn tls_handshake(
     }
 }
 
-/// Serves one HTTP/1.1 connection of the send-back API (keep-alive).
-async fn serve_connection<S>(router: Arc<Router>, stop: Arc<Stop>, stream: S, remote: SocketAddr)
-where
+/// Serves one HTTP/1.1 connection of the send-back API (keep-alive unless `keep_alive` is
+/// false), until `stop`.
+async fn serve_connection<S>(
+    router: Arc<Router>,
+    stop: Arc<Stop>,
+    stream: S,
+    remote: SocketAddr,
+    keep_alive: bool,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
@@ -109,6 +126,7 @@ where
         async move { Ok::<_, Infallible>(router.handle(req).await) }
     });
     let conn = http1::Builder::new()
+        .keep_alive(keep_alive)
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
@@ -131,6 +149,9 @@ impl Router {
     pub(crate) async fn handle<B: RequestBody>(&self, req: Request<B>) -> Response<Body> {
         if req.uri().path() == "/healthz" {
             return respond::text(StatusCode::OK, "ok\n");
+        }
+        if req.uri().path() == "/readyz" {
+            return self.readiness.reply();
         }
         let path = req.uri().path().to_owned();
         if let Some(rest) = path.strip_prefix("/@tencent") {
