@@ -15,6 +15,7 @@ mod forwarded;
 mod fuzz_corpora;
 mod handler_runtime;
 mod limits;
+mod logs;
 mod multi_node;
 mod node_faults;
 mod ordering;

@@ -1,9 +1,9 @@
 //! The send-back API: how functions and backends reach connections. Served on its own
 //! listener (loopback by default), every request authenticated by the bearer token; over
 //! TLS when `sendback.tls` is set (the handshake within [`HEAD_TIMEOUT`], then hyper serves
-//! the TLS stream as it serves TCP). Routes and bodies are documented in `wire::api`. While
-//! the node drains, connections accepted then are answered one request each, until the
-//! listener closes.
+//! the TLS stream as it serves TCP). Routes and bodies are documented in `wire::api`; each
+//! request runs in a span and its end is logged (`route::traced`). While the node drains,
+//! connections accepted then are answered one request each, until the listener closes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,6 +28,7 @@ use crate::dialect::tencent::sendback::TencentApi;
 use crate::listener;
 use crate::request::{self, RequestBody};
 use crate::respond::{self, Body};
+use crate::sendback::route;
 use crate::stop::Stop;
 
 /// The send-back listener's routes: each dialect's adapter under its own path.
@@ -121,9 +122,14 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let router = router.clone();
-        async move { Ok::<_, Infallible>(router.handle(req).await) }
+        async move {
+            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+            let handled = router.handle(req);
+            let response = route::traced(&method, &path, &router.stage, handled).await;
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = http1::Builder::new()
         .keep_alive(keep_alive)
