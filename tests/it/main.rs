@@ -19,6 +19,7 @@ mod logs;
 mod multi_node;
 mod node_faults;
 mod ordering;
+mod prometheus;
 mod public_http;
 mod readiness;
 mod redis_e2e;
