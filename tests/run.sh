@@ -2,8 +2,9 @@
 # tests/run.sh — the one command that runs every Switchboard test.
 #
 # Works on a fresh Debian machine that has only the Rust toolchain: installs
-# whatever is missing (redis-server, nginx, prometheus, chromium, certutil, node/npm via
-# apt; the browser test's npm packages; rustfmt/clippy via rustup), then runs, in order:
+# whatever is missing (redis-server, nginx, prometheus, chromium, certutil, node/npm,
+# systemd-analyze via apt; the browser test's npm packages; rustfmt/clippy via rustup), then
+# runs, in order:
 #   fmt    cargo fmt --all -- --check
 #   clippy cargo clippy --workspace --all-targets -- -D warnings
 #   build  cargo build --workspace --bins (also the gateway's `switchboard`, which the
@@ -82,6 +83,11 @@ if [ -n "${CERTUTIL:-}" ]; then
     [ -x "$CERTUTIL" ] || die "CERTUTIL=$CERTUTIL is not an executable"
 elif ! have certutil && [ ! -x /usr/bin/certutil ]; then
     APT_MISSING+=(libnss3-tools)
+fi
+# The deployment tests (tests/it/deploy.rs) check the systemd units with systemd-analyze:
+# Debian's systemd package (nothing is started: it only reads the files).
+if ! have systemd-analyze && [ ! -x /usr/bin/systemd-analyze ]; then
+    APT_MISSING+=(systemd)
 fi
 have node || APT_MISSING+=(nodejs)
 have npm || APT_MISSING+=(npm)

@@ -63,6 +63,7 @@
 //! ```
 
 pub mod error;
+mod failover;
 pub mod handler;
 /// The wire contract (the `wire` crate): events, send-back bodies, close and error codes.
 pub use wire::{api, codes, event};

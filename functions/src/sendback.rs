@@ -9,16 +9,24 @@
 //! [`Unauthorized`](FunctionsError::Unauthorized), 503
 //! [`Unavailable`](FunctionsError::Unavailable) (e.g. the gateway's store is down), others
 //! [`Http`](FunctionsError::Http).
+//!
+//! Given several base URLs ([`SendBack::with_urls`]: every gateway node sharing the store,
+//! any of which reaches every connection), a request that no node took moves on to the
+//! next URL; one that may have been acted on is never sent twice (`crate::failover`).
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::Method;
 use reqwest::header::{self, HeaderValue};
+use tracing::warn;
 
 use crate::api::{BatchResult, BatchSend, ConnectionInfo, GroupInfo, GroupSendResult};
-use crate::error::FunctionsError;
+use crate::error::{Chain, FunctionsError};
+use crate::failover::{Attempt, Urls};
 use crate::message::Message;
 
 /// Bytes kept as they are in a path segment or query value: RFC 3986 unreserved.
@@ -42,8 +50,9 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct SendBack {
     client: reqwest::Client,
-    /// The base URL without a trailing `/`, e.g. `http://127.0.0.1:9001`.
-    base: Arc<str>,
+    /// The base URLs without a trailing `/`, e.g. `http://127.0.0.1:9001`, and which one
+    /// a request tries first.
+    urls: Arc<Urls>,
     /// `Bearer <token>`, if a token was given.
     authorization: Option<HeaderValue>,
 }
@@ -51,7 +60,7 @@ pub struct SendBack {
 impl fmt::Debug for SendBack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SendBack")
-            .field("base", &self.base)
+            .field("urls", &self.urls.bases().collect::<Vec<_>>())
             .field("token", &self.authorization.as_ref().map(|_| "<redacted>"))
             .finish()
     }
@@ -62,7 +71,32 @@ impl SendBack {
     /// path prefix), sending `Authorization: Bearer <token>` when `token` is set and not
     /// empty. Only `http` works: this build of the client has no TLS.
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, FunctionsError> {
-        let base = parse_base(base_url)?;
+        SendBack::with_urls([base_url], token)
+    }
+
+    /// A client for the send-back API at several base URLs, as [`SendBack::new`] takes
+    /// one: each gateway node's send-back address (any node reaches every connection), in
+    /// the order to try them. A request goes to the URL that last worked; it moves on to
+    /// the next only when the node surely did nothing with it (its connection refused, the
+    /// connect timed out, or a 503 `shutting_down`). A request that may have been acted on
+    /// (the connection reset or timed out after it was written) is never sent again: it
+    /// fails with [`FunctionsError::Transport`]. A URL that failed is tried after the
+    /// others for a few seconds. At least one URL is needed.
+    pub fn with_urls<I, S>(base_urls: I, token: Option<String>) -> Result<Self, FunctionsError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let bases = base_urls
+            .into_iter()
+            .map(|url| parse_base(url.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if bases.is_empty() {
+            return Err(FunctionsError::InvalidBaseUrl {
+                url: String::new(),
+                reason: "no send-back URL given".to_owned(),
+            });
+        }
         let authorization = match token.filter(|t| !t.is_empty()) {
             Some(token) => {
                 let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
@@ -80,26 +114,26 @@ impl SendBack {
             .build()?;
         Ok(SendBack {
             client,
-            base: base.into(),
+            urls: Arc::new(Urls::new(bases)),
             authorization,
         })
     }
 
-    /// The base URL calls go to (no trailing `/`).
+    /// The first base URL (no trailing `/`).
     pub fn base_url(&self) -> &str {
-        &self.base
+        self.urls.base(0)
+    }
+
+    /// Every base URL (no trailing `/`), in the order given.
+    pub fn base_urls(&self) -> Vec<&str> {
+        self.urls.bases().collect()
     }
 
     /// Sends `message` to one connection. [`FunctionsError::Gone`] if it is not live
     /// (including while its register is still running).
     pub async fn send(&self, id: &str, message: &Message) -> Result<(), FunctionsError> {
-        let body = message.clone().into_bytes();
-        let request = self
-            .client
-            .post(self.connection_url(id)?)
-            .header(header::CONTENT_TYPE, message.content_type())
-            .body(body);
-        self.execute(request).await.map(drop)
+        let call = Call::new(Method::POST, connection_path(id)?).body(message);
+        self.execute(call).await.map(drop)
     }
 
     /// Sends one `message` to many connections in one request. Ids that are not live are
@@ -120,17 +154,18 @@ impl SendBack {
             data,
             data_type,
         };
-        let request = self
-            .client
-            .post(format!("{}/@connections", self.base))
-            .json(&batch);
-        Ok(self.execute(request).await?.json().await?)
+        let call = Call {
+            method: Method::POST,
+            path: "/@connections".to_owned(),
+            body: Some(Body::Json(batch)),
+        };
+        Ok(self.execute(call).await?.json().await?)
     }
 
     /// What the gateway knows about a live connection.
     pub async fn get(&self, id: &str) -> Result<ConnectionInfo, FunctionsError> {
-        let request = self.client.get(self.connection_url(id)?);
-        Ok(self.execute(request).await?.json().await?)
+        let call = Call::new(Method::GET, connection_path(id)?);
+        Ok(self.execute(call).await?.json().await?)
     }
 
     /// Closes a connection, with a close `code` and `reason` if given.
@@ -140,7 +175,7 @@ impl SendBack {
         code: Option<u16>,
         reason: Option<&str>,
     ) -> Result<(), FunctionsError> {
-        let mut url = self.connection_url(id)?;
+        let mut path = connection_path(id)?;
         let mut params = Vec::new();
         if let Some(code) = code {
             params.push(format!("code={code}"));
@@ -151,8 +186,10 @@ impl SendBack {
                 utf8_percent_encode(reason, UNRESERVED)
             ));
         }
-        push_query(&mut url, &params);
-        self.execute(self.client.delete(url)).await.map(drop)
+        push_query(&mut path, &params);
+        self.execute(Call::new(Method::DELETE, path))
+            .await
+            .map(drop)
     }
 
     /// Sends one `message` to every member of `group` but the ids in `exclude`, in one
@@ -165,32 +202,28 @@ impl SendBack {
         message: &Message,
         exclude: &[&str],
     ) -> Result<GroupSendResult, FunctionsError> {
-        let mut url = self.group_url(group)?;
+        let mut path = group_path(group)?;
         let excluded: Vec<String> = exclude
             .iter()
             .map(|id| format!("exclude={}", utf8_percent_encode(id, UNRESERVED)))
             .collect();
-        push_query(&mut url, &excluded);
-        let request = self
-            .client
-            .post(url)
-            .header(header::CONTENT_TYPE, message.content_type())
-            .body(message.clone().into_bytes());
-        Ok(self.execute(request).await?.json().await?)
+        push_query(&mut path, &excluded);
+        let call = Call::new(Method::POST, path).body(message);
+        Ok(self.execute(call).await?.json().await?)
     }
 
     /// Adds connection `id` to `group` (nothing changes if it is already a member).
     /// [`FunctionsError::Gone`] if the connection is not registered; a group name the
     /// gateway cannot use (containing `{` or `}`) is a 400 [`FunctionsError::Http`].
     pub async fn join_group(&self, group: &str, id: &str) -> Result<(), FunctionsError> {
-        let url = self.group_member_url(group, id)?;
-        self.execute(self.client.put(url)).await.map(drop)
+        let call = Call::new(Method::PUT, group_member_path(group, id)?);
+        self.execute(call).await.map(drop)
     }
 
     /// Removes connection `id` from `group`; succeeds also when it was not a member.
     pub async fn leave_group(&self, group: &str, id: &str) -> Result<(), FunctionsError> {
-        let url = self.group_member_url(group, id)?;
-        self.execute(self.client.delete(url)).await.map(drop)
+        let call = Call::new(Method::DELETE, group_member_path(group, id)?);
+        self.execute(call).await.map(drop)
     }
 
     /// The size of `group` and one page of its members. Start with `cursor = None` and pass
@@ -202,7 +235,7 @@ impl SendBack {
         cursor: Option<&str>,
         limit: Option<usize>,
     ) -> Result<GroupInfo, FunctionsError> {
-        let mut url = self.group_url(group)?;
+        let mut path = group_path(group)?;
         let mut params = Vec::new();
         if let Some(cursor) = cursor {
             params.push(format!(
@@ -213,46 +246,120 @@ impl SendBack {
         if let Some(limit) = limit {
             params.push(format!("limit={limit}"));
         }
-        push_query(&mut url, &params);
-        Ok(self.execute(self.client.get(url)).await?.json().await?)
+        push_query(&mut path, &params);
+        let call = Call::new(Method::GET, path);
+        Ok(self.execute(call).await?.json().await?)
     }
 
-    /// `{base}/@connections/{id}`, the id percent-encoded as one path segment.
-    fn connection_url(&self, id: &str) -> Result<String, FunctionsError> {
-        let id = segment(id).ok_or_else(|| FunctionsError::InvalidConnectionId(id.to_owned()))?;
-        Ok(format!("{}/@connections/{id}", self.base))
-    }
-
-    /// `{base}/@groups/{group}`, the name percent-encoded as one path segment.
-    fn group_url(&self, group: &str) -> Result<String, FunctionsError> {
-        let group =
-            segment(group).ok_or_else(|| FunctionsError::InvalidGroupName(group.to_owned()))?;
-        Ok(format!("{}/@groups/{group}", self.base))
-    }
-
-    /// `{base}/@groups/{group}/connections/{id}`, both percent-encoded.
-    fn group_member_url(&self, group: &str, id: &str) -> Result<String, FunctionsError> {
-        let group_url = self.group_url(group)?;
-        let id = segment(id).ok_or_else(|| FunctionsError::InvalidConnectionId(id.to_owned()))?;
-        Ok(format!("{group_url}/connections/{id}"))
-    }
-
-    /// Sends the request with the token, and turns an error status into an error.
-    async fn execute(
-        &self,
-        mut request: reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, FunctionsError> {
-        if let Some(authorization) = &self.authorization {
-            request = request.header(header::AUTHORIZATION, authorization.clone());
+    /// Makes `call` with the token, to the URL that last worked and, while no node took
+    /// it, to the next ones; turns an error status into an error.
+    async fn execute(&self, call: Call) -> Result<reqwest::Response, FunctionsError> {
+        let mut not_delivered = None;
+        for index in self.urls.order() {
+            let base = self.urls.base(index);
+            let mut request = self
+                .client
+                .request(call.method.clone(), format!("{base}{}", call.path));
+            if let Some(authorization) = &self.authorization {
+                request = request.header(header::AUTHORIZATION, authorization.clone());
+            }
+            match &call.body {
+                Some(Body::Message(content_type, bytes)) => {
+                    request = request
+                        .header(header::CONTENT_TYPE, *content_type)
+                        .body(bytes.clone());
+                }
+                Some(Body::Json(batch)) => request = request.json(batch),
+                None => {}
+            }
+            let err = match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    self.urls.worked(index);
+                    return Ok(response);
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let body = response.text().await.unwrap_or_default();
+                    let err = status_error(status, &body);
+                    if Attempt::of_error_reply(&err) == Attempt::Answered {
+                        self.urls.worked(index);
+                        return Err(err);
+                    }
+                    err
+                }
+                Err(err) if Attempt::of_error(&err) == Attempt::MayHaveActed => {
+                    return Err(err.into());
+                }
+                Err(err) => err.into(),
+            };
+            // The node did nothing with the request: the next URL may take it.
+            self.urls.failed(index);
+            if self.urls.len() > 1 {
+                warn!(url = %base, error = %Chain(&err), "send-back URL did not take the request");
+            }
+            not_delivered = Some(err);
         }
-        let response = request.send().await?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let body = response.text().await.unwrap_or_default();
-        Err(status_error(status.as_u16(), &body))
+        Err(
+            not_delivered.unwrap_or_else(|| FunctionsError::InvalidBaseUrl {
+                url: String::new(),
+                reason: "no send-back URL given".to_owned(),
+            }),
+        )
     }
+}
+
+/// One send-back request, made to whichever base URL takes it.
+struct Call {
+    method: Method,
+    /// The path and query after the base URL, starting with `/`.
+    path: String,
+    body: Option<Body>,
+}
+
+/// The body of a [`Call`], kept to be sent again to the next URL.
+enum Body {
+    /// A message: its content type and bytes.
+    Message(&'static str, Bytes),
+    /// A batch send, as JSON.
+    Json(BatchSend),
+}
+
+impl Call {
+    fn new(method: Method, path: String) -> Call {
+        Call {
+            method,
+            path,
+            body: None,
+        }
+    }
+
+    /// With `message` as the body, typed as text or binary.
+    fn body(mut self, message: &Message) -> Call {
+        self.body = Some(Body::Message(
+            message.content_type(),
+            message.clone().into_bytes(),
+        ));
+        self
+    }
+}
+
+/// `/@connections/{id}`, the id percent-encoded as one path segment.
+fn connection_path(id: &str) -> Result<String, FunctionsError> {
+    let id = segment(id).ok_or_else(|| FunctionsError::InvalidConnectionId(id.to_owned()))?;
+    Ok(format!("/@connections/{id}"))
+}
+
+/// `/@groups/{group}`, the name percent-encoded as one path segment.
+fn group_path(group: &str) -> Result<String, FunctionsError> {
+    let group = segment(group).ok_or_else(|| FunctionsError::InvalidGroupName(group.to_owned()))?;
+    Ok(format!("/@groups/{group}"))
+}
+
+/// `/@groups/{group}/connections/{id}`, both percent-encoded.
+fn group_member_path(group: &str, id: &str) -> Result<String, FunctionsError> {
+    let group_path = group_path(group)?;
+    let id = segment(id).ok_or_else(|| FunctionsError::InvalidConnectionId(id.to_owned()))?;
+    Ok(format!("{group_path}/connections/{id}"))
 }
 
 /// `name` percent-encoded as one path segment; `None` for names no URL path can carry:

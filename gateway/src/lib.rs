@@ -418,6 +418,11 @@ impl Gateway {
         if let Err(e) = reaper.reap_own().await {
             warn!(cause = %e, "could not reap what a previous run of this node left");
         }
+        // SIGHUP (`systemctl reload`) must not end a gateway with nothing to reload: taken
+        // from here on, before this node says it listens.
+        let hangup = certs
+            .is_empty()
+            .then(|| tls::server::ignore_hangup(stop.clone()));
         let public_tls_addr = match &public_tls {
             Some((listener, _)) => listener.local_addr()?.to_string(),
             None => "none".to_owned(),
@@ -457,6 +462,9 @@ impl Gateway {
             sendback_tls.map(TlsAcceptor::from),
         ));
         listeners.close();
+        if let Some(hangup) = hangup {
+            background.spawn(hangup);
+        }
         for cert in certs {
             background.spawn(tls::server::watch(cert, stop.clone()));
         }

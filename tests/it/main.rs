@@ -8,6 +8,7 @@ mod chat;
 mod cleanup;
 mod close_codes;
 mod config;
+mod deploy;
 mod dialect_aws;
 mod dialect_tencent;
 mod durable_cleanup;

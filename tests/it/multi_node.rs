@@ -1,6 +1,7 @@
 //! Two gateway nodes sharing one store (the embedded store shared in-process, and a real
 //! Redis): every send-back request made to one node reaches a connection the other holds:
-//! send, get, batch, group send, AWS `@connections`, Tencent push, disconnect.
+//! send, get, batch, group send, AWS `@connections`, Tencent push, disconnect. And the
+//! SDK given both nodes' URLs keeps reaching connections when one node is killed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use tests::gateway::{
     Client, TestGateway, connection_info, expect_close, group_send, next_message,
     post_to_connection, sendback_request,
 };
+use tests::process::GatewayProcess;
 use tests::scripted::ScriptedFunction;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -246,4 +248,75 @@ async fn an_unreachable_node_is_a_503_and_does_not_stop_group_sends() {
     expect(&mut client, "still here").await;
     store.unregister(&ghost).await.unwrap();
     a.shutdown().await;
+}
+
+/// The SDK given both nodes' send-back URLs, the first node killed (SIGKILL: no drain, no
+/// goodbye): every request to a connection on the second node still succeeds, the dead one
+/// costing a failed connect. A client given only the dead node's URL fails, as every
+/// function did before it could be given more than one.
+#[tokio::test]
+async fn sendback_fails_over_when_a_node_is_killed() {
+    let Some(redis) = tests::redis::require_redis() else {
+        return;
+    };
+    let function = ScriptedFunction::accepting().await;
+    let prefix = format!("it-failover-{}", uuid::Uuid::new_v4().simple());
+    let config = |node: &str| {
+        format!(
+            "node_id = \"{node}\"\nstore = \"{url}\"\nstore_prefix = \"{prefix}\"\n\
+             [public]\nlisten = \"127.0.0.1:0\"\n\
+             [sendback]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n[functions]\n\
+             register = \"{f}\"\ncleanup = \"{f}\"\n",
+            url = redis.url(),
+            token = tests::gateway::TOKEN,
+            f = function.url(),
+        )
+    };
+    let mut first = GatewayProcess::start(&crate::switchboard_bin(), &config("gw-1")).await;
+    let second = GatewayProcess::start(&crate::switchboard_bin(), &config("gw-2")).await;
+    let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{}/", second.public()))
+        .await
+        .expect("connect to gw-2");
+    let id = function.wait_register().await;
+    let urls = [
+        format!("http://{}", first.sendback()),
+        format!("http://{}", second.sendback()),
+    ];
+    let token = Some(tests::gateway::TOKEN.to_owned());
+    let sendback = functions::SendBack::with_urls(&urls, token.clone()).unwrap();
+    let only_first = functions::SendBack::new(&urls[0], token).unwrap();
+
+    // Through gw-1, relayed to gw-2.
+    sendback
+        .send(&id, &functions::Message::text("before"))
+        .await
+        .unwrap();
+    expect(&mut client, "before").await;
+
+    first.process().kill().await;
+    for i in 0..3 {
+        let text = format!("after {i}");
+        sendback
+            .send(&id, &functions::Message::text(text.as_str()))
+            .await
+            .unwrap_or_else(|e| panic!("send {i} after gw-1 died: {e}"));
+        expect(&mut client, &text).await;
+    }
+    sendback.join_group("room", &id).await.unwrap();
+    let result = sendback
+        .send_to_group("room", &functions::Message::text("to the room"), &[])
+        .await
+        .unwrap();
+    assert_eq!(result.delivered, 1, "{result:?}");
+    expect(&mut client, "to the room").await;
+    assert_eq!(sendback.get(&id).await.unwrap().node, "gw-2");
+
+    match only_first
+        .send(&id, &functions::Message::text("lost"))
+        .await
+    {
+        Err(functions::FunctionsError::Transport(e)) => assert!(e.is_connect(), "{e}"),
+        other => panic!("a client of the dead node only: {other:?}"),
+    }
+    second.terminate().await;
 }

@@ -79,6 +79,25 @@ pub fn find_program(env_var: &str, name: &str, fallbacks: &[&str]) -> Option<Pat
         .map(Path::to_path_buf)
 }
 
+/// The file `deploy/<name>` of this repository with each placeholder replaced by its
+/// value, e.g. `("listen 80;", "listen 127.0.0.1:8123;")` (every occurrence). Panics if a
+/// placeholder is not in the file, so that a file and its test cannot drift apart unseen.
+pub fn deploy_file(name: &str, replacements: &[(&str, String)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(name);
+    let mut text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    for (placeholder, value) in replacements {
+        assert!(
+            text.contains(placeholder),
+            "deploy/{name} no longer holds the placeholder `{placeholder}`"
+        );
+        text = text.replace(placeholder, value);
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

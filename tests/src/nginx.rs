@@ -1,7 +1,11 @@
 //! A real nginx in front of a gateway, one per test: its own config in a fresh temp dir
-//! (pid file, logs and temp files there too), a free port on 127.0.0.1, in the
-//! foreground as one process (`master_process off`), killed on drop. Runs as the current
-//! user (ports above 1024 need no privilege); under root, nginx is told `user root;`.
+//! (pid file, logs and temp files there too), free ports on 127.0.0.1 (one, or as many as
+//! its servers need: [`Nginx::require_ports`]), in the foreground as one process
+//! (`master_process off`), killed on drop. Runs as the current user (ports above 1024 need
+//! no privilege); under root, nginx is told `user root;`.
+//!
+//! The example configs of `deploy/nginx` run here as they are, their marked placeholders
+//! replaced ([`crate::deploy_file`]), inside an `http` block ([`Spot::http`]).
 //!
 //! ```no_run
 //! # async fn f(upstream: std::net::SocketAddr) {
@@ -74,8 +78,10 @@ fn module_path(binary: &Path, module: &str) -> anyhow::Result<Option<PathBuf>> {
 /// Where an nginx under test listens and keeps its files, for its config.
 #[derive(Debug, Clone)]
 pub struct Spot {
-    /// The address its server must listen on.
+    /// The address its (first) server must listen on.
     pub listen: SocketAddr,
+    /// The addresses its other servers listen on ([`Nginx::require_ports`]).
+    pub more: Vec<SocketAddr>,
     /// Its private directory (the prefix).
     pub dir: PathBuf,
 }
@@ -87,6 +93,21 @@ impl Spot {
         ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
             .map(|kind| format!("{kind}_temp_path {};\n", self.dir.join(kind).display()))
             .concat()
+    }
+
+    /// An `http` block holding `body` (e.g. a file of `deploy/nginx`, which belongs in
+    /// one), with the temp paths and the access log in the private directory.
+    pub fn http(&self, body: &str) -> String {
+        format!(
+            "http {{\n{temp}access_log {log};\n{body}\n}}\n",
+            temp = self.http_temp_paths(),
+            log = self.dir.join("access.log").display(),
+        )
+    }
+
+    /// Every address it listens on.
+    fn addrs(&self) -> impl Iterator<Item = &SocketAddr> {
+        std::iter::once(&self.listen).chain(&self.more)
     }
 }
 
@@ -104,6 +125,17 @@ impl Nginx {
     /// `None`. Panics if nginx is there but does not start.
     #[track_caller]
     pub fn require(modules: &[&str], blocks: impl Fn(&Spot) -> String) -> Option<Nginx> {
+        Nginx::require_ports(modules, 0, blocks)
+    }
+
+    /// As [`Nginx::require`], with `more` free ports besides [`Spot::listen`] for other
+    /// servers ([`Spot::more`]); it is ready once every one of them accepts connections.
+    #[track_caller]
+    pub fn require_ports(
+        modules: &[&str],
+        more: usize,
+        blocks: impl Fn(&Spot) -> String,
+    ) -> Option<Nginx> {
         let Some(binary) = nginx_binary() else {
             crate::skip_or_fail("nginx not installed");
             return None;
@@ -119,13 +151,18 @@ impl Nginx {
                 }
             }
         }
-        match Nginx::start(&binary, &load, &blocks) {
+        match Nginx::start(&binary, &load, more, &blocks) {
             Ok(nginx) => Some(nginx),
             Err(e) => panic!("starting nginx: {e:#}"),
         }
     }
 
-    fn start(binary: &Path, load: &str, blocks: &dyn Fn(&Spot) -> String) -> anyhow::Result<Nginx> {
+    fn start(
+        binary: &Path,
+        load: &str,
+        more: usize,
+        blocks: &dyn Fn(&Spot) -> String,
+    ) -> anyhow::Result<Nginx> {
         let dir = std::env::temp_dir().join(format!("switchboard-nginx-{}", uuid::Uuid::new_v4()));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // The directory is ours, so its owner is who we run as.
@@ -134,6 +171,7 @@ impl Nginx {
         for _ in 0..PORT_ATTEMPTS {
             let spot = Spot {
                 listen: free_addr()?,
+                more: (0..more).map(|_| free_addr()).collect::<Result<_, _>>()?,
                 dir: dir.clone(),
             };
             let config = format!(
@@ -177,6 +215,11 @@ impl Nginx {
         self.spot.listen
     }
 
+    /// Where its other servers listen ([`Nginx::require_ports`]).
+    pub fn more(&self) -> &[SocketAddr] {
+        &self.spot.more
+    }
+
     /// What it logged so far (its error log and its standard error), for diagnostics.
     pub fn log(&self) -> String {
         log(&self.spot.dir)
@@ -190,21 +233,23 @@ fn log(dir: &Path) -> String {
         .concat()
 }
 
-/// Waits until the nginx `child` accepts connections at `spot`; an error if it exits first
-/// (a port taken) or takes too long.
+/// Waits until the nginx `child` accepts connections at every address of `spot`; an error
+/// if it exits first (a port taken) or takes too long.
 fn wait_ready(child: &mut Child, spot: &Spot) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("nginx exited with {status}; log:\n{}", log(&spot.dir));
         }
-        if TcpStream::connect_timeout(&spot.listen, POLL).is_ok() {
+        let waiting = spot
+            .addrs()
+            .find(|addr| TcpStream::connect_timeout(addr, POLL).is_err());
+        let Some(waiting) = waiting else {
             return Ok(());
-        }
+        };
         if Instant::now() >= deadline {
             anyhow::bail!(
-                "nginx did not listen on {} within {READY_TIMEOUT:?}; log:\n{}",
-                spot.listen,
+                "nginx did not listen on {waiting} within {READY_TIMEOUT:?}; log:\n{}",
                 log(&spot.dir)
             );
         }

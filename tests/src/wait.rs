@@ -2,7 +2,8 @@
 //!
 //! [`eventually`] and [`eventually_some`] call the check every 10 ms until it
 //! succeeds, and panic with `timed out after {timeout:?} waiting for {what}`
-//! otherwise. A check that itself hangs is cut off at the deadline too.
+//! otherwise. A check that itself hangs is cut off at the deadline too. [`within`]
+//! returns `false` instead, for a caller that reports what is missing itself.
 
 use std::future::Future;
 use std::time::Duration;
@@ -43,6 +44,23 @@ where
             Ok(Some(value)) => return value,
             Ok(None) if Instant::now() < deadline => tokio::time::sleep(POLL_INTERVAL).await,
             _ => panic!("timed out after {timeout:?} waiting for {what}"),
+        }
+    }
+}
+
+/// Polls `check` every [`POLL_INTERVAL`] until it returns `true`; `false` if it has not
+/// within `timeout`.
+pub async fn within<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, check()).await {
+            Ok(true) => return true,
+            Ok(false) if Instant::now() < deadline => tokio::time::sleep(POLL_INTERVAL).await,
+            _ => return false,
         }
     }
 }
@@ -96,6 +114,20 @@ mod tests {
             std::future::pending::<bool>()
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn within_says_whether_the_condition_held_in_time() {
+        let mut n = 0;
+        assert!(
+            within(Duration::from_secs(5), || {
+                n += 1;
+                let v = n;
+                async move { v == 3 }
+            })
+            .await
+        );
+        assert!(!within(Duration::from_millis(30), || async { false }).await);
     }
 
     #[tokio::test]

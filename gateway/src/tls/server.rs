@@ -7,7 +7,8 @@
 //! [`POLL_EVERY`]). A reload that fails (a file missing, half written, not PEM, a key that
 //! does not match) is logged at warn naming the file, never its content, and the
 //! certificate in use stays. Connections already open keep the session they have: only
-//! new handshakes see the new certificate.
+//! new handshakes see the new certificate. Without TLS, [`ignore_hangup`] takes SIGHUP so
+//! that a reload asked for by a service manager does not stop the gateway.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -240,6 +241,35 @@ pub(crate) async fn watch(cert: Arc<Reloadable>, stop: Arc<Stop>) {
                 }
             }
         }
+    }
+}
+
+/// With no certificate to reload, takes SIGHUP (`systemctl reload`) from this call on, so
+/// that it does not end the process as its default action would; the future logs each one
+/// until `stop`. The handler stays installed after `stop` (tokio never removes one): a
+/// SIGHUP while draining is ignored too.
+pub(crate) fn ignore_hangup(stop: Arc<Stop>) -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let mut hangup = match hangup {
+                Ok(signal) => signal,
+                Err(e) => {
+                    warn!(cause = %e, "no SIGHUP handler: a SIGHUP would stop the gateway");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = hangup.recv() => info!("SIGHUP: no TLS certificate to reload"),
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        stop.cancelled().await;
     }
 }
 

@@ -8,10 +8,17 @@
 //! come from a `CHAT_*` environment variable; `CHAT_LOG` sets the log filter (default
 //! `info`). Logs go to stderr.
 //!
+//! With several gateway nodes, give the send-back address of each (`--sendback-url`
+//! repeated, or comma-separated: `CHAT_SENDBACK_URL=http://10.0.0.11:9090,http://10.0.0.12:9090`),
+//! or one balanced address over all of them (deploy/nginx). A request goes to the URL that
+//! last worked and moves on to the next only when its node surely did nothing with it
+//! (connection refused, connect timeout, a node shutting down): a node that stops costs
+//! one failed connect, not the chat.
+//!
 //! ```sh
 //! CHAT_SENDBACK_TOKEN=… chat-functions --listen 127.0.0.1:9101 \
 //!     --store redis://127.0.0.1:6379 --store-prefix switchboard \
-//!     --sendback-url http://127.0.0.1:9090
+//!     --sendback-url http://10.0.0.11:9090 --sendback-url http://10.0.0.12:9090
 //! ```
 
 use std::fmt;
@@ -47,13 +54,15 @@ struct Args {
     /// The key prefix of the store: the gateway's `store_prefix`.
     #[arg(long, env = "CHAT_STORE_PREFIX", default_value = functions::store::DEFAULT_PREFIX)]
     store_prefix: String,
-    /// The gateway's send-back API.
+    /// The gateway's send-back API: one URL per gateway node (repeat the flag, or separate
+    /// them with commas), or one balanced address. Requests go to the one that last worked.
     #[arg(
         long,
         env = "CHAT_SENDBACK_URL",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:9090"
     )]
-    sendback_url: String,
+    sendback_url: Vec<String>,
     /// The send-back token (the gateway's `sendback.token`); prefer the environment
     /// variable, which other users cannot read from the process list.
     #[arg(long, env = "CHAT_SENDBACK_TOKEN", hide_env_values = true)]
@@ -128,8 +137,14 @@ async fn run(args: Args) -> Result<(), Fatal> {
     let store = functions::open_store(&args.store, &args.store_prefix)
         .await
         .map_err(|err| store_error(&args.store, err))?;
+    let sendback_urls: Vec<&str> = args
+        .sendback_url
+        .iter()
+        .map(|url| url.trim())
+        .filter(|url| !url.is_empty())
+        .collect();
     let sendback =
-        SendBack::new(&args.sendback_url, args.sendback_token).map_err(Fatal::SendBack)?;
+        SendBack::with_urls(&sendback_urls, args.sendback_token).map_err(Fatal::SendBack)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|source| Fatal::Bind {
@@ -141,7 +156,7 @@ async fn run(args: Args) -> Result<(), Fatal> {
     info!(
         %addr,
         store = %redact(&args.store),
-        sendback = %args.sendback_url,
+        sendback = %sendback_urls.join(","),
         "chat functions listening"
     );
 
@@ -244,7 +259,23 @@ mod tests {
         assert_eq!(args.listen, "127.0.0.1:9100".parse().unwrap());
         assert_eq!(args.store, "memory");
         assert_eq!(args.store_prefix, functions::store::DEFAULT_PREFIX);
-        assert_eq!(args.sendback_url, "http://127.0.0.1:9090");
+        assert_eq!(args.sendback_url, ["http://127.0.0.1:9090"]);
+    }
+
+    #[test]
+    fn sendback_urls_repeat_or_come_comma_separated() {
+        let args = Args::try_parse_from([
+            "chat-functions",
+            "--sendback-url",
+            "http://a:1",
+            "--sendback-url",
+            "http://b:2,http://c:3",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.sendback_url,
+            ["http://a:1", "http://b:2", "http://c:3"]
+        );
     }
 
     #[test]
