@@ -2,7 +2,9 @@
 //! `store_unreachable` while the test's own redis-server is frozen (SIGSTOP) or killed, and
 //! ready again once it is back; `starting` while no heartbeat has reached the store yet (a
 //! Redis that refuses writes); `draining` during a real SIGTERM held open by a client whose
-//! message the function has not answered yet, while `/healthz` still says the process runs.
+//! message the function has not answered yet, while `/healthz` still says the process runs;
+//! and nginx, set up as `deploy/nginx/switchboard.conf` says, sending no client to a node
+//! that drains (it answers upgrades with 503 while its listener stays open).
 
 use std::time::Duration;
 
@@ -13,8 +15,10 @@ use futures_util::SinkExt;
 use http_body_util::{BodyExt, Full};
 use tests::function_server::FunctionServer;
 use tests::gateway::{TOKEN, TestGateway};
+use tests::nginx::Nginx;
 use tests::process::GatewayProcess;
 use tests::redis::{RedisServer, Resp};
+use tests::scripted::ScriptedFunction;
 use tests::wait::eventually_some;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -232,4 +236,68 @@ async fn draining_while_a_client_holds_the_shutdown() {
     // Exits cleanly once the drain is over (a second SIGTERM changes nothing).
     gateway.terminate().await;
     assert!(readyz(&public).await.is_none(), "the listener closed");
+}
+
+#[tokio::test]
+async fn nginx_sends_no_client_to_a_draining_node() {
+    const CLIENTS: usize = 4;
+    let release = CancellationToken::new();
+    let held = holding_function(release.clone()).await;
+    let held_url = format!("http://{}/fn", held.addr());
+    let draining = TestGateway::start(move |c| tests::gateway::route_all(c, &held_url)).await;
+    let ready = ScriptedFunction::accepting().await;
+    let ready_url = ready.url();
+    let other = TestGateway::start(move |c| tests::gateway::route_all(c, &ready_url)).await;
+    let (public, sendback) = (draining.public.to_string(), draining.sendback.to_string());
+    let Some(nginx) = Nginx::require_ports(&[], 1, |spot| {
+        let replacements = [
+            (
+                "listen 80 backlog",
+                format!("listen {} backlog", spot.listen),
+            ),
+            ("10.0.0.10:9090", spot.more[0].to_string()),
+            ("10.0.0.11:8080", public.clone()),
+            ("10.0.0.12:8080", other.public.to_string()),
+            ("10.0.0.11:9090", sendback.clone()),
+            ("10.0.0.12:9090", other.sendback.to_string()),
+        ];
+        spot.http(&tests::deploy_file("nginx/switchboard.conf", &replacements))
+    }) else {
+        return;
+    };
+
+    // A client whose message the function holds keeps the first node draining.
+    let mut holder = draining.connect("/").await;
+    holder.send(Message::text("held")).await.unwrap();
+    held.events()
+        .wait_until("the transport call", Duration::from_secs(10), |e| {
+            e.iter().any(|e| e.kind.name() == "transport")
+        })
+        .await;
+    let shutdown = tokio::spawn(draining.shutdown());
+    wait_readiness(
+        [public.as_str(), sendback.as_str()],
+        Some(NotReady::Draining),
+        Duration::from_secs(10),
+    )
+    .await;
+
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        match tokio_tungstenite::connect_async(format!("ws://{}/", nginx.addr())).await {
+            Ok((client, _)) => clients.push(client),
+            Err(e) => panic!(
+                "a client through nginx while a node drains: {e}; nginx log:\n{}",
+                nginx.log()
+            ),
+        }
+    }
+    let registers = |f: &[Event]| f.iter().filter(|e| e.kind.name() == "register").count();
+    assert_eq!(registers(&ready.events()), CLIENTS);
+    assert_eq!(registers(&held.events().snapshot()), 1, "only the holder");
+
+    release.cancel();
+    shutdown.await.unwrap();
+    drop(clients);
+    other.shutdown().await;
 }
