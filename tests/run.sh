@@ -2,8 +2,9 @@
 # tests/run.sh — the one command that runs every Switchboard test.
 #
 # Works on a fresh Debian machine that has only the Rust toolchain: installs
-# whatever is missing (redis-server, nginx, chromium, certutil, node/npm, systemd-analyze
-# via apt; the browser test's npm packages; rustfmt/clippy via rustup), then runs, in order:
+# whatever is missing (redis-server, nginx, prometheus, chromium, certutil, node/npm,
+# systemd-analyze via apt; the browser test's npm packages; rustfmt/clippy via rustup), then
+# runs, in order:
 #   fmt    cargo fmt --all -- --check
 #   clippy cargo clippy --workspace --all-targets -- -D warnings
 #   build  cargo build --workspace --bins (also the gateway's `switchboard`, which the
@@ -15,10 +16,10 @@
 # Tests start their own redis-server on a free port; the machine's redis
 # service is never started or touched; likewise the nginx tests start their own nginx.
 # With CI set, SWITCHBOARD_REQUIRE_ALL=1 is exported so tests needing
-# redis/nginx/chromium/certutil/node fail instead of skipping.
+# redis/nginx/prometheus/chromium/certutil/node fail instead of skipping.
 #
-# Environment: REDIS_SERVER, NGINX, CHROMIUM, CERTUTIL (paths of the binaries, optional),
-# CI (any value but "", "0" or "false" means CI).
+# Environment: REDIS_SERVER, NGINX, PROMETHEUS, CHROMIUM, CERTUTIL (paths of the binaries,
+# optional), CI (any value but "", "0" or "false" means CI).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -64,6 +65,13 @@ elif [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ] &&
     ! "$(command -v nginx || echo /usr/sbin/nginx)" -V 2>&1 | grep -Eq -- '--with-stream( |$)'; then
     APT_MISSING+=(libnginx-mod-stream)
 fi
+# The Prometheus tests (tests/it/prometheus.rs) run a real Prometheus configured from
+# deploy/prometheus.yml, scraping a gateway: Debian's prometheus.
+if [ -n "${PROMETHEUS:-}" ]; then
+    [ -x "$PROMETHEUS" ] || die "PROMETHEUS=$PROMETHEUS is not an executable"
+elif ! have prometheus && [ ! -x /usr/bin/prometheus ]; then
+    APT_MISSING+=(prometheus)
+fi
 if [ -n "${CHROMIUM:-}" ]; then
     [ -x "$CHROMIUM" ] || die "CHROMIUM=$CHROMIUM is not an executable"
 elif ! have chromium && [ ! -x /usr/bin/chromium ]; then
@@ -105,8 +113,8 @@ if [ "${#APT_MISSING[@]}" -gt 0 ]; then
     APT=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600)
     as_root "${APT[@]}" update
     as_root "${APT[@]}" install -y "${APT_MISSING[@]}"
-    # apt may have started the system redis and nginx services: they are not ours, leave
-    # them alone.
+    # apt may have started the system redis, nginx and prometheus services: they are not
+    # ours, leave them alone (the tests start their own on free ports).
 fi
 
 if [ -z "${CHROMIUM:-}" ]; then

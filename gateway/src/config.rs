@@ -70,6 +70,8 @@ pub struct Config {
     pub cleanup: CleanupConfig,
     /// Writing this node's state back when a Redis store lost it.
     pub store_resync: StoreResyncConfig,
+    /// The gateway's own log.
+    pub log: LogConfig,
     /// The `aws` dialect.
     pub aws: AwsConfig,
     /// The `tencent` dialect.
@@ -522,6 +524,29 @@ pub struct StoreResyncConfig {
     pub interval: Duration,
 }
 
+/// The gateway's own log, on stderr. What it logs is `SWITCHBOARD_LOG` (a `tracing` filter:
+/// `info`, the default, or `debug`, or `info,gateway::sendback=debug`), not a config field:
+/// it applies before the config is read.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (a line for people, the default) or `json` (one JSON object per line, for a
+    /// log collector).
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (`message` among them),
+    /// `target`, and the spans it happened in.
+    Json,
+}
+
 impl Default for StoreResyncConfig {
     fn default() -> Self {
         StoreResyncConfig {
@@ -560,6 +585,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             cleanup: CleanupConfig::default(),
             store_resync: StoreResyncConfig::default(),
+            log: LogConfig::default(),
             aws: AwsConfig::default(),
             tencent: TencentConfig::default(),
             metrics: MetricsConfig::default(),
@@ -1609,6 +1635,27 @@ mod tests {
             vec!["limits.write_timeout".to_owned()]
         );
         assert!(undocumented("").contains(&"aws.credentials.secret_access_key".to_owned()));
+    }
+
+    #[test]
+    fn the_log_format_is_text_or_json_from_the_file_or_the_environment() {
+        assert_eq!(
+            load_str(TOKEN_TOML, &[]).unwrap().log.format,
+            LogFormat::Text
+        );
+        let json = format!("{TOKEN_TOML}[log]\nformat = \"json\"\n");
+        assert_eq!(load_str(&json, &[]).unwrap().log.format, LogFormat::Json);
+        let from_env = load_str(TOKEN_TOML, &[("SWITCHBOARD_LOG__FORMAT", "json")]).unwrap();
+        assert_eq!(from_env.log.format, LogFormat::Json);
+        let m = load_str(TOKEN_TOML, &[("SWITCHBOARD_LOG__FORMAT", "xml")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            m.contains("SWITCHBOARD_LOG__FORMAT") && m.contains("xml"),
+            "{m}"
+        );
+        // The filter is not a config field.
+        load_str(TOKEN_TOML, &[("SWITCHBOARD_LOG", "debug")]).unwrap();
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub use error::{ConfigError, GatewayError};
 
 use crate::cluster::cleanup::Cleanups;
 use crate::cluster::liveness::{Heartbeat, Removals, StoreHealth};
+use crate::cluster::readiness::Readiness;
 use crate::cluster::reaper::Fenced;
 use crate::cluster::reaper::Reaper;
 use crate::cluster::relay::Relay;
@@ -100,8 +101,11 @@ pub struct Gateway {
     reaper: Arc<Reaper>,
     /// The write-back of this node's state when the store lost it (Redis only).
     resync: Option<Arc<Resync>>,
-    /// Cancelled when shutdown starts: listeners stop accepting, sockets close with 1001.
+    /// Cancelled when shutdown starts: the drain (upgrades refused, `/readyz` 503, sockets
+    /// close with 1001).
     stop: Arc<Stop>,
+    /// Cancelled at the end of the drain: the listeners close.
+    closed: Arc<Stop>,
     /// Every task that must finish before the gateway exits: one per TCP connection on
     /// either listener (a public client's admission, socket loop and cleanup call).
     tracker: TaskTracker,
@@ -209,6 +213,13 @@ impl Gateway {
         let registry = Arc::new(Registry::default());
         let removals = Arc::new(Removals::new(measured.clone()));
         let stop = Arc::new(Stop::default());
+        let closed = Arc::new(Stop::default());
+        let health = Arc::new(StoreHealth::default());
+        let readiness = Readiness {
+            stop: stop.clone(),
+            health: health.clone(),
+            ttl: config.node_heartbeat_ttl,
+        };
         let cleanups = Arc::new(Cleanups::new(
             measured.clone(),
             config.clone(),
@@ -277,9 +288,12 @@ impl Gateway {
             },
             metrics: metrics.clone(),
             exporter,
+            readiness: readiness.clone(),
         });
         let edge = Arc::new(Edge {
             stop: stop.clone(),
+            closed: closed.clone(),
+            readiness,
             slots: Arc::new(Slots::new(config.limits.max_connections)),
             pending,
             handshake_timeout: config.limits.handshake_timeout,
@@ -316,7 +330,6 @@ impl Gateway {
             }),
             metrics: metrics.clone(),
         });
-        let health = Arc::new(StoreHealth::default());
         let heartbeat = Arc::new(Heartbeat {
             store: measured.clone(),
             node: node.clone(),
@@ -359,6 +372,7 @@ impl Gateway {
             reaper,
             resync,
             stop,
+            closed,
             tracker: TaskTracker::new(),
             edge,
             router,
@@ -414,9 +428,10 @@ impl Gateway {
         &self.node
     }
 
-    /// Serves until `shutdown` completes, then shuts down gracefully: stop accepting, close
-    /// every socket with 1001, queue every cleanup, and let the cleanup workers deliver
-    /// what is due, all within `shutdown.grace`. Cleanups not delivered by then (or failing)
+    /// Serves until `shutdown` completes, then shuts down gracefully: drain (refuse new
+    /// WebSockets, answer `/readyz` with 503 `draining`), close every socket with 1001,
+    /// queue every cleanup, and let the cleanup workers deliver what is due, all within
+    /// `shutdown.grace`; then close the listeners. Cleanups not delivered by then (or failing)
     /// stay queued in the store for the next node that drains it (lost with the embedded
     /// memory store).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
@@ -431,6 +446,7 @@ impl Gateway {
             reaper,
             resync,
             stop,
+            closed,
             tracker,
             edge,
             router,
@@ -479,7 +495,10 @@ impl Gateway {
         if let Err(e) = heartbeat.beat().await {
             warn!(cause = %e, "store heartbeat failed");
         }
+        // The accept loops run until the listeners close, after the drain; the background
+        // tasks (heartbeat, resync, reaper, certificate reloads) until the drain starts.
         let listeners = TaskTracker::new();
+        let background = TaskTracker::new();
         if let Some((listener, tls)) = public_tls {
             listeners.spawn(edge::serve::serve(
                 edge.clone(),
@@ -493,26 +512,29 @@ impl Gateway {
             router,
             sendback,
             stop.clone(),
+            closed.clone(),
             tracker.clone(),
             sendback_tls.map(TlsAcceptor::from),
         ));
-        if let Some(hangup) = hangup {
-            listeners.spawn(hangup);
-        }
         if let Some((listener, exporter)) = metrics_listener {
             listeners.spawn(metrics::serve::serve(
                 exporter,
                 listener,
                 stop.clone(),
+                closed.clone(),
                 tracker.clone(),
             ));
         }
+        listeners.close();
+        if let Some(hangup) = hangup {
+            background.spawn(hangup);
+        }
         for cert in certs {
-            listeners.spawn(tls::server::watch(cert, stop.clone()));
+            background.spawn(tls::server::watch(cert, stop.clone()));
         }
         let fencing = reaper.clone();
         let reassert = resync.clone();
-        listeners.spawn(
+        background.spawn(
             heartbeat.run(stop.clone(), removals.clone(), move |last_beat_ms| {
                 let (fencing, reassert) = (fencing.clone(), reassert.clone());
                 async move {
@@ -526,15 +548,15 @@ impl Gateway {
             }),
         );
         if let Some(resync) = resync {
-            listeners.spawn(resync.run(stop.clone()));
+            background.spawn(resync.run(stop.clone()));
         }
-        listeners.spawn(reaper.run(stop.clone()));
-        listeners.close();
+        background.spawn(reaper.run(stop.clone()));
+        background.close();
         shutdown.await;
         let open = registry.len();
         info!(connections = open, "shutting down: closing connections");
         stop.cancel();
-        listeners.wait().await;
+        background.wait().await;
         tracker.close();
         let started = tokio::time::Instant::now();
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -571,6 +593,10 @@ impl Gateway {
             expired = cleanups.expired(),
             "cleanup workers stopped"
         );
+        // The drain is over: the listeners, which answered probes and relays meanwhile,
+        // close.
+        closed.cancel();
+        listeners.wait().await;
         let left = removals.retry().await;
         if left > 0 {
             warn!(

@@ -1,4 +1,5 @@
-//! The `switchboard` binary: reads config, starts tracing, runs the gateway until SIGINT or SIGTERM.
+//! The `switchboard` binary: reads config, starts tracing (text or JSON lines on stderr,
+//! `log.format`; filtered by `SWITCHBOARD_LOG`), runs the gateway until SIGINT or SIGTERM.
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -7,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use gateway::config::LogFormat;
 use gateway::{Config, Gateway, Options};
 
 #[derive(Parser, Debug)]
@@ -81,8 +83,21 @@ impl ServeArgs {
     }
 }
 
+/// Why the binary failed.
+enum Failed {
+    /// Before tracing started (a bad config): printed as it is.
+    Early(gateway::GatewayError),
+    /// After: already logged, in the configured format.
+    Logged,
+}
+
+impl From<gateway::ConfigError> for Failed {
+    fn from(e: gateway::ConfigError) -> Self {
+        Failed::Early(e.into())
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    init_tracing();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -91,7 +106,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async move {
+    let result: Result<(), Failed> = runtime.block_on(async move {
         match cli.command {
             Some(Command::Check(args)) => {
                 args.load()?;
@@ -108,17 +123,26 @@ fn main() -> std::process::ExitCode {
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failed::Early(e)) => {
             eprintln!("switchboard: {e}");
             std::process::ExitCode::from(2)
         }
+        Err(Failed::Logged) => std::process::ExitCode::from(2),
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<(), gateway::GatewayError> {
+/// Loads the config, starts tracing as it says, and runs the gateway until a signal.
+async fn serve(args: ServeArgs) -> Result<(), Failed> {
     let config = args.load()?;
-    let gateway = Gateway::bind(config, Options::default()).await?;
-    gateway.run(gateway::shutdown_signal()).await
+    init_tracing(config.log.format);
+    let run = async {
+        let gateway = Gateway::bind(config, Options::default()).await?;
+        gateway.run(gateway::shutdown_signal()).await
+    };
+    run.await.map_err(|e: gateway::GatewayError| {
+        tracing::error!(cause = %e, "the gateway stopped");
+        Failed::Logged
+    })
 }
 
 /// A fresh secret as hex: two v4 UUIDs, 244 random bits from an OS-seeded generator.
@@ -127,12 +151,19 @@ fn fresh_token() -> String {
     format!("{}{}", a.simple(), b.simple())
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `SWITCHBOARD_LOG` (default `info`), as `format` says: JSON
+/// lines carry `timestamp`, `level`, `fields` (`message` among them), `target`, and the
+/// current span and the spans around it.
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }

@@ -6,8 +6,8 @@
 //! ([`redis_cluster::RedisCluster`]), real processes, real sockets. Waiting is always
 //! polling for a condition with a bound ([`wait::eventually`]), never a bare sleep.
 //!
-//! Tests that need an external program (redis-server, nginx, chromium, node) skip with
-//! a loud `SKIP:` line when it is missing, unless `SWITCHBOARD_REQUIRE_ALL` is
+//! Tests that need an external program (redis-server, nginx, chromium, node, prometheus)
+//! skip with a loud `SKIP:` line when it is missing, unless `SWITCHBOARD_REQUIRE_ALL` is
 //! set (as `tests/run.sh` does under CI), in which case they fail.
 
 pub mod function_server;
@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod nginx;
 pub mod node;
 pub mod process;
+pub mod prometheus;
 pub mod proxy;
 pub mod python;
 pub mod recorder;

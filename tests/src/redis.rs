@@ -142,6 +142,18 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the server: `STOP` freezes it with its
+    /// connections open (requests hang, nothing is refused), `CONT` resumes it. A stopped
+    /// server is still killed on drop.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().map(Child::id).expect("the server runs");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
     /// Stops the server and starts a new one on the same port (and dir), waiting
     /// for `+PONG` again. Data does not survive (no persistence is configured).
     pub fn restart(&mut self) -> anyhow::Result<()> {

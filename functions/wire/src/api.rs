@@ -17,6 +17,10 @@
 //!   registered). `DELETE` leaves (204, also when it was not a member).
 //! - `GET /@groups/{group}?cursor=&limit=`: [`GroupInfo`], one page of members.
 //!
+//! - `GET /healthz`: 200 while the process runs. `GET /readyz`: [`Readiness`], 200 when
+//!   the node takes new clients, else 503 with the reason. Both need no token, and both are
+//!   also on the public listener.
+//!
 //! Errors are [`ApiError`] bodies with the status that names them (410 for a gone
 //! connection, 413 too large, 429 the client's outbound queue is full, 401 no or wrong token,
 //! 503 `node_unavailable` when the node holding it is down or silent, or `store_unavailable`).
@@ -148,4 +152,33 @@ pub struct ApiError {
     pub error: String,
     /// A sentence for people.
     pub message: String,
+}
+
+/// The body of `GET /readyz` (either listener, no token): 200 `{"ready":true}` when the node
+/// takes new clients; 503 with why not, when a load balancer should send them elsewhere.
+/// `Cache-Control: no-store`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// Whether the node takes new clients.
+    pub ready: bool,
+    /// Why not (absent when ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<NotReady>,
+    /// A sentence for people (absent when ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Why a node is not ready.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotReady {
+    /// Shutdown started: it admits no new connection and closes the ones it holds.
+    Draining,
+    /// Its heartbeat has not reached the store lately (a failed write, or none within
+    /// `node_heartbeat_ttl`): it could not admit a connection, and the other nodes may
+    /// soon count it dead.
+    StoreUnreachable,
+    /// No heartbeat has reached the store yet since the process started.
+    Starting,
 }

@@ -33,7 +33,7 @@ use store::{ConnectionRecord, PendingCleanup, SharedStore, StoreError};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 use wire::event::{DisconnectReason, Event, EventKind};
 
 use crate::clock;
@@ -354,7 +354,7 @@ impl Cleanups {
             Err(e) => {
                 // The function answered and retrying will not change its answer.
                 self.metrics.cleanup(CleanupOutcome::Dropped);
-                error!(cause = %e, "cleanup function failed; not retried");
+                warn!(cause = %e, "cleanup function failed; not retried");
                 self.done(&cleanup.connection_id).await;
             }
         }

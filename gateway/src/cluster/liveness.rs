@@ -3,7 +3,8 @@
 //! send-back requests to it), the retry of store removals that failed
 //! while the store was down (so no record of a closed connection outlives an outage), and
 //! [`StoreHealth`]: how long this node's own store access has worked without a break
-//! (a node reaps others only once it has worked for a whole TTL).
+//! (a node reaps others only once it has worked for a whole TTL; a node whose beats do not
+//! reach the store is not ready, `cluster::readiness`).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -57,9 +58,32 @@ impl StoreHealth {
     /// Whether the store works and the last beat reached it less than `span` ago (so this
     /// node's heartbeat is live now, even if this process was just paused).
     pub fn beat_within(&self, span: Duration) -> bool {
-        let state = self.lock();
-        state.up_since.is_some() && state.last_ok.is_some_and(|at| at.elapsed() < span)
+        self.state(span) == StoreState::Up
     }
+
+    /// The store as this node's heartbeats see it: `Up` when the store works and the last
+    /// beat reached it less than `span` ago, `Down` when a beat failed since or none
+    /// reached it within `span` (a beat that hangs counts once `span` has passed), `Never`
+    /// before any beat reached it.
+    pub fn state(&self, span: Duration) -> StoreState {
+        let state = self.lock();
+        match state.last_ok {
+            None => StoreState::Never,
+            Some(at) if state.up_since.is_some() && at.elapsed() < span => StoreState::Up,
+            Some(_) => StoreState::Down,
+        }
+    }
+}
+
+/// What [`StoreHealth::state`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StoreState {
+    /// No heartbeat has reached the store since this process started.
+    Never,
+    /// The last beat failed, or the last that worked is too old.
+    Down,
+    /// The last beat reached the store, recently enough.
+    Up,
 }
 
 /// Removals of closed connections from the store, with the ones that failed (store down)
@@ -188,5 +212,32 @@ impl Heartbeat {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_state_follows_the_beats() {
+        let health = StoreHealth::default();
+        let span = Duration::from_secs(60);
+        assert_eq!(health.state(span), StoreState::Never);
+        health.down();
+        assert_eq!(health.state(span), StoreState::Never, "a failed first beat");
+        health.up();
+        assert_eq!(health.state(span), StoreState::Up);
+        assert!(health.beat_within(span));
+        assert_eq!(
+            health.state(Duration::ZERO),
+            StoreState::Down,
+            "a beat older than the span"
+        );
+        health.down();
+        assert_eq!(health.state(span), StoreState::Down);
+        assert!(!health.beat_within(span));
+        health.up();
+        assert_eq!(health.state(span), StoreState::Up, "back");
     }
 }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::Full;
 use store::{NodeInfo, SharedStore};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 
 use crate::function::http_client::{HttpClient, HttpError, HttpReply};
 use crate::metrics::registry::{Metrics, RelayOutcome};
@@ -153,8 +153,40 @@ impl Relay {
     }
 
     /// Sends `origin` to the node at `base`, as it came, marked as relayed; `body` replaces
-    /// its body when given (a batch's part for that node).
+    /// its body when given (a batch's part for that node). `connection`: the one connection
+    /// it is for, if it is for one (named in its span). Its end is logged at debug with the
+    /// outcome and duration; the caller logs a failure with its consequence.
     pub async fn send(
+        &self,
+        base: &str,
+        origin: Origin<'_>,
+        body: Option<&Bytes>,
+        connection: Option<&str>,
+    ) -> Result<HttpReply, RelayError> {
+        let span = debug_span!("relay", node = base, connection);
+        let started = std::time::Instant::now();
+        let result = self
+            .send_unlogged(base, origin, body)
+            .instrument(span.clone())
+            .await;
+        let outcome = match &result {
+            Ok(_) => "answered",
+            Err(RelayError::Timeout { .. }) => "timeout",
+            Err(RelayError::Http { .. }) => "failed",
+            Err(RelayError::Address { .. }) => "bad_address",
+            Err(RelayError::Answer { .. }) => "bad_answer",
+        };
+        debug!(
+            parent: &span,
+            outcome,
+            status = result.as_ref().ok().map(|reply| reply.status),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "relay ended"
+        );
+        result
+    }
+
+    async fn send_unlogged(
         &self,
         base: &str,
         origin: Origin<'_>,
@@ -213,7 +245,7 @@ impl Relay {
         origin: Origin<'_>,
         body: Option<&Bytes>,
     ) -> Result<T, RelayError> {
-        let reply = self.send(base, origin, body).await?;
+        let reply = self.send(base, origin, body, None).await?;
         let answer = |what: String| RelayError::Answer {
             node: base.to_owned(),
             what,
@@ -300,7 +332,7 @@ mod tests {
             "http//nowhere".to_owned(),
             format!("http://127.0.0.1:{port}"),
         ] {
-            let error = relay.send(&base, origin, None).await.unwrap_err();
+            let error = relay.send(&base, origin, None, None).await.unwrap_err();
             assert!(!error.to_string().contains("s3cret"), "{base}: {error}");
         }
     }

@@ -116,7 +116,7 @@ impl Delivery {
                 }
                 Owner::StoreUnavailable => return Outcome::StoreUnavailable,
             };
-            return match self.relay.send(&base, origin, None).await {
+            return match self.relay.send(&base, origin, None, Some(id)).await {
                 Ok(reply) => Outcome::Relayed(relay::into_response(reply)),
                 Err(cause) => {
                     warn!(connection = id, %cause, "could not relay a send-back request to the node holding the connection");

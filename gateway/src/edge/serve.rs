@@ -1,5 +1,5 @@
 //! The public listener: a small HTTP/1.1 server of its own, since all it ever answers is an
-//! upgrade, the page, `/healthz` or a short error. Request heads are parsed with `httparse`
+//! upgrade, the page, `/healthz`, `/readyz` or a short error. Request heads are parsed with `httparse`
 //! (at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] headers, within
 //! `limits.handshake_timeout`). Upgrade requests are checked (`handshake`), then admitted
 //! or refused (`admit`); once the 101 is written, the same task becomes the connection's
@@ -24,9 +24,16 @@
 //! closed at once), else its peer; then, for an upgrade request, the client that
 //! `public.real_ip_header` names (`forwarded`). That address is the connection's source
 //! address from admission on.
+//!
+//! While the node drains (shutdown started), the listener still accepts until it closes at
+//! the end of the drain: upgrades are refused (503 `shutting_down`), `/readyz` says
+//! `draining`, and every reply closes its connection. A connection accepted before the
+//! drain stops waiting for its client when the drain starts; one accepted during it, when
+//! the listener closes.
 
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 use wire::codes;
@@ -43,6 +50,7 @@ use tracing::{Instrument, debug, warn};
 use bytes::Bytes;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::readiness::Readiness;
 use crate::dialect::aws::management::ManagementApi;
 use crate::edge::admit::{self, Admission, Admitter};
 use crate::edge::forwarded::{RealIp, Remote};
@@ -62,7 +70,12 @@ use crate::tls::stream::{MaybeTls, ServerStream};
 /// What the public listener uses.
 #[derive(Debug)]
 pub(crate) struct Edge {
+    /// Shutdown started: the drain.
     pub stop: Arc<Stop>,
+    /// The listeners close, at the end of the drain.
+    pub closed: Arc<Stop>,
+    /// What `/readyz` answers.
+    pub readiness: Readiness,
     /// `limits.max_connections`.
     pub slots: Arc<Slots>,
     /// `limits.max_pending_connections`: connections not admitted yet.
@@ -83,6 +96,21 @@ pub(crate) struct Edge {
     pub sockets: Arc<Sockets>,
     /// Counts upgrades accepted and refused.
     pub metrics: Arc<Metrics>,
+}
+
+/// One connection's view of the listener: what it shares, and what ends its waits for the
+/// client (shutdown, or for a connection accepted while draining, the listener's close).
+struct Conn<'a> {
+    edge: &'a Edge,
+    cut: &'a Stop,
+}
+
+impl Deref for Conn<'_> {
+    type Target = Edge;
+
+    fn deref(&self) -> &Edge {
+        self.edge
+    }
 }
 
 /// The AWS management API as the public listener serves it (`aws.management_api_on_public`).
@@ -108,9 +136,10 @@ pub(crate) async fn serve(
     tracker: TaskTracker,
     tls: Option<TlsAcceptor>,
 ) {
-    let stop = edge.stop.clone();
+    let (stop, closed) = (edge.stop.clone(), edge.closed.clone());
     listener::accept_loop(
         &stop,
+        &closed,
         &tracker,
         listener,
         if tls.is_some() {
@@ -118,7 +147,7 @@ pub(crate) async fn serve(
         } else {
             "public"
         },
-        move |stream, remote| {
+        move |stream, remote, draining| {
             // Claimed here, in the order connections are accepted, not when their tasks
             // first run.
             let pending = edge.pending.try_claim();
@@ -130,6 +159,7 @@ pub(crate) async fn serve(
                 pending,
                 tls.clone(),
                 accepted_at,
+                draining,
             )
         },
     )
@@ -138,24 +168,27 @@ pub(crate) async fn serve(
 
 /// Serves one client's TCP connection: the TLS handshake on the TLS listener, then HTTP
 /// requests until one is admitted as a WebSocket, then that WebSocket. Without a pending
-/// slot, refuses it.
+/// slot, refuses it. `draining`: accepted after shutdown started.
 async fn serve_connection(
-    shared: Arc<Edge>,
+    edge: Arc<Edge>,
     mut stream: TcpStream,
     peer: SocketAddr,
     pending: Option<Slot>,
     tls: Option<TlsAcceptor>,
     accepted_at: Instant,
+    draining: bool,
 ) {
     let Some(pending) = pending else {
-        refuse_pending(&shared, &stream, peer, tls.is_none());
+        refuse_pending(&edge, &stream, peer, tls.is_none());
         return;
     };
+    let cut = if draining { &edge.closed } else { &edge.stop };
+    let shared = &Conn { edge: &edge, cut };
     // A PROXY header (it comes before the TLS handshake) counts against the handshake
     // timeout, like the handshake and the request after it.
     let deadline = accepted_at + shared.handshake_timeout;
-    let (real_ip, stop) = (&shared.real_ip, &shared.stop);
-    let Some(ip) = proxy_protocol::connection_ip(real_ip, stop, &mut stream, peer, deadline).await
+    let real_ip = &shared.real_ip;
+    let Some(ip) = proxy_protocol::connection_ip(real_ip, cut, &mut stream, peer, deadline).await
     else {
         return;
     };
@@ -164,14 +197,14 @@ async fn serve_connection(
         None => MaybeTls::Plain(stream),
         // Boxed: the handshake's state is large and short-lived.
         Some(acceptor) => {
-            match Box::pin(tls_handshake(&shared, acceptor, stream, accepted_at)).await {
+            match Box::pin(tls_handshake(shared, acceptor, stream, accepted_at)).await {
                 Some(tls) => MaybeTls::Tls(tls),
                 None => return,
             }
         }
     };
     // Boxed: the HTTP phase is short, and an open WebSocket should not carry its state.
-    let Some(accepted) = Box::pin(http_phase(&shared, stream, remote, pending, accepted_at)).await
+    let Some(accepted) = Box::pin(http_phase(shared, stream, remote, pending, accepted_at)).await
     else {
         return;
     };
@@ -181,7 +214,7 @@ async fn serve_connection(
         socket,
         span,
     } = accepted;
-    task::run(shared.sockets.clone(), conn, socket, slot)
+    task::run(edge.sockets.clone(), conn, socket, slot)
         .instrument(span)
         .await;
 }
@@ -199,14 +232,14 @@ struct Accepted {
 /// `limits.handshake_timeout` of it (the first request head shares that time); `None` if
 /// it failed, timed out or shutdown started first.
 async fn tls_handshake(
-    shared: &Edge,
+    shared: &Conn<'_>,
     acceptor: TlsAcceptor,
     stream: TcpStream,
     accepted_at: Instant,
 ) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
     let deadline = accepted_at + shared.handshake_timeout;
     let handshake = tokio::select! {
-        _ = shared.stop.cancelled() => return None,
+        _ = shared.cut.cancelled() => return None,
         handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => handshake,
     };
     match handshake {
@@ -253,7 +286,7 @@ fn refuse_pending(shared: &Edge, stream: &TcpStream, remote: SocketAddr, plain: 
 /// pending slot is held until admission is done. The first request head must be complete
 /// within the handshake timeout from `accepted_at`.
 async fn http_phase(
-    shared: &Edge,
+    shared: &Conn<'_>,
     mut stream: ServerStream,
     remote: Remote,
     pending: Slot,
@@ -291,6 +324,11 @@ async fn http_phase(
                     };
                     (plain(shared, &req), framing)
                 }
+            };
+            // While draining, every reply is the connection's last.
+            let framing = Framing {
+                keep_alive: framing.keep_alive && !shared.stop.is_cancelled(),
+                ..framing
             };
             if write_reply(shared, &mut stream, reply, framing)
                 .await
@@ -353,7 +391,7 @@ async fn http_phase(
 /// read and the connection closes after the 413) and hands it to the API. The reply and
 /// its framing, or `None` if the client went away.
 async fn management_request(
-    shared: &Edge,
+    shared: &Conn<'_>,
     management: &Management,
     stream: &mut ServerStream,
     buf: &mut Vec<u8>,
@@ -421,7 +459,7 @@ async fn management_request(
 /// Reads and drops `length` bytes of body (what `buf` holds first) by `deadline`: `false`
 /// if the client went away, stalled or shutdown started first.
 async fn discard(
-    shared: &Edge,
+    shared: &Conn<'_>,
     stream: &mut ServerStream,
     buf: &mut Vec<u8>,
     mut length: usize,
@@ -520,7 +558,7 @@ async fn admission(
 /// first request), else from its first byte, which a keep-alive connection must send
 /// within the keep-alive timeout.
 async fn read_request(
-    shared: &Edge,
+    shared: &Conn<'_>,
     stream: &mut ServerStream,
     buf: &mut Vec<u8>,
     first: Option<Instant>,
@@ -545,9 +583,9 @@ async fn read_request(
 }
 
 /// Reads what the client sent into `buf`: `false` if it closed, failed, sent nothing by
-/// `deadline` (`waiting_for` says for what, in the log) or shutdown started first.
+/// `deadline` (`waiting_for` says for what, in the log) or its waits were cut first.
 async fn read_more(
-    shared: &Edge,
+    shared: &Conn<'_>,
     stream: &mut ServerStream,
     buf: &mut Vec<u8>,
     deadline: Instant,
@@ -555,7 +593,7 @@ async fn read_more(
 ) -> bool {
     buf.reserve(if buf.capacity() == 0 { 1024 } else { 4096 });
     let read = tokio::select! {
-        _ = shared.stop.cancelled() => return false,
+        _ = shared.cut.cancelled() => return false,
         read = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => read,
     };
     match read {
@@ -733,6 +771,7 @@ fn plain(shared: &Edge, req: &Request<()>) -> Response<Body> {
     let get = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
     match req.uri().path() {
         "/healthz" if get => respond::text(StatusCode::OK, "ok\n"),
+        "/readyz" if get => shared.readiness.reply(),
         "/" | "/index.html" if get && shared.page.is_some() => {
             let mut response = Response::new(Body::new(shared.page.clone().unwrap_or_default()));
             response.headers_mut().insert(

@@ -95,6 +95,7 @@ labels! {
         AwsConnection => "aws_connection",
         Tencent => "tencent",
         Healthz => "healthz",
+        Readyz => "readyz",
         Metrics => "metrics",
         Other => "other",
     }

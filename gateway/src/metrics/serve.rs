@@ -116,15 +116,22 @@ pub(crate) async fn serve(
     exporter: Arc<Exporter>,
     listener: TcpListener,
     stop: Arc<Stop>,
+    closed: Arc<Stop>,
     tracker: TaskTracker,
 ) {
-    let conn_stop = stop.clone();
+    let (conn_stop, conn_closed) = (stop.clone(), closed.clone());
     listener::accept_loop(
         &stop,
+        &closed,
         &tracker,
         listener,
         "metrics",
-        move |stream, remote| serve_connection(exporter.clone(), conn_stop.clone(), stream, remote),
+        move |stream, remote, draining| {
+            // A scrape during the drain is answered (the figures of a draining node are
+            // worth having) until the listeners close.
+            let stop = if draining { &conn_closed } else { &conn_stop }.clone();
+            serve_connection(exporter.clone(), stop, stream, remote)
+        },
     )
     .await;
 }

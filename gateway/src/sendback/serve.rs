@@ -2,8 +2,11 @@
 //! listener (loopback by default), every request authenticated by the bearer token; over
 //! TLS when `sendback.tls` is set (the handshake within [`HEAD_TIMEOUT`], then hyper serves
 //! the TLS stream as it serves TCP). Routes and bodies are documented in `wire::api`.
-//! `/healthz` and, unless `metrics.listen` gives them a listener of their own, the metrics
-//! (`/metrics`) answer without the token. Every request is counted by route and status.
+//! `/healthz`, `/readyz` and, unless `metrics.listen` gives them a listener of their own,
+//! the metrics (`/metrics`) answer without the token. Every request is counted by route
+//! and status (routes from `route::route`), runs in a span and its end is logged
+//! (`route::traced`). While the node drains, connections accepted then are answered one
+//! request each, until the listener closes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,14 +24,16 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
+use crate::cluster::readiness::Readiness;
 use crate::dialect::aws::management::ManagementApi;
 use crate::dialect::native::sendback::NativeApi;
 use crate::dialect::tencent::sendback::TencentApi;
 use crate::listener;
-use crate::metrics::registry::{Metrics, Route};
+use crate::metrics::registry::Metrics;
 use crate::metrics::serve::Exporter;
 use crate::request::{self, RequestBody};
 use crate::respond::{self, Body};
+use crate::sendback::route::{self, Route};
 use crate::stop::Stop;
 
 /// The send-back listener's routes: each dialect's adapter under its own path.
@@ -46,33 +51,41 @@ pub(crate) struct Router {
     pub metrics: Arc<Metrics>,
     /// Serves `/metrics` here; `None` when `metrics.listen` serves them elsewhere.
     pub exporter: Option<Arc<Exporter>>,
+    /// What `/readyz` answers.
+    pub readiness: Readiness,
 }
 
 /// How long a request head (and, over TLS, the handshake before the first) may take.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves the send-back API until `stop`; with `tls`, over TLS.
+/// Serves the send-back API until `closed` (after the drain that `stop` starts); with
+/// `tls`, over TLS.
 pub(crate) async fn serve(
     router: Arc<Router>,
     listener: TcpListener,
     stop: Arc<Stop>,
+    closed: Arc<Stop>,
     tracker: TaskTracker,
     tls: Option<TlsAcceptor>,
 ) {
-    let conn_stop = stop.clone();
+    let (conn_stop, conn_closed) = (stop.clone(), closed.clone());
     listener::accept_loop(
         &stop,
+        &closed,
         &tracker,
         listener,
         "send-back",
-        move |stream, remote| {
-            let (router, stop, tls) = (router.clone(), conn_stop.clone(), tls.clone());
+        move |stream, remote, draining| {
+            // What ends the connection: shutdown, or for one accepted while draining (a
+            // probe, a relay), the listener's close.
+            let stop = if draining { &conn_closed } else { &conn_stop }.clone();
+            let (router, tls) = (router.clone(), tls.clone());
             async move {
                 match tls {
-                    None => serve_connection(router, stop, stream, remote).await,
+                    None => serve_connection(router, stop, stream, remote, !draining).await,
                     Some(acceptor) => {
                         if let Some(tls) = tls_handshake(&stop, acceptor, stream, remote).await {
-                            serve_connection(router, stop, tls, remote).await;
+                            serve_connection(router, stop, tls, remote, !draining).await;
                         }
                     }
                 }
@@ -107,16 +120,28 @@ async fn tls_handshake(
     }
 }
 
-/// Serves one HTTP/1.1 connection of the send-back API (keep-alive).
-async fn serve_connection<S>(router: Arc<Router>, stop: Arc<Stop>, stream: S, remote: SocketAddr)
-where
+/// Serves one HTTP/1.1 connection of the send-back API (keep-alive unless `keep_alive` is
+/// false), until `stop`.
+async fn serve_connection<S>(
+    router: Arc<Router>,
+    stop: Arc<Stop>,
+    stream: S,
+    remote: SocketAddr,
+    keep_alive: bool,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let router = router.clone();
-        async move { Ok::<_, Infallible>(router.handle(req).await) }
+        async move {
+            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+            let handled = router.handle(req);
+            let response = route::traced(&method, &path, &router.stage, handled).await;
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = http1::Builder::new()
+        .keep_alive(keep_alive)
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
@@ -146,33 +171,16 @@ impl Router {
         reply
     }
 
-    /// The route a path takes, as the metrics name it.
+    /// The route a path takes, as the logs and metrics name it.
     fn route(&self, path: &str) -> Route {
-        if path == "/healthz" {
-            return Route::Healthz;
-        }
-        if path == "/metrics" {
-            return Route::Metrics;
-        }
-        if path.starts_with("/@tencent") {
-            return Route::Tencent;
-        }
-        if request::management_id(path, &self.stage).is_some() {
-            return Route::AwsConnection;
-        }
-        let mut segments = path.trim_start_matches('/').split('/');
-        match (segments.next(), segments.next(), segments.next()) {
-            (Some("@connections"), None, _) => Route::NativeBatch,
-            (Some("@connections"), Some(_), None) => Route::NativeConnection,
-            (Some("@groups"), Some(_), _) => Route::NativeGroup,
-            _ => Route::Other,
-        }
+        route::route(path, &self.stage)
     }
 
     /// Serves a request on the route [`Router::route`] found for it.
     async fn dispatch<B: RequestBody>(&self, route: Route, req: Request<B>) -> Response<Body> {
         match route {
             Route::Healthz => return respond::text(StatusCode::OK, "ok\n"),
+            Route::Readyz => return self.readiness.reply(),
             Route::Metrics => {
                 return match &self.exporter {
                     Some(exporter) => exporter.answer(req.method()).await,

@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, Pro
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 use wire::event::{DataType, DisconnectReason, Event, EventKind};
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -329,7 +329,7 @@ impl Session {
                         Ok(None) => {}
                         Err(e) => match dialect::transport_failure(done.dialect, &self.conn.id.to_string()) {
                             FailureAction::Notify(message) => {
-                                error!(cause = %e, "transport function failed; the client is told");
+                                warn!(cause = %e, "transport function failed; the client is told");
                                 shared.sent(message.len());
                                 let write = ws.send(message);
                                 if let Err(cut) = Box::pin(guarded(&shared, &self.conn.outbox, cuts(last_activity), write)).await {
@@ -337,7 +337,7 @@ impl Session {
                                 }
                             }
                             FailureAction::Close(code, reason) => {
-                                error!(cause = %e, code, "transport function failed; closing the connection");
+                                warn!(cause = %e, code, "transport function failed; closing the connection");
                                 Box::pin(close(&shared, ws, &self.conn.outbox, Cuts::CLOSING, code, reason)).await;
                                 let dropped = self.pending.len();
                                 if dropped > 0 {
@@ -454,7 +454,7 @@ impl Session {
             loop {
                 if let Some(call) = self.inflight.take() {
                     if let Err(e) = call.await.result {
-                        error!(cause = %e, "transport function failed for a message sent before disconnect");
+                        warn!(cause = %e, "transport function failed for a message sent before disconnect");
                     }
                 }
                 self.start_next_transport();
