@@ -263,6 +263,14 @@ impl Gateway {
                 .sample(&metrics.handshakes_in_progress, {
                     let pending = pending.clone();
                     move || i64::try_from(pending.taken()).unwrap_or(i64::MAX)
+                })
+                .sample(&metrics.connections_limit, {
+                    let limit = i64::try_from(config.limits.max_connections).unwrap_or(i64::MAX);
+                    move || limit
+                })
+                .sample(&metrics.ready, {
+                    let readiness = readiness.clone();
+                    move || i64::from(readiness.check().is_ok())
                 }),
         );
         // With `metrics.listen` the metrics have a listener of their own, and only that.

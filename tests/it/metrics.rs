@@ -74,9 +74,19 @@ fn names_no_connection(scrape: &Scrape, ids: &[String]) {
 #[tokio::test]
 async fn connections_messages_function_calls_and_cleanups_are_counted() {
     let function = echo_function().await;
-    let gw = gateway_for(&function, |_| {}).await;
+    let gw = gateway_for(&function, |c| c.limits.max_connections = 1234).await;
     let first = scrape(&gw.metrics_url()).await;
     assert_eq!(first.get("switchboard_connections", &[]), Some(0.0));
+    assert_eq!(
+        first.get("switchboard_connections_limit", &[]),
+        Some(1234.0)
+    );
+    // Ready once the first heartbeat reached the store (`/readyz` says the same).
+    let url = gw.metrics_url();
+    tests::wait::eventually("switchboard_ready 1", Duration::from_secs(10), || async {
+        scrape(&url).await.get("switchboard_ready", &[]) == Some(1.0)
+    })
+    .await;
     assert_eq!(
         first.get("switchboard_handshakes_in_progress", &[]),
         Some(0.0)

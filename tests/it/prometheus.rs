@@ -93,3 +93,120 @@ async fn echo_until(mut clients: Vec<Client>, stop: CancellationToken) -> (Vec<C
     }
     (clients, echoed)
 }
+
+#[test]
+fn promtool_checks_the_deploy_config_and_its_alert_rules() {
+    let Some(promtool) = tests::prometheus::promtool_binary() else {
+        if std::env::var_os("CI").is_some() {
+            panic!("promtool not installed, and CI is set: tests/run.sh installs prometheus");
+        }
+        eprintln!("SKIP: promtool not installed");
+        return;
+    };
+    // `check config` loads the rule files the config names, so both are checked.
+    let config = tests::prometheus::deploy_config_path();
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .expect("promtool runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool check config: {said}");
+    assert!(
+        said.contains("alerts.yml"),
+        "the rules were checked: {said}"
+    );
+
+    // And it refuses a broken rule, so the check above can fail.
+    let dir = std::env::temp_dir().join(format!("alerts-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = std::fs::read_to_string(tests::prometheus::deploy_rules_path()).unwrap();
+    let broken = dir.join("alerts.yml");
+    std::fs::write(
+        &broken,
+        rules.replacen(
+            "expr: switchboard_ready == 0",
+            "expr: switchboard_ready ==",
+            1,
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&broken)
+        .output()
+        .expect("promtool runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success(), "a broken expression is refused");
+}
+
+#[tokio::test]
+async fn the_alert_rules_load_and_a_node_without_its_store_alerts() {
+    let Some(mut redis) = tests::redis::require_redis() else {
+        return;
+    };
+    let prefix = format!("alerts-{}", uuid::Uuid::new_v4().simple());
+    let store = store::open(&redis.url(), &prefix)
+        .await
+        .expect("the store opens");
+    let options = gateway::Options {
+        store: Some(store),
+        ..Default::default()
+    };
+    let gw = TestGateway::start_with(
+        |c| {
+            c.node_heartbeat = Duration::from_millis(100);
+            c.node_heartbeat_ttl = Duration::from_millis(600);
+        },
+        options,
+    )
+    .await;
+    let Some(prometheus) = Prometheus::require(&[gw.sendback.to_string()]).await else {
+        return;
+    };
+    let ready = r#"switchboard_ready{job="switchboard"}"#;
+    prometheus.wait_value(ready, 1.0, SCRAPED).await;
+
+    // Every rule of deploy/alerts.yml loaded and evaluates without error.
+    tests::wait::eventually("every alert rule evaluated", SCRAPED, || async {
+        let rules = prometheus.rules().await.unwrap();
+        assert!(rules.len() >= 10, "rules loaded: {rules:?}");
+        for (name, health, error) in &rules {
+            assert_ne!(health, "err", "rule {name}: {error}");
+        }
+        rules.iter().all(|(_, health, _)| health == "ok")
+    })
+    .await;
+    let not_ready = |alerts: &[tests::prometheus::Alert]| {
+        alerts.iter().any(|a| {
+            a.name == "SwitchboardNotReady"
+                && a.labels.get("instance") == Some(&gw.sendback.to_string())
+        })
+    };
+    assert!(
+        !not_ready(&prometheus.alerts().await.unwrap()),
+        "a ready node raises no alert"
+    );
+
+    // The store goes: the node is not ready, and the alert is raised (pending: its `for`
+    // is a minute).
+    redis.stop();
+    prometheus.wait_value(ready, 0.0, SCRAPED).await;
+    tests::wait::eventually("SwitchboardNotReady raised", SCRAPED, || async {
+        not_ready(&prometheus.alerts().await.unwrap())
+    })
+    .await;
+
+    // It comes back: the alert goes.
+    redis.restart().expect("redis restarts");
+    prometheus.wait_value(ready, 1.0, SCRAPED).await;
+    tests::wait::eventually("SwitchboardNotReady cleared", SCRAPED, || async {
+        !not_ready(&prometheus.alerts().await.unwrap())
+    })
+    .await;
+    gw.shutdown().await;
+}

@@ -44,6 +44,17 @@ pub fn deploy_config_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus.yml")
 }
 
+/// The deployment's alerting rules, `deploy/alerts.yml` (loaded by `prometheus.yml`).
+pub fn deploy_rules_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/alerts.yml")
+}
+
+/// `promtool` (Prometheus's checker, in the same package): `$PROMTOOL`, then `PATH`, then
+/// `/usr/bin/promtool`.
+pub fn promtool_binary() -> Option<PathBuf> {
+    crate::find_program("PROMTOOL", "promtool", &["/usr/bin/promtool"])
+}
+
 /// `deploy/prometheus.yml` (`text`) with its one `targets: [...]` list replaced by
 /// `targets` and every `scrape_interval` / `evaluation_interval` of 15s by `interval`. An
 /// error if the file no longer has what is replaced: the test must run the deployment's
@@ -140,6 +151,10 @@ impl Prometheus {
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let file = dir.join("prometheus.yml");
         fs::write(&file, config)?;
+        // The rules the config loads, beside it as in deploy/.
+        let rules = deploy_rules_path();
+        fs::copy(&rules, dir.join("alerts.yml"))
+            .with_context(|| format!("copying {}", rules.display()))?;
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
             let addr = free_addr()?;
@@ -228,7 +243,66 @@ impl Prometheus {
     }
 }
 
+/// One alert as `/api/v1/alerts` reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    /// `alertname`.
+    pub name: String,
+    /// `pending` (its `for:` not over yet) or `firing`.
+    pub state: String,
+    /// Its labels (`instance` among them).
+    pub labels: BTreeMap<String, String>,
+}
+
 impl Prometheus {
+    /// GET `path` of its API, as JSON whose `status` is `success`.
+    async fn api(&self, path: &str) -> anyhow::Result<Value> {
+        let answer: Value = reqwest::Client::new()
+            .get(format!("{}{path}", self.url()))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(answer["status"] == "success", "{path}: {answer}");
+        Ok(answer)
+    }
+
+    /// Every alerting rule it loaded: `(name, health, last error)`; health is `unknown`
+    /// until the rule's first evaluation, then `ok` or `err`.
+    pub async fn rules(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let answer = self.api("/api/v1/rules?type=alert").await?;
+        let groups = answer["data"]["groups"]
+            .as_array()
+            .with_context(|| format!("rules: {answer}"))?;
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        Ok(groups
+            .iter()
+            .filter_map(|g| g["rules"].as_array())
+            .flatten()
+            .map(|r| (text(&r["name"]), text(&r["health"]), text(&r["lastError"])))
+            .collect())
+    }
+
+    /// The alerts pending or firing now.
+    pub async fn alerts(&self) -> anyhow::Result<Vec<Alert>> {
+        let answer = self.api("/api/v1/alerts").await?;
+        let alerts = answer["data"]["alerts"]
+            .as_array()
+            .with_context(|| format!("alerts: {answer}"))?;
+        alerts
+            .iter()
+            .map(|a| {
+                let labels: BTreeMap<String, String> = serde_json::from_value(a["labels"].clone())?;
+                Ok(Alert {
+                    name: labels.get("alertname").cloned().unwrap_or_default(),
+                    state: a["state"].as_str().unwrap_or_default().to_owned(),
+                    labels,
+                })
+            })
+            .collect()
+    }
+
     /// Its scrape targets as `/api/v1/targets` reports them: `(scrape URL, health, last
     /// error)`, for diagnostics.
     pub async fn targets(&self) -> anyhow::Result<Vec<(String, String, String)>> {

@@ -251,6 +251,10 @@ pub(crate) struct Metrics {
     pub connections: Gauge,
     /// Connections on the public listeners that are not WebSockets yet (set at each scrape).
     pub handshakes_in_progress: Gauge,
+    /// `limits.max_connections` (set at each scrape), to alert before clients are refused.
+    pub connections_limit: Gauge,
+    /// 1 when `/readyz` would answer 200, else 0 (set at each scrape).
+    pub ready: Gauge,
     /// Cleanups queued in the store (set at each scrape).
     pub cleanups_pending: Gauge,
     accepted: Counter,
@@ -296,6 +300,16 @@ impl Metrics {
             r,
             "switchboard_handshakes_in_progress",
             "Connections on the public listeners that are not WebSockets yet (pending slots)",
+        );
+        let connections_limit = gauge(
+            r,
+            "switchboard_connections_limit",
+            "The most connections this node holds (limits.max_connections)",
+        );
+        let ready = gauge(
+            r,
+            "switchboard_ready",
+            "1 when GET /readyz answers 200 (not draining, store reachable, heartbeat done), else 0",
         );
         let cleanups_pending = gauge(
             r,
@@ -411,6 +425,8 @@ impl Metrics {
         Metrics {
             connections,
             handshakes_in_progress,
+            connections_limit,
+            ready,
             cleanups_pending,
             accepted,
             refused,
