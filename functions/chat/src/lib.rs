@@ -27,7 +27,10 @@
 //! When the store is down (or the gateway answers a group send with 503 because its store
 //! is down), a message is not delivered, but the transport event does not fail (that would
 //! close the sender's connection with 1011): the sender gets [`STORE_DOWN_MESSAGE`] as an
-//! error message instead, and may try again. Register refuses with 503 then.
+//! error message instead, and may try again. Register refuses with 503 then. Likewise when
+//! no gateway node can be reached to send it (every send-back URL refused the connection:
+//! [`GATEWAY_DOWN_MESSAGE`]), or the node that took the send stopped answering
+//! ([`GATEWAY_UNSURE_MESSAGE`]: the SDK never sends twice what may have been delivered).
 
 pub mod demo;
 
@@ -57,6 +60,15 @@ pub const MAX_LISTED_MEMBERS: usize = 50;
 /// because the store is unavailable.
 pub const STORE_DOWN_MESSAGE: &str =
     "message not delivered: the chat store is unavailable, try again";
+/// The `message` of the error a sender gets when no gateway node could be reached to send
+/// its chat message (every send-back URL refused the connection): nothing was sent.
+pub const GATEWAY_DOWN_MESSAGE: &str =
+    "message not delivered: the gateway cannot be reached, try again";
+/// The `message` of the error a sender gets when the gateway node took the send and then
+/// failed to answer (it stopped, or the network broke): the message may have reached the
+/// room or not, and the SDK does not send it twice.
+pub const GATEWAY_UNSURE_MESSAGE: &str =
+    "message may not have been delivered: the gateway did not answer";
 /// The `message` of the error a `/who` gets when the store is unavailable.
 pub const STORE_DOWN_WHO_MESSAGE: &str =
     "cannot list the room: the chat store is unavailable, try again";
@@ -133,6 +145,18 @@ impl Handler for Chat {
                     "store unavailable: told the sender to try again"
                 );
                 Ok(Some(error_message(store_down)))
+            }
+            // The gateway out of reach (a node stopping, every URL refused): failing the
+            // event would close the sender with 1011 through a node that works; it is
+            // told instead, and may send again.
+            Err(FunctionsError::Transport(err)) => {
+                let told = if err.is_connect() {
+                    GATEWAY_DOWN_MESSAGE
+                } else {
+                    GATEWAY_UNSURE_MESSAGE
+                };
+                warn!(room = %seat.room, error = %Chain(&err), "send-back failed: told the sender");
+                Ok(Some(error_message(told)))
             }
             Err(err) => Err(err.into()),
         }
@@ -970,6 +994,54 @@ mod tests {
         let ev = transport_event("a", &ann, "hi");
         let err = chat.transport(&ev, Message::text("hi")).await.unwrap_err();
         assert!(err.to_string().contains("500"), "{err}");
+    }
+
+    /// A chat whose send-back URL is `base`, with Ann and Bob in room `r`; Ann's context.
+    async fn chat_sending_to(base: &str) -> (Chat, Value) {
+        let store = Arc::new(TestStore::default());
+        let chat = Chat::new(store.clone(), SendBack::new(base, None).unwrap());
+        let ann = connect(&chat, &store, "a", "room=r&name=Ann")
+            .await
+            .unwrap();
+        connect(&chat, &store, "b", "room=r&name=Bob")
+            .await
+            .unwrap();
+        (chat, ann)
+    }
+
+    #[tokio::test]
+    async fn a_gateway_out_of_reach_answers_the_sender_instead_of_failing() {
+        // Nothing listens: the connection is refused, so nothing was sent.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let (chat, ann) = chat_sending_to(&base).await;
+        assert_eq!(
+            json_of(say(&chat, "a", &ann, "hello?").await),
+            json!({"type": "error", "message": GATEWAY_DOWN_MESSAGE})
+        );
+
+        // A node that takes the request and goes away: it may have acted on it.
+        let taker = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", taker.local_addr().unwrap());
+        let takes = tokio::spawn(async move {
+            let mut taken = 0;
+            loop {
+                let (mut socket, _) = taker.accept().await.unwrap();
+                let mut head = [0u8; 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut head).await;
+                taken += 1;
+                if taken == 2 {
+                    return taken;
+                }
+            }
+        });
+        let (chat, ann) = chat_sending_to(&base).await;
+        assert_eq!(
+            json_of(say(&chat, "a", &ann, "hello?").await),
+            json!({"type": "error", "message": GATEWAY_UNSURE_MESSAGE})
+        );
+        takes.abort();
     }
 
     #[tokio::test]
