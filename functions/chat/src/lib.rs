@@ -158,6 +158,16 @@ impl Handler for Chat {
                 warn!(room = %seat.room, error = %Chain(&err), "send-back failed: told the sender");
                 Ok(Some(error_message(told)))
             }
+            // A balancer in front of the nodes (deploy/nginx) answers 502 or 504 when the
+            // node it passed the send to went away: the gateway itself never does.
+            Err(
+                err @ FunctionsError::Http {
+                    status: 502 | 504, ..
+                },
+            ) => {
+                warn!(room = %seat.room, error = %Chain(&err), "send-back failed: told the sender");
+                Ok(Some(error_message(GATEWAY_UNSURE_MESSAGE)))
+            }
             Err(err) => Err(err.into()),
         }
     }
@@ -430,6 +440,8 @@ mod tests {
         Failing,
         /// 503 `store_unavailable` to everything, as the gateway does with its store down.
         StoreDown,
+        /// 502 from a balancer whose node went away with the request.
+        BadGateway,
     }
 
     /// A memory store that can be taken down (every call then fails with
@@ -633,6 +645,10 @@ mod tests {
             Api::StoreDown => test_api::json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"error": "store_unavailable", "message": "the store is down"}),
+            ),
+            Api::BadGateway => test_api::json(
+                StatusCode::BAD_GATEWAY,
+                &json!({"error": "bad_gateway", "message": "upstream went away"}),
             ),
         })
         .await;
@@ -1042,6 +1058,19 @@ mod tests {
             json!({"type": "error", "message": GATEWAY_UNSURE_MESSAGE})
         );
         takes.abort();
+
+        // A balancer's 502: its node went away with the request.
+        let (chat, store, _api) = setup(Api::BadGateway).await;
+        let ann = connect(&chat, &store, "a", "room=r&name=Ann")
+            .await
+            .unwrap();
+        connect(&chat, &store, "b", "room=r&name=Bob")
+            .await
+            .unwrap();
+        assert_eq!(
+            json_of(say(&chat, "a", &ann, "hello?").await),
+            json!({"type": "error", "message": GATEWAY_UNSURE_MESSAGE})
+        );
     }
 
     #[tokio::test]
