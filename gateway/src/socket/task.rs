@@ -76,8 +76,13 @@ pub(crate) struct Sockets {
 impl Sockets {
     /// Counts a message of `len` payload bytes handed to a client's socket.
     fn sent(&self, len: usize) {
-        self.metrics.messages_out.inc();
-        self.metrics.bytes_out.inc_by(len as u64);
+        self.sent_many(1, len);
+    }
+
+    /// Counts `count` messages of `bytes` bytes in all handed to the socket.
+    fn sent_many(&self, count: usize, bytes: usize) {
+        self.metrics.messages_out.inc_by(count as u64);
+        self.metrics.bytes_out.inc_by(bytes as u64);
     }
 }
 
@@ -539,8 +544,11 @@ async fn flush_outbox(
 }
 
 async fn write_all(shared: &Sockets, ws: &mut Ws, batch: &mut Vec<Message>) -> Result<(), WsError> {
+    // Counted once per batch: the counters are shared by every socket task, and a burst of
+    // group sends reaches each connection as one batch.
+    let bytes: usize = batch.iter().map(Message::len).sum();
+    shared.sent_many(batch.len(), bytes);
     for message in batch.drain(..) {
-        shared.sent(message.len());
         ws.feed(message).await?;
     }
     ws.flush().await
