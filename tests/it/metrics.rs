@@ -315,17 +315,10 @@ async fn sendback_requests_are_counted_by_route_and_status_with_401s_and_429s() 
     let reader_id = function.wait_register().await;
     gw.store.join("room", &reader_id).await.unwrap();
     let _stalled = gw.connect("/").await;
-    let registers = function
-        .wait_until("two registers", WAIT, |e| {
-            e.iter()
-                .filter(|e| matches!(e.kind, EventKind::Register { .. }))
-                .count()
-                == 2
-        })
-        .await;
-    let stalled_id = registers
+    let stalled_id = function
+        .wait_registers(2)
+        .await
         .into_iter()
-        .map(|e| e.connection_id)
         .find(|id| *id != reader_id)
         .expect("the stalled client's id");
 

@@ -149,22 +149,7 @@ async fn the_alert_rules_load_and_a_node_without_its_store_alerts() {
     let Some(mut redis) = tests::redis::require_redis() else {
         return;
     };
-    let prefix = format!("alerts-{}", uuid::Uuid::new_v4().simple());
-    let store = store::open(&redis.url(), &prefix)
-        .await
-        .expect("the store opens");
-    let options = gateway::Options {
-        store: Some(store),
-        ..Default::default()
-    };
-    let gw = TestGateway::start_with(
-        |c| {
-            c.node_heartbeat = Duration::from_millis(100);
-            c.node_heartbeat_ttl = Duration::from_millis(600);
-        },
-        options,
-    )
-    .await;
+    let gw = TestGateway::on_redis(&redis).await;
     let Some(prometheus) = Prometheus::require(&[gw.sendback.to_string()]).await else {
         return;
     };

@@ -17,7 +17,7 @@ use tests::function_server::FunctionServer;
 use tests::gateway::{TOKEN, TestGateway};
 use tests::nginx::Nginx;
 use tests::process::GatewayProcess;
-use tests::redis::{RedisServer, Resp};
+use tests::redis::Resp;
 use tests::scripted::ScriptedFunction;
 use tests::wait::eventually_some;
 use tokio_tungstenite::tungstenite::Message;
@@ -70,26 +70,6 @@ async fn wait_readiness(listeners: [&str; 2], expected: Option<NotReady>, timeou
     }
 }
 
-/// An in-process gateway on `redis`, beating every 100 ms with a TTL of 600 ms.
-async fn on_redis(redis: &RedisServer) -> TestGateway {
-    let prefix = format!("ready-{}", uuid::Uuid::new_v4().simple());
-    let store = store::open(&redis.url(), &prefix)
-        .await
-        .expect("the store opens");
-    let options = gateway::Options {
-        store: Some(store),
-        ..Default::default()
-    };
-    TestGateway::start_with(
-        |c| {
-            c.node_heartbeat = Duration::from_millis(100);
-            c.node_heartbeat_ttl = Duration::from_millis(600);
-        },
-        options,
-    )
-    .await
-}
-
 #[tokio::test]
 async fn ready_after_start_on_both_listeners() {
     let gw = TestGateway::start(|_| {}).await;
@@ -121,7 +101,7 @@ async fn a_frozen_or_killed_store_is_not_ready_until_it_is_back() {
     let Some(mut redis) = tests::redis::require_redis() else {
         return;
     };
-    let gw = on_redis(&redis).await;
+    let gw = TestGateway::on_redis(&redis).await;
     let (public, sendback) = (gw.public.to_string(), gw.sendback.to_string());
     let both = [public.as_str(), sendback.as_str()];
     let timeout = Duration::from_secs(10);
@@ -154,7 +134,7 @@ async fn starting_until_a_heartbeat_reaches_the_store() {
         assert_eq!(reply, Resp::Simple("OK".into()));
     };
     refuse_writes("1");
-    let gw = on_redis(&redis).await;
+    let gw = TestGateway::on_redis(&redis).await;
     let (public, sendback) = (gw.public.to_string(), gw.sendback.to_string());
     let both = [public.as_str(), sendback.as_str()];
     wait_readiness(both, Some(NotReady::Starting), Duration::from_secs(10)).await;

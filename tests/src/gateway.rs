@@ -137,6 +137,27 @@ impl TestGateway {
         Self::run(gateway, store)
     }
 
+    /// Starts a gateway on `redis` under a fresh key prefix, beating every 100 ms with a
+    /// TTL of 600 ms, so that it notices its store going and coming within a second.
+    pub async fn on_redis(redis: &crate::redis::RedisServer) -> Self {
+        let prefix = format!("gw-{}", uuid::Uuid::new_v4().simple());
+        let store = store::open(&redis.url(), &prefix)
+            .await
+            .expect("the store opens");
+        let options = Options {
+            store: Some(store),
+            ..Default::default()
+        };
+        Self::start_with(
+            |c| {
+                c.node_heartbeat = Duration::from_millis(100);
+                c.node_heartbeat_ttl = Duration::from_millis(600);
+            },
+            options,
+        )
+        .await
+    }
+
     /// Runs an already bound gateway.
     pub fn run(gateway: Gateway, store: SharedStore) -> Self {
         let (stop, stopped) = oneshot::channel::<()>();

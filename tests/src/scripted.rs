@@ -191,6 +191,22 @@ impl ScriptedFunction {
         .unwrap()
     }
 
+    /// Waits for `n` register events and returns their connection ids, in order.
+    pub async fn wait_registers(&self, n: usize) -> Vec<String> {
+        let registers = |e: &[Event]| -> Vec<String> {
+            e.iter()
+                .filter(|e| matches!(e.kind, EventKind::Register { .. }))
+                .map(|e| e.connection_id.clone())
+                .collect()
+        };
+        let events = self
+            .wait_until("register events", Duration::from_secs(10), move |e| {
+                registers(e).len() >= n
+            })
+            .await;
+        registers(&events)
+    }
+
     /// Waits for the cleanup event of a connection and returns it.
     pub async fn wait_cleanup(&self, connection_id: &str) -> Event {
         let id = connection_id.to_owned();

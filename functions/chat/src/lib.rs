@@ -440,8 +440,6 @@ mod tests {
         Failing,
         /// 503 `store_unavailable` to everything, as the gateway does with its store down.
         StoreDown,
-        /// 502 from a balancer whose node went away with the request.
-        BadGateway,
     }
 
     /// A memory store that can be taken down (every call then fails with
@@ -645,10 +643,6 @@ mod tests {
             Api::StoreDown => test_api::json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"error": "store_unavailable", "message": "the store is down"}),
-            ),
-            Api::BadGateway => test_api::json(
-                StatusCode::BAD_GATEWAY,
-                &json!({"error": "bad_gateway", "message": "upstream went away"}),
             ),
         })
         .await;
@@ -1060,13 +1054,14 @@ mod tests {
         takes.abort();
 
         // A balancer's 502: its node went away with the request.
-        let (chat, store, _api) = setup(Api::BadGateway).await;
-        let ann = connect(&chat, &store, "a", "room=r&name=Ann")
-            .await
-            .unwrap();
-        connect(&chat, &store, "b", "room=r&name=Bob")
-            .await
-            .unwrap();
+        let api = test_api::start(|_req| {
+            test_api::json(
+                StatusCode::BAD_GATEWAY,
+                &json!({"error": "bad_gateway", "message": "upstream went away"}),
+            )
+        })
+        .await;
+        let (chat, ann) = chat_sending_to(&api.base).await;
         assert_eq!(
             json_of(say(&chat, "a", &ann, "hello?").await),
             json!({"type": "error", "message": GATEWAY_UNSURE_MESSAGE})

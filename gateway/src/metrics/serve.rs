@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
 use store::SharedStore;
 use tokio::net::{TcpListener, TcpStream};
@@ -30,9 +28,6 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The longest a scrape waits for the store's count of queued cleanups; past it the gauge
 /// keeps its last value, and the scrape goes on.
 const STORE_WAIT: Duration = Duration::from_secs(1);
-
-/// How long a request head may take on the metrics listener.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A gauge's reading, taken at each scrape.
 type Sample = Box<dyn Fn() -> i64 + Send + Sync>;
@@ -130,7 +125,7 @@ pub(crate) async fn serve(
             // A scrape during the drain is answered (the figures of a draining node are
             // worth having) until the listeners close.
             let stop = if draining { &conn_closed } else { &conn_stop }.clone();
-            serve_connection(exporter.clone(), stop, stream, remote)
+            serve_connection(exporter.clone(), stop, stream, remote, !draining)
         },
     )
     .await;
@@ -142,6 +137,7 @@ async fn serve_connection(
     stop: Arc<Stop>,
     stream: TcpStream,
     remote: SocketAddr,
+    keep_alive: bool,
 ) {
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let exporter = exporter.clone();
@@ -154,19 +150,5 @@ async fn serve_connection(
             Ok::<_, Infallible>(reply)
         }
     });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(%remote, cause = %e, "metrics connection ended with an error");
-    }
+    listener::serve_http1(stream, service, &stop, keep_alive, remote, "metrics").await;
 }

@@ -1,6 +1,6 @@
 //! The send-back API: how functions and backends reach connections. Served on its own
 //! listener (loopback by default), every request authenticated by the bearer token; over
-//! TLS when `sendback.tls` is set (the handshake within [`HEAD_TIMEOUT`], then hyper serves
+//! TLS when `sendback.tls` is set (the handshake within [`listener::HEAD_TIMEOUT`], then hyper serves
 //! the TLS stream as it serves TCP). Routes and bodies are documented in `wire::api`.
 //! `/healthz`, `/readyz` and, unless `metrics.listen` gives them a listener of their own,
 //! the metrics (`/metrics`) answer without the token. Every request is counted by route
@@ -11,13 +11,11 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wire::codes;
 
 use http::{Request, Response, StatusCode, header};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -54,9 +52,6 @@ pub(crate) struct Router {
     /// What `/readyz` answers.
     pub readiness: Readiness,
 }
-
-/// How long a request head (and, over TLS, the handshake before the first) may take.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves the send-back API until `closed` (after the drain that `stop` starts); with
 /// `tls`, over TLS.
@@ -96,7 +91,7 @@ pub(crate) async fn serve(
 }
 
 /// The TLS handshake of a send-back connection: `None` if it failed, took longer than
-/// [`HEAD_TIMEOUT`] or shutdown started first.
+/// [`listener::HEAD_TIMEOUT`] or shutdown started first.
 async fn tls_handshake(
     stop: &Stop,
     acceptor: TlsAcceptor,
@@ -105,7 +100,7 @@ async fn tls_handshake(
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let handshake = tokio::select! {
         _ = stop.cancelled() => return None,
-        handshake = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)) => handshake,
+        handshake = tokio::time::timeout(listener::HEAD_TIMEOUT, acceptor.accept(stream)) => handshake,
     };
     match handshake {
         Ok(Ok(tls)) => Some(tls),
@@ -140,22 +135,7 @@ async fn serve_connection<S>(
             Ok::<_, Infallible>(response)
         }
     });
-    let conn = http1::Builder::new()
-        .keep_alive(keep_alive)
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        debug!(%remote, cause = %e, "send-back connection ended with an error");
-    }
+    listener::serve_http1(stream, service, &stop, keep_alive, remote, "send-back").await;
 }
 
 impl Router {
