@@ -5,7 +5,7 @@
 //! carries a token.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Method, Response};
 use tracing::{Instrument, debug, debug_span, warn};
@@ -72,17 +72,23 @@ fn aws_id<'a>(path: &'a str, stage: &str) -> Option<&'a str> {
 /// and connection, and logs its end with the status and duration: at debug (the API is
 /// hot), at warn for a 5xx. The warn line carries every field itself, since the span is
 /// not recorded below debug.
-pub(crate) async fn traced<F>(method: &Method, path: &str, stage: &str, handle: F) -> Response<Body>
+pub(crate) async fn traced<F>(
+    method: &Method,
+    path: &str,
+    route: Route,
+    stage: &str,
+    handle: F,
+) -> (Response<Body>, Duration)
 where
     F: Future<Output = Response<Body>>,
 {
-    let route = route(path, stage);
     let connection = connection_id(route, path, stage);
     let span = debug_span!("sendback", %method, route = route.as_str(), connection);
     let started = Instant::now();
     let response = handle.instrument(span.clone()).await;
+    let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
     if response.status().is_server_error() {
         warn!(
             parent: &span,
@@ -96,7 +102,7 @@ where
     } else {
         debug!(parent: &span, status, duration_ms, "send-back request");
     }
-    response
+    (response, elapsed)
 }
 
 #[cfg(test)]
@@ -141,7 +147,7 @@ mod tests {
             .with(seen.clone());
         let _guard = tracing::subscriber::set_default(subscriber);
         let answer = async { respond::empty(status) };
-        let response = traced(&Method::POST, path, "prod", answer)
+        let (response, _) = traced(&Method::POST, path, route(path, "prod"), "prod", answer)
             .now_or_never()
             .unwrap();
         assert_eq!(response.status(), status);

@@ -11,7 +11,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 use wire::codes;
 
 use http::{Request, Response, StatusCode, header};
@@ -128,35 +127,27 @@ async fn serve_connection<S>(
 {
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
         let router = router.clone();
-        async move {
-            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
-            let handled = router.handle(req);
-            let response = route::traced(&method, &path, &router.stage, handled).await;
-            Ok::<_, Infallible>(response)
-        }
+        async move { Ok::<_, Infallible>(router.handle(req).await) }
     });
     listener::serve_http1(stream, service, &stop, keep_alive, remote, "send-back").await;
 }
 
 impl Router {
-    /// One send-back request, to the adapter its path names, counted by route and
-    /// status. Generic over the body so that `crate::fuzzing` drives it with bodies it
+    /// One send-back request, to the adapter its path names: its route found once, run
+    /// in its span (`route::traced`), counted by route and status. Generic over the body so that `crate::fuzzing` drives it with bodies it
     /// made; served, it is hyper's.
     pub(crate) async fn handle<B: RequestBody>(&self, req: Request<B>) -> Response<Body> {
-        let started = Instant::now();
-        let route = self.route(req.uri().path());
-        let reply = self.dispatch(route, req).await;
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let route = route::route(&path, &self.stage);
+        let handled = self.dispatch(route, req);
+        let (reply, elapsed) = route::traced(&method, &path, route, &self.stage, handled).await;
         self.metrics
-            .sendback_request(route, reply.status().as_u16(), started.elapsed());
+            .sendback_request(route, reply.status().as_u16(), elapsed);
         reply
     }
 
-    /// The route a path takes, as the logs and metrics name it.
-    fn route(&self, path: &str) -> Route {
-        route::route(path, &self.stage)
-    }
-
-    /// Serves a request on the route [`Router::route`] found for it.
+    /// Serves a request on the route `route::route` found for it.
     async fn dispatch<B: RequestBody>(&self, route: Route, req: Request<B>) -> Response<Body> {
         match route {
             Route::Healthz => return respond::text(StatusCode::OK, "ok\n"),
