@@ -18,6 +18,7 @@ use crate::error::ConfigError;
 
 mod duration;
 mod layers;
+pub mod passthrough;
 
 use layers::Layer;
 
