@@ -18,6 +18,7 @@ use crate::error::ConfigError;
 
 mod duration;
 mod layers;
+pub mod passthrough;
 
 use layers::Layer;
 
@@ -1059,13 +1060,13 @@ impl Config {
                 "must not be empty when heartbeat.request is set".into(),
             );
         }
-        if let Some(page) = &self.public.page {
-            if !page.is_file() {
-                return bad(
-                    "public.page",
-                    format!("`{}` is not a readable file", page.display()),
-                );
-            }
+        if let Some(page) = &self.public.page
+            && !page.is_file()
+        {
+            return bad(
+                "public.page",
+                format!("`{}` is not a readable file", page.display()),
+            );
         }
         if let Err(e) = store::check_url(&self.store) {
             return bad("store", e.to_string());

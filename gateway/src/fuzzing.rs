@@ -194,11 +194,11 @@ pub fn sigv4(data: &[u8]) {
         service: EXECUTE_API,
         credentials: &credentials,
     };
-    if let Ok(text) = std::str::from_utf8(authorization) {
-        if let Ok(auth) = sigv4::parse_authorization(text) {
-            assert_eq!(auth.signature.len(), 64);
-            assert!(auth.signed_headers.iter().all(|h| !h.is_empty()));
-        }
+    if let Ok(text) = std::str::from_utf8(authorization)
+        && let Ok(auth) = sigv4::parse_authorization(text)
+    {
+        assert_eq!(auth.signature.len(), 64);
+        assert!(auth.signed_headers.iter().all(|h| !h.is_empty()));
     }
 
     let mut headers = HeaderMap::new();

@@ -14,6 +14,9 @@
 //! # }
 //! ```
 
+// Not used until the passthrough routes check their credentials with it.
+#[allow(dead_code)]
+mod auth;
 mod clock;
 mod cluster;
 pub mod config;
@@ -546,10 +549,10 @@ impl Gateway {
             heartbeat.run(stop.clone(), removals.clone(), move |last_beat_ms| {
                 let (fencing, reassert) = (fencing.clone(), reassert.clone());
                 async move {
-                    if fencing.fence(last_beat_ms).await? == Fenced::NotReaped {
-                        if let Some(resync) = reassert {
-                            resync.reassert();
-                        }
+                    if fencing.fence(last_beat_ms).await? == Fenced::NotReaped
+                        && let Some(resync) = reassert
+                    {
+                        resync.reassert();
                     }
                     Ok(())
                 }
@@ -586,15 +589,15 @@ impl Gateway {
                 "shutdown grace period ended with cleanups in flight: they stay queued"
             );
         }
-        if let Ok(queued) = store.pending_cleanups().await {
-            if queued > 0 {
-                // On Redis the next node that drains the queue delivers them; the embedded
-                // memory store ends with this process, and them with it.
-                warn!(
-                    queued,
-                    "cleanups left queued in the store for the next node to deliver"
-                );
-            }
+        if let Ok(queued) = store.pending_cleanups().await
+            && queued > 0
+        {
+            // On Redis the next node that drains the queue delivers them; the embedded
+            // memory store ends with this process, and them with it.
+            warn!(
+                queued,
+                "cleanups left queued in the store for the next node to deliver"
+            );
         }
         info!(
             delivered = cleanups.delivered(),

@@ -270,10 +270,10 @@ async fn a_refused_room_is_shown_and_not_retried() {
             .await
             .expect("send-back DELETE");
             assert_eq!(response.status(), 204, "close {id}");
-        } else if line.contains("waits for the test to stop the gateway") {
-            if let Some(gw) = gw.take() {
-                gw.shutdown().await;
-            }
+        } else if line.contains("waits for the test to stop the gateway")
+            && let Some(gw) = gw.take()
+        {
+            gw.shutdown().await;
         }
     })
     .await;

@@ -121,10 +121,10 @@ pub async fn https_request(
     tls.write_all(body).await?;
     let mut reply = Vec::new();
     // A peer that closes without close_notify still gave its whole reply (connection: close).
-    if let Err(e) = tls.read_to_end(&mut reply).await {
-        if e.kind() != std::io::ErrorKind::UnexpectedEof {
-            return Err(e);
-        }
+    if let Err(e) = tls.read_to_end(&mut reply).await
+        && e.kind() != std::io::ErrorKind::UnexpectedEof
+    {
+        return Err(e);
     }
     let text = String::from_utf8_lossy(&reply);
     let status = text

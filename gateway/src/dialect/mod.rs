@@ -59,12 +59,12 @@ pub(crate) fn register_verdict(
                 "context of {context_len} bytes exceeds functions.max_context_bytes ({max_context_bytes})"
             )));
         }
-        if let Some(p) = &accept.subprotocol {
-            if !offered.iter().any(|o| o == p) {
-                return Err(CallError::BadReply(format!(
-                    "subprotocol `{p}` was not offered by the client"
-                )));
-            }
+        if let Some(p) = &accept.subprotocol
+            && !offered.iter().any(|o| o == p)
+        {
+            return Err(CallError::BadReply(format!(
+                "subprotocol `{p}` was not offered by the client"
+            )));
         }
     }
     Ok(verdict)

@@ -571,10 +571,10 @@ async fn read_request(
     }
     let deadline = first.unwrap_or_else(Instant::now) + shared.handshake_timeout;
     loop {
-        if !buf.is_empty() {
-            if let Some(parsed) = parse_head(buf)? {
-                return Ok(Some(parsed));
-            }
+        if !buf.is_empty()
+            && let Some(parsed) = parse_head(buf)?
+        {
+            return Ok(Some(parsed));
         }
         if !read_more(shared, stream, buf, deadline, "a complete request head").await {
             return Ok(None);

@@ -666,12 +666,11 @@ fn interpret(reply: &httparse::Response<'_, '_>) -> Result<Head, HttpError> {
             }
         } else if name.eq_ignore_ascii_case("content-type") {
             content_type = std::str::from_utf8(h.value).ok().map(str::to_owned);
-        } else if (name.len() > 7 && name[..7].eq_ignore_ascii_case("x-amzn-"))
-            || name.eq_ignore_ascii_case("www-authenticate")
+        } else if ((name.len() > 7 && name[..7].eq_ignore_ascii_case("x-amzn-"))
+            || name.eq_ignore_ascii_case("www-authenticate"))
+            && let Ok(value) = std::str::from_utf8(h.value)
         {
-            if let Ok(value) = std::str::from_utf8(h.value) {
-                kept.push((name.to_ascii_lowercase(), value.to_owned()));
-            }
+            kept.push((name.to_ascii_lowercase(), value.to_owned()));
         }
     }
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 {

@@ -457,11 +457,10 @@ impl Session {
         let grace = self.shared.config.shutdown.grace;
         let drained = tokio::time::timeout(grace, async {
             loop {
-                if let Some(call) = self.inflight.take() {
-                    if let Err(e) = call.await.result {
+                if let Some(call) = self.inflight.take()
+                    && let Err(e) = call.await.result {
                         warn!(cause = %e, "transport function failed for a message sent before disconnect");
                     }
-                }
                 self.start_next_transport();
                 if self.inflight.is_none() {
                     break;

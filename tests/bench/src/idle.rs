@@ -72,16 +72,16 @@ pub async fn run(target: &mut Target, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     if let (Some(a), Some(b)) = (&fn_before, &fn_after) {
         row.fn_cpu_us_per_op = cpu_us_per(a, b, ok);
     }
-    if let Some(stats) = target.function_stats(&ctx.env.http).await {
-        if stats.register < ok {
-            row.error(
-                ok - stats.register,
-                format!(
-                    "{ok} connected but the function saw {} opens",
-                    stats.register
-                ),
-            );
-        }
+    if let Some(stats) = target.function_stats(&ctx.env.http).await
+        && stats.register < ok
+    {
+        row.error(
+            ok - stats.register,
+            format!(
+                "{ok} connected but the function saw {} opens",
+                stats.register
+            ),
+        );
     }
     row.detail = serde_json::json!({
         "rss_before_kib": before.rss_kib,

@@ -58,10 +58,10 @@ pub fn process_tree(root: u32) -> Vec<u32> {
             let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
                 continue;
             };
-            if let Some((_, f)) = stat_fields(pid) {
-                if let Some(ppid) = f.get(1).and_then(|p| p.parse().ok()) {
-                    parents.push((pid, ppid));
-                }
+            if let Some((_, f)) = stat_fields(pid)
+                && let Some(ppid) = f.get(1).and_then(|p| p.parse().ok())
+            {
+                parents.push((pid, ppid));
             }
         }
     }

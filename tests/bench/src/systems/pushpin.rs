@@ -103,12 +103,13 @@ pub fn get_key(text: &str, section: &str, key: &str) -> Option<String> {
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') && line.ends_with(']') {
             current = &line[1..line.len() - 1];
-        } else if current == section && !line.starts_with('#') && !line.starts_with(';') {
-            if let Some((k, v)) = line.split_once('=') {
-                if k.trim() == key {
-                    return Some(v.trim().to_owned());
-                }
-            }
+        } else if current == section
+            && !line.starts_with('#')
+            && !line.starts_with(';')
+            && let Some((k, v)) = line.split_once('=')
+            && k.trim() == key
+        {
+            return Some(v.trim().to_owned());
         }
     }
     None
