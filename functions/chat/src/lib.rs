@@ -111,6 +111,7 @@ impl Handler for Chat {
         Ok(RegisterReply {
             subprotocol: None,
             context: json!({"room": room, "name": name}),
+            headers: Default::default(),
         })
     }
 

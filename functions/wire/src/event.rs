@@ -215,6 +215,12 @@ pub struct RegisterReply {
     /// A small JSON value the gateway keeps and sends as `context` on every later event.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub context: serde_json::Value,
+    /// On a passthrough route with `auth = "register"`: headers added to the backend's
+    /// upgrade request (say, the user the function identified). The route's configured
+    /// headers win over these; hop-by-hop and handshake headers are ignored. Ignored
+    /// elsewhere.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 #[cfg(test)]

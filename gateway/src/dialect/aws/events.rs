@@ -147,6 +147,7 @@ pub(crate) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
     Ok(Verdict::Accept(RegisterReply {
         subprotocol,
         context: result.context,
+        headers: Default::default(),
     }))
 }
 

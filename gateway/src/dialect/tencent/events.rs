@@ -171,6 +171,7 @@ pub(crate) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
     Ok(Verdict::Accept(RegisterReply {
         subprotocol,
         context: Value::Null,
+        headers: Default::default(),
     }))
 }
 
