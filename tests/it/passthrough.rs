@@ -219,10 +219,24 @@ async fn the_register_function_decides_and_adds_context_and_headers() {
     assert_eq!(cleanup.context, serde_json::json!({"user": "ann"}));
     match cleanup.kind {
         EventKind::Cleanup {
-            reason, close_code, ..
+            reason,
+            close_code,
+            stats,
+            ..
         } => {
             assert_eq!(reason, DisconnectReason::ClientClose);
             assert_eq!(close_code, Some(1000));
+            let stats = stats.expect("a passthrough cleanup has stats");
+            assert_eq!(
+                (
+                    stats.messages_in,
+                    stats.messages_out,
+                    stats.bytes_in,
+                    stats.bytes_out
+                ),
+                (1, 1, 2, 2),
+                "one message of 2 bytes each way"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -503,4 +517,83 @@ async fn dials_are_counted_by_outcome() {
     );
     drop(client);
     gw.shutdown().await;
+}
+
+/// A Python `websockets` service, as its users write it, behind the gateway: the
+/// configured key gets it past the service's own check, path and query arrive, its
+/// subprotocol reaches the client, and messages come back intact.
+#[tokio::test]
+async fn a_python_websockets_service_works_behind_the_gateway() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(python) = tests::python::find_python3(
+        "import websockets",
+        "python3 with websockets (Debian: python3-websockets)",
+    ) else {
+        return;
+    };
+    let mut child = tests::python::command(&python, "passthrough", &[])
+        .args(["backend.py", "s3cret"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python backend starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("the backend prints its port")
+        .unwrap()
+        .unwrap();
+    let port = serde_json::from_str::<serde_json::Value>(&first).unwrap()["port"]
+        .as_u64()
+        .unwrap();
+    let backend = format!("ws://127.0.0.1:{port}/models");
+    let gw = gateway_for(&backend, PassthroughAuth::None, |_, _| {}).await;
+    let (mut client, response) = connect(
+        &gw,
+        "/v1/realtime/m1?stream=true",
+        &[("sec-websocket-protocol", "other, realtime.v1")],
+    )
+    .await
+    .expect("connects");
+    assert_eq!(response.headers()["sec-websocket-protocol"], "realtime.v1");
+    client.send(Message::text("who")).await.unwrap();
+    let seen = match next_message(&mut client).await {
+        Some(Message::Text(t)) => serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "path": "/models/m1?stream=true",
+            "key": true,
+            "subprotocol": "realtime.v1",
+            "forwardedFor": "127.0.0.1",
+        })
+    );
+    let big = vec![42u8; 1 << 20];
+    client.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(next_message(&mut client).await, Some(Message::binary(big)));
+    // Without the key the service refuses, and the client gets a 502.
+    let keyless = TestGateway::start(|c| {
+        c.passthrough = vec![route("/v1/realtime", &backend, PassthroughAuth::None)];
+    })
+    .await;
+    assert_eq!(status_of(connect(&keyless, "/v1/realtime", &[]).await), 502);
+    gw.shutdown().await;
+    keyless.shutdown().await;
+    let _ = child.kill().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_the_client_and_the_backend_with_1001() {
+    let backend = WsBackend::start(Options::default()).await;
+    let gw = gateway_for(&backend.url("/ws"), PassthroughAuth::None, |_, _| {}).await;
+    let (mut client, _) = connect(&gw, "/v1/realtime", &[]).await.unwrap();
+    let stopping = tokio::spawn(gw.shutdown());
+    assert_eq!(
+        code_of(expect_close(&mut client).await).map(|c| c.0),
+        Some(1001)
+    );
+    assert_eq!(backend.wait_close().await.map(|c| c.0), Some(1001));
+    stopping.await.unwrap();
 }

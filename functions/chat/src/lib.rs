@@ -951,6 +951,7 @@ mod tests {
                 reason: DisconnectReason::ClientClose,
                 close_code: Some(1000),
                 close_reason: String::new(),
+                stats: None,
             },
         );
         chat.cleanup(&ev, DisconnectReason::ClientClose)
@@ -982,6 +983,7 @@ mod tests {
                 reason: DisconnectReason::ClientClose,
                 close_code: Some(1000),
                 close_reason: String::new(),
+                stats: None,
             },
         );
         chat.cleanup(&ev, DisconnectReason::ClientClose)
@@ -1161,6 +1163,7 @@ mod tests {
                 reason: DisconnectReason::ClientClose,
                 close_code: Some(1000),
                 close_reason: String::new(),
+                stats: None,
             },
         );
         let err = chat

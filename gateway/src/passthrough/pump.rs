@@ -20,14 +20,8 @@ use crate::passthrough::dial::BackendWs;
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Messages and payload bytes each way: `in` from the client to the backend, `out` from
-/// the backend to the client.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Stats {
-    pub messages_in: u64,
-    pub messages_out: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-}
+/// the backend to the client (what cleanup's `stats` carries).
+pub(crate) type Stats = wire::event::PassthroughStats;
 
 /// What the backend sent.
 #[derive(Debug)]

@@ -562,6 +562,7 @@ impl Session {
             reason: end.reason,
             close_code: end.code,
             close_reason: &end.text,
+            stats: self.backend.as_ref().map(|pump| pump.stats),
         };
         // `NodeLost` ends only a connection whose cleanup a reaper already queued.
         if end.reason != DisconnectReason::NodeLost {
