@@ -45,7 +45,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use bytes::Bytes;
 use tokio_util::task::TaskTracker;
@@ -680,7 +680,7 @@ async fn connect_backend(
         )
         .await;
         match &dialed {
-            Ok(_) => debug!(backend = %host, "backend connected"),
+            Ok(_) => info!(backend = %host, "backend connected"),
             Err(e) => warn!(backend = %host, cause = %e, "backend dial failed"),
         }
         dialed
