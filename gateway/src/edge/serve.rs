@@ -568,7 +568,10 @@ async fn admission(
             Ok(claims) => Decider::Decided(claims.unwrap_or_default()),
             Err(failure) => {
                 debug!(%remote, message = failure.message, "passthrough client refused");
-                return Err((Refusal::Unauthorized, auth_refusal(route, &failure)));
+                return Err((
+                    Refusal::Unauthorized,
+                    auth_refusal(route.config.auth, &failure),
+                ));
             }
         },
     };
@@ -631,14 +634,14 @@ async fn admission(
 
 /// The reply refusing a passthrough client its route's check turned away: 401 (with
 /// `WWW-Authenticate: Bearer` on a JWT route) or 403, and a message without the credential.
-fn auth_refusal(route: &Route, failure: &AuthFailure) -> Response<Body> {
+fn auth_refusal(auth: PassthroughAuth, failure: &AuthFailure) -> Response<Body> {
     let code = if failure.status == StatusCode::FORBIDDEN {
         "forbidden"
     } else {
         "unauthorized"
     };
     let mut reply = respond::error(failure.status, code, failure.message);
-    if failure.status == StatusCode::UNAUTHORIZED && route.config.auth == PassthroughAuth::Jwt {
+    if failure.status == StatusCode::UNAUTHORIZED && auth == PassthroughAuth::Jwt {
         reply
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -1084,6 +1087,24 @@ mod tests {
             HTTP_11,
             &[("transfer-encoding", "chunked")]
         )));
+    }
+
+    #[test]
+    fn a_refused_credential_is_401_with_a_bearer_challenge_on_jwt_routes_or_403() {
+        let failure = |status| AuthFailure {
+            status,
+            message: "invalid token",
+        };
+        let reply = auth_refusal(PassthroughAuth::Jwt, &failure(StatusCode::UNAUTHORIZED));
+        assert_eq!(reply.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let reply = auth_refusal(PassthroughAuth::ApiKey, &failure(StatusCode::UNAUTHORIZED));
+        assert!(reply.headers().get(header::WWW_AUTHENTICATE).is_none());
+        let reply = auth_refusal(PassthroughAuth::Jwt, &failure(StatusCode::FORBIDDEN));
+        assert_eq!(reply.status(), StatusCode::FORBIDDEN);
+        assert!(reply.headers().get(header::WWW_AUTHENTICATE).is_none());
+        let text = String::from_utf8(encode_reply(reply, Framing::close())).unwrap();
+        assert!(text.contains("\"forbidden\""), "{text}");
     }
 
     #[test]
