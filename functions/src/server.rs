@@ -381,6 +381,7 @@ mod tests {
                 Some("context") => Ok(RegisterReply {
                     subprotocol: Some("chat.v1".into()),
                     context: json!({"user": "ann"}),
+                    ..RegisterReply::default()
                 }),
                 _ => Ok(RegisterReply::default()),
             }

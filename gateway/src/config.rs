@@ -20,6 +20,10 @@ mod duration;
 mod layers;
 pub mod passthrough;
 
+pub use passthrough::{
+    ApiKeyConfig, JwtAlgorithm, JwtConfig, PassthroughAuth, PassthroughRoute, path_matches,
+};
+
 use layers::Layer;
 
 /// The whole gateway configuration.
@@ -79,6 +83,9 @@ pub struct Config {
     pub tencent: TencentConfig,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: MetricsConfig,
+    /// `[[passthrough]]`: WebSocket routes whose frames go to a backend service as they are.
+    #[serde(rename = "passthrough", skip_serializing_if = "Vec::is_empty")]
+    pub passthrough: Vec<PassthroughRoute>,
 }
 
 /// Where `GET /metrics` (the Prometheus text format) is served.
@@ -590,6 +597,7 @@ impl Default for Config {
             aws: AwsConfig::default(),
             tencent: TencentConfig::default(),
             metrics: MetricsConfig::default(),
+            passthrough: Vec::new(),
         }
     }
 }
@@ -723,6 +731,7 @@ fn with_every_field() -> Config {
         access_key_id: String::new(),
         secret_access_key: String::new(),
     }];
+    config.passthrough = vec![passthrough::with_every_field()];
     config
 }
 
@@ -968,6 +977,7 @@ impl Config {
             }
         }
         self.validate_tls()?;
+        passthrough::validate(&self.passthrough, self.functions.register.is_some())?;
         let l = &self.limits;
         let positive = [
             ("limits.max_message_bytes", l.max_message_bytes),

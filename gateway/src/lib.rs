@@ -14,8 +14,6 @@
 //! # }
 //! ```
 
-// Not used until the passthrough routes check their credentials with it.
-#[allow(dead_code)]
 mod auth;
 mod clock;
 mod cluster;
@@ -30,6 +28,7 @@ mod function;
 pub mod fuzzing;
 mod listener;
 mod metrics;
+mod passthrough;
 mod request;
 mod respond;
 mod sendback;
@@ -213,6 +212,8 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let measured = MeasuredStore::wrap(store.clone(), metrics.clone());
         let invoker = Invoker::new(&config.functions, client_tls.clone(), metrics.clone())?;
+        let passthrough = passthrough::route::Routes::new(&config.passthrough)?;
+        let backend_tls = client_tls.clone();
         let registry = Arc::new(Registry::default());
         let removals = Arc::new(Removals::new(measured.clone()));
         let stop = Arc::new(Stop::default());
@@ -339,6 +340,8 @@ impl Gateway {
                 ws_config,
                 metrics: metrics.clone(),
             }),
+            passthrough,
+            client_tls: backend_tls,
             metrics: metrics.clone(),
         });
         let heartbeat = Arc::new(Heartbeat {

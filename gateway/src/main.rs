@@ -151,12 +151,18 @@ fn fresh_token() -> String {
     format!("{}{}", a.simple(), b.simple())
 }
 
-/// Logs to stderr, filtered by `SWITCHBOARD_LOG` (default `info`), as `format` says: JSON
+/// Logs to stderr, filtered by `SWITCHBOARD_LOG` (default `info`; tungstenite's client
+/// handshake at most at debug), as `format` says: JSON
 /// lines carry `timestamp`, `level`, `fields` (`message` among them), `target`, and the
 /// current span and the spans around it.
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHBOARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // tungstenite's client logs a passthrough backend's whole upgrade request at trace:
+    // the route's configured headers (secrets) and the client's query string. Never that.
+    if let Ok(directive) = "tungstenite::handshake::client=debug".parse() {
+        filter = filter.add_directive(directive);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

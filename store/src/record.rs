@@ -88,6 +88,9 @@ pub struct PendingCleanup {
     /// The close reason text.
     #[serde(default)]
     pub close_reason: String,
+    /// A passthrough connection's message and byte counts (the native event's `stats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<serde_json::Value>,
     /// When it was first queued (ms since the Unix epoch): its age counts from here.
     pub queued_at_ms: u64,
     /// Failed delivery attempts so far.

@@ -21,6 +21,7 @@ mod metrics;
 mod multi_node;
 mod node_faults;
 mod ordering;
+mod passthrough;
 mod prometheus;
 mod public_http;
 mod readiness;

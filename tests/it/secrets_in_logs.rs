@@ -27,10 +27,38 @@ const AWS_KEY: &str = "AKIALOGTESTKEY000001";
 const REDIS_PASSWORD: &str = "redis-log-test-pw-4e5f6a7b";
 /// A session token of temporary AWS credentials, signed with the request.
 const SESSION_TOKEN: &str = "IQoJb3JpZ2luX2VjELogtestsessiontoken";
-const SECRETS: [&str; 4] = [TOKEN, AWS_SECRET, REDIS_PASSWORD, SESSION_TOKEN];
+/// A header a passthrough route adds to its backend's upgrade request.
+const UPSTREAM_KEY: &str = "upstream-log-test-key-5c6d7e8f";
+const SECRETS: [&str; 5] = [
+    TOKEN,
+    AWS_SECRET,
+    REDIS_PASSWORD,
+    SESSION_TOKEN,
+    UPSTREAM_KEY,
+];
 const WAIT: Duration = Duration::from_secs(15);
 
 fn node_config(node: &str, store: &str, register: &str, transport: &str) -> String {
+    node_config_with(node, store, register, transport, "ws://127.0.0.1:9/")
+}
+
+/// [`node_config`] with passthrough routes: `/pt` to `backend`, `/pt-dead` to a dead port,
+/// both adding [`UPSTREAM_KEY`].
+fn node_config_with(
+    node: &str,
+    store: &str,
+    register: &str,
+    transport: &str,
+    backend: &str,
+) -> String {
+    let dead = dead_port();
+    let routes = format!(
+        "[[passthrough]]\npath = \"/pt\"\nbackend = \"{backend}\"\nauth = \"none\"\n\
+         headers = {{ \"x-upstream-key\" = \"{UPSTREAM_KEY}\" }}\n\
+         [[passthrough]]\npath = \"/pt-dead\"\nbackend = \"ws://127.0.0.1:{dead}/\"\n\
+         auth = \"none\"\nheaders = {{ \"x-upstream-key\" = \"{UPSTREAM_KEY}\" }}\n"
+    );
+    // After every other table: the keys after `[[passthrough]]` are the route's.
     format!(
         "node_id = \"{node}\"\nstore = \"{store}\"\nstore_prefix = \"logs\"\n\
          node_heartbeat = \"200ms\"\nnode_heartbeat_ttl = \"30s\"\nrelay_timeout = \"300ms\"\n\
@@ -40,7 +68,7 @@ fn node_config(node: &str, store: &str, register: &str, transport: &str) -> Stri
          cleanup = \"{register}\"\nretries = 0\n\
          [aws]\nregion = \"eu-west-1\"\n\
          [[aws.credentials]]\naccess_key_id = \"{AWS_KEY}\"\nsecret_access_key = \"{AWS_SECRET}\"\n"
-    )
+    ) + &routes
 }
 
 /// Asserts that no line of `log` holds a secret, and returns how many lines it had.
@@ -118,13 +146,15 @@ async fn no_secret_reaches_a_log_line_on_any_error_path() {
     let function = ScriptedFunction::accepting().await;
     let dead_transport = format!("http://127.0.0.1:{}/transport", dead_port());
 
+    let backend = tests::ws_backend::WsBackend::start(Default::default()).await;
     let mut a = GatewayProcess::start_logging(
         &crate::switchboard_bin(),
-        &node_config(
+        &node_config_with(
             "gw-a",
             &store(redis.addr()),
             &function.url(),
             &dead_transport,
+            &backend.url("/ws"),
         ),
         "trace",
     )
@@ -151,6 +181,21 @@ async fn no_secret_reaches_a_log_line_on_any_error_path() {
         .await
         .expect("connect to node A");
     let id = function.events()[0].connection_id.clone();
+
+    // Passthrough routes adding a secret header: one through to a backend, one failing.
+    let (mut through, _) = tokio_tungstenite::connect_async(format!("ws://{}/pt", a.public()))
+        .await
+        .expect("a passthrough connection");
+    assert_eq!(backend.seen()[0].headers["x-upstream-key"], UPSTREAM_KEY);
+    futures_util::SinkExt::send(&mut through, "echo".into())
+        .await
+        .unwrap();
+    assert!(tests::gateway::next_message(&mut through).await.is_some());
+    drop(through);
+    match tokio_tungstenite::connect_async(format!("ws://{}/pt-dead", a.public())).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 502),
+        other => panic!("expected a 502: {other:?}"),
+    }
 
     // The native API on B: relayed to A with the right token, refused with wrong ones.
     let send = |base: &str, token: &str| {
@@ -231,6 +276,8 @@ async fn no_secret_reaches_a_log_line_on_any_error_path() {
     // A message to a transport function that is down: the client is told, A logs it.
     tests::gateway::send_text(&mut client, "to nowhere").await;
     wait_logged(a.log(), "transport").await;
+    wait_logged(a.log(), "backend connected").await;
+    wait_logged(a.log(), "backend dial failed").await;
 
     // Node A killed: B's relay is refused (the log line the token once rode in).
     a.process().kill().await;

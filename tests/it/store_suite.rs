@@ -282,6 +282,7 @@ fn pending(id: &str, due_ms: u64) -> PendingCleanup {
         reason: "client_close".into(),
         close_code: Some(4000),
         close_reason: "bye".into(),
+        stats: None,
         queued_at_ms: 1_000,
         attempts: 0,
         next_attempt_ms: due_ms,

@@ -25,6 +25,7 @@ pub mod redis_cluster;
 pub mod scripted;
 pub mod tls;
 pub mod wait;
+pub mod ws_backend;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

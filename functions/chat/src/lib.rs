@@ -111,6 +111,7 @@ impl Handler for Chat {
         Ok(RegisterReply {
             subprotocol: None,
             context: json!({"room": room, "name": name}),
+            headers: Default::default(),
         })
     }
 
@@ -950,6 +951,7 @@ mod tests {
                 reason: DisconnectReason::ClientClose,
                 close_code: Some(1000),
                 close_reason: String::new(),
+                stats: None,
             },
         );
         chat.cleanup(&ev, DisconnectReason::ClientClose)
@@ -981,6 +983,7 @@ mod tests {
                 reason: DisconnectReason::ClientClose,
                 close_code: Some(1000),
                 close_reason: String::new(),
+                stats: None,
             },
         );
         chat.cleanup(&ev, DisconnectReason::ClientClose)
@@ -1160,6 +1163,7 @@ mod tests {
                 reason: DisconnectReason::ClientClose,
                 close_code: Some(1000),
                 close_reason: String::new(),
+                stats: None,
             },
         );
         let err = chat

@@ -72,7 +72,22 @@ pub enum EventKind {
         /// The close reason text (may be empty).
         #[serde(default)]
         close_reason: String,
+        /// On a passthrough route: what went through, each way.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stats: Option<PassthroughStats>,
     },
+}
+
+/// What went through a passthrough connection (cleanup's `stats`): `in` from the client to
+/// the backend, `out` from the backend to the client (text and binary messages, their
+/// payload bytes; pushes through the send-back API not included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PassthroughStats {
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// The id of a connection's register event: `<connectionId>:register`.
@@ -215,6 +230,12 @@ pub struct RegisterReply {
     /// A small JSON value the gateway keeps and sends as `context` on every later event.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub context: serde_json::Value,
+    /// On a passthrough route with `auth = "register"`: headers added to the backend's
+    /// upgrade request (say, the user the function identified). The route's configured
+    /// headers win over these; hop-by-hop and handshake headers are ignored. Ignored
+    /// elsewhere.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 #[cfg(test)]
@@ -251,6 +272,7 @@ mod tests {
             reason: DisconnectReason::ClientClose,
             close_code: None,
             close_reason: String::new(),
+            stats: None,
         };
         assert_eq!(cleanup.event_id("c1", 7), "c1:cleanup");
         assert_eq!(cleanup.event_id("c1", 9), cleanup_event_id("c1"));

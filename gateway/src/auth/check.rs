@@ -9,6 +9,8 @@ use super::api_key::ApiKeys;
 use super::error::AuthFailure;
 use super::jwt::JwtCheck;
 use super::source::Source;
+use crate::config::{PassthroughAuth, PassthroughRoute};
+use crate::error::ConfigError;
 use crate::respond::Body;
 
 /// A route's credential check.
@@ -51,6 +53,32 @@ impl Authenticator {
             other => other.source().is_some_and(Source::is_authorization),
         };
         failure.reply(bearer)
+    }
+}
+
+/// The check a passthrough route's `auth` asks for (`register` asks the register
+/// function instead, and `none` nobody), loaded from its section; `at` names the route
+/// (`passthrough[0]`) in the error, which never holds a secret.
+pub(crate) fn for_route(route: &PassthroughRoute, at: &str) -> Result<Authenticator, ConfigError> {
+    let missing = |section: &str| ConfigError::Field {
+        field: format!("{at}.{section}"),
+        message: format!("is required by auth = \"{section}\""),
+        origin: None,
+    };
+    match route.auth {
+        PassthroughAuth::None | PassthroughAuth::Register => Ok(Authenticator::None),
+        PassthroughAuth::ApiKey => {
+            let config = route.api_key.as_ref().ok_or_else(|| missing("api_key"))?;
+            ApiKeys::load(config)
+                .map(Authenticator::ApiKey)
+                .map_err(|e| e.in_route(&format!("{at}.api_key")))
+        }
+        PassthroughAuth::Jwt => {
+            let config = route.jwt.as_ref().ok_or_else(|| missing("jwt"))?;
+            JwtCheck::load(config)
+                .map(Authenticator::Jwt)
+                .map_err(|e| e.in_route(&format!("{at}.jwt")))
+        }
     }
 }
 

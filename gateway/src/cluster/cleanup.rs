@@ -77,6 +77,8 @@ pub(crate) struct Ended<'a> {
     pub reason: DisconnectReason,
     pub close_code: Option<u16>,
     pub close_reason: &'a str,
+    /// A passthrough connection's counts.
+    pub stats: Option<wire::event::PassthroughStats>,
 }
 
 impl Cleanups {
@@ -124,6 +126,7 @@ impl Cleanups {
             reason: reason_name(ended.reason),
             close_code: ended.close_code,
             close_reason: ended.close_reason.to_owned(),
+            stats: ended.stats.and_then(|s| serde_json::to_value(s).ok()),
             queued_at_ms: now,
             attempts: 0,
             next_attempt_ms: now,
@@ -165,6 +168,7 @@ impl Cleanups {
             reason: reason_name(DisconnectReason::NodeLost),
             close_code: None,
             close_reason: format!("gateway node {} stopped", record.node),
+            stats: None,
             queued_at_ms: now,
             attempts: 0,
             next_attempt_ms: now,
@@ -313,6 +317,10 @@ impl Cleanups {
                 reason: parse_reason(&cleanup.reason),
                 close_code: cleanup.close_code,
                 close_reason: cleanup.close_reason.clone(),
+                stats: cleanup
+                    .stats
+                    .clone()
+                    .and_then(|v| serde_json::from_value(v).ok()),
             },
         };
         let facts = Facts {

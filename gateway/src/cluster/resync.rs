@@ -645,6 +645,7 @@ mod tests {
             reason: "client_close".into(),
             close_code: None,
             close_reason: String::new(),
+            stats: None,
             queued_at_ms: 1,
             attempts: 0,
             next_attempt_ms: 1,

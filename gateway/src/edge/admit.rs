@@ -62,20 +62,49 @@ pub(crate) struct Admitted {
     /// The 101, or (the store failed after register accepted) the error reply: then the
     /// socket task runs without a socket, to send cleanup.
     pub reply: Result<Response<Body>, Response<Body>>,
+    /// The `Sec-WebSocket-Accept` value (a passthrough route's 101 is made again with the
+    /// backend's subprotocol).
+    pub accept: String,
+    /// Headers the register reply asked for on a passthrough backend's upgrade request.
+    pub backend_headers: std::collections::BTreeMap<String, String>,
+    /// Whether the register function was called (and accepted).
+    pub registered: bool,
+}
+
+/// Who decides on an upgrade request.
+pub(crate) enum Decider {
+    /// The register function, if one is configured (else every request is accepted).
+    Register,
+    /// Decided already (a passthrough route's built-in check): accepted, with this context.
+    Decided(serde_json::Value),
+}
+
+/// Where an upgrade request came from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Origin {
+    /// The client, behind any trusted proxies.
+    pub source_ip: IpAddr,
+    /// The TCP connection's peer.
+    pub peer: SocketAddr,
+    /// It came over TLS (`wss://`).
+    pub tls: bool,
 }
 
 impl Admitter {
-    /// Decides on one upgrade request from `source_ip` (the client, behind any trusted
-    /// proxies) over a TCP connection from `peer`, which came over TLS (`wss://`) when `tls`.
+    /// Decides on one upgrade request from `origin`.
     pub async fn admit(
         &self,
         parts: Parts,
-        source_ip: IpAddr,
-        peer: SocketAddr,
-        tls: bool,
+        origin: Origin,
         accept: String,
         slot: Slot,
+        decider: Decider,
     ) -> Admission {
+        let Origin {
+            source_ip,
+            peer,
+            tls,
+        } = origin;
         let id = Uuid::new_v4();
         let span = info_span!("conn", id = %id);
         async move {
@@ -102,7 +131,16 @@ impl Admitter {
                     ),
                 );
             }
-            let reply = match self.decide(&record, request, tls).await {
+            let registered =
+                matches!(decider, Decider::Register) && self.config.functions.register.is_some();
+            let decided = match decider {
+                Decider::Register => self.decide(&record, request, tls).await,
+                Decider::Decided(context) => Ok(RegisterReply {
+                    context,
+                    ..RegisterReply::default()
+                }),
+            };
+            let reply = match decided {
                 Ok(reply) => reply,
                 Err((reason, refusal)) => {
                     // The refused connection's record goes (with any groups register joined).
@@ -144,6 +182,9 @@ impl Admitter {
                 slot,
                 span: Span::current(),
                 reply: response,
+                accept,
+                backend_headers: reply.headers,
+                registered,
             })
         }
         .instrument(span)

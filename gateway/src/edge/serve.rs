@@ -45,20 +45,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use bytes::Bytes;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::readiness::Readiness;
 use crate::dialect::aws::management::ManagementApi;
-use crate::edge::admit::{self, Admission, Admitter};
+use crate::edge::admit::{self, Admission, Admitter, Decider};
 use crate::edge::forwarded::{RealIp, Remote};
 use crate::edge::handshake;
 use crate::edge::proxy_protocol;
 use crate::edge::slots::{Slot, Slots};
 use crate::listener;
-use crate::metrics::registry::{Metrics, Refusal};
+use crate::metrics::registry::{DialOutcome, Metrics, Refusal};
+use crate::passthrough::dial::{self, DialError};
+use crate::passthrough::pump::{self, Pump};
+use crate::passthrough::route::{Route, Routes};
 use crate::request;
 use crate::respond::{self, Body};
 use crate::socket::registry::Connection;
@@ -94,6 +97,10 @@ pub(crate) struct Edge {
     pub management: Option<Management>,
     pub admitter: Admitter,
     pub sockets: Arc<Sockets>,
+    /// `[[passthrough]]` routes.
+    pub passthrough: Routes,
+    /// The TLS client config for `wss://` backends (system roots and `functions.ca_file`).
+    pub client_tls: Arc<rustls::ClientConfig>,
     /// Counts upgrades accepted and refused.
     pub metrics: Arc<Metrics>,
 }
@@ -213,8 +220,9 @@ async fn serve_connection(
         slot,
         socket,
         span,
+        backend,
     } = accepted;
-    task::run(edge.sockets.clone(), conn, socket, slot)
+    task::run(edge.sockets.clone(), conn, socket, slot, backend)
         .instrument(span)
         .await;
 }
@@ -226,6 +234,8 @@ struct Accepted {
     slot: Slot,
     socket: Result<SocketIo<ServerStream>, NoSocket>,
     span: tracing::Span,
+    /// A passthrough route's backend, dialed.
+    backend: Option<Box<Pump>>,
 }
 
 /// The TLS handshake of a connection accepted at `accepted_at`, within
@@ -343,8 +353,9 @@ async fn http_phase(
             }
             continue;
         }
-        let admitted = match upgrade(shared, req, remote, stream.is_tls()).await {
-            Ok(admitted) => admitted,
+        let route = shared.passthrough.find(req.uri().path()).cloned();
+        let upgraded = match upgrade(shared, req, remote, stream.is_tls(), route).await {
+            Ok(upgraded) => upgraded,
             Err(refusal) => {
                 let _ = write_reply(shared, &mut stream, refusal, Framing::close()).await;
                 return None;
@@ -352,11 +363,17 @@ async fn http_phase(
         };
         // Admitted: from here on the connection counts in `limits.max_connections` instead.
         drop(pending);
+        let Upgraded {
+            admitted,
+            backend,
+            dial_failed,
+        } = upgraded;
         let admit::Admitted {
             conn,
             slot,
             span,
             reply,
+            ..
         } = admitted;
         let socket = match reply {
             Ok(switching) => {
@@ -372,16 +389,23 @@ async fn http_phase(
                 }
             }
             Err(failure) => {
-                shared.metrics.refused(Refusal::StoreUnavailable);
+                let (reason, why) = match dial_failed {
+                    Some(e) => (Refusal::BackendFailed, NoSocket::Backend(e.to_string())),
+                    None => (Refusal::StoreUnavailable, NoSocket::StoreUnavailable),
+                };
+                shared.metrics.refused(reason);
                 let _ = write_reply(shared, &mut stream, failure, Framing::close()).await;
-                Err(NoSocket::StoreUnavailable)
+                Err(why)
             }
         };
+        // Without a socket, the backend is dropped here (its TCP connection closes).
+        let backend = backend.filter(|_| socket.is_ok());
         return Some(Accepted {
             conn,
             slot,
             socket,
             span,
+            backend,
         });
     }
 }
@@ -478,15 +502,25 @@ async fn discard(
     }
 }
 
-/// Checks an upgrade request and runs admission: the admitted connection, or the reply
-/// refusing it (counted here).
+/// An admitted connection, and on a passthrough route its backend (or why dialing it
+/// failed after the register function accepted: the connection still gets its cleanup).
+struct Upgraded {
+    admitted: admit::Admitted,
+    backend: Option<Box<Pump>>,
+    dial_failed: Option<DialError>,
+}
+
+/// Checks an upgrade request and runs admission (and on a passthrough `route`, its check
+/// and the backend's dial): the admitted connection, or the reply refusing it (counted
+/// here).
 async fn upgrade(
     shared: &Edge,
     req: Request<()>,
     remote: Remote,
     tls: bool,
-) -> Result<admit::Admitted, Response<Body>> {
-    let admitted = admission(shared, req, remote, tls).await;
+    route: Option<Arc<Route>>,
+) -> Result<Upgraded, Response<Body>> {
+    let admitted = admission(shared, req, remote, tls, route).await;
     admitted.map_err(|(reason, reply)| {
         shared.metrics.refused(reason);
         reply
@@ -499,7 +533,8 @@ async fn admission(
     req: Request<()>,
     remote: Remote,
     tls: bool,
-) -> Result<admit::Admitted, (Refusal, Response<Body>)> {
+    route: Option<Arc<Route>>,
+) -> Result<Upgraded, (Refusal, Response<Body>)> {
     let accept = match handshake::check(&req) {
         Ok(accept) => accept,
         Err(rejection) => {
@@ -522,6 +557,19 @@ async fn admission(
         );
         return Err((Refusal::ShuttingDown, reply));
     }
+    let (parts, ()) = req.into_parts();
+    // A passthrough route's own check comes first: a refused client costs no slot, no
+    // store write and no backend.
+    let decider = match route.as_ref().and_then(|r| r.auth.as_ref()) {
+        None => Decider::Register,
+        Some(check) => match check.check(&parts) {
+            Ok(claims) => Decider::Decided(claims.unwrap_or_default()),
+            Err(failure) => {
+                debug!(%remote, reason = failure.code(), "passthrough client refused");
+                return Err((Refusal::Unauthorized, check.reply(failure)));
+            }
+        },
+    };
     let Some(slot) = shared.slots.try_claim() else {
         debug!(%remote, "refusing connection: at capacity");
         if let Some(refused) = shared.slots.refused() {
@@ -538,17 +586,124 @@ async fn admission(
         );
         return Err((Refusal::AtCapacity, reply));
     };
-    let source_ip = shared.real_ip.client_ip(remote.ip, req.headers());
-    let (parts, ()) = req.into_parts();
+    let source_ip = shared.real_ip.client_ip(remote.ip, &parts.headers);
+    let backend_request = match &route {
+        None => None,
+        Some(route) => match route.backend_request(&parts, source_ip) {
+            Ok(request) => Some((route.clone(), request)),
+            Err(e) => {
+                let reply =
+                    respond::error(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, e.to_string());
+                return Err((Refusal::BadHandshake, reply));
+            }
+        },
+    };
     // This task is tracked and nothing cancels it: if the client goes away mid-register,
     // the decision still completes, so nothing is left half-registered.
     match shared
         .admitter
-        .admit(parts, source_ip, remote.peer, tls, accept, slot)
+        .admit(
+            parts,
+            admit::Origin {
+                source_ip,
+                peer: remote.peer,
+                tls,
+            },
+            accept,
+            slot,
+            decider,
+        )
         .await
     {
         Admission::Refused(reason, reply) => Err((reason, reply)),
-        Admission::Accepted(admitted) => Ok(admitted),
+        Admission::Accepted(admitted) => match backend_request {
+            None => Ok(Upgraded {
+                admitted,
+                backend: None,
+                dial_failed: None,
+            }),
+            Some((route, request)) => connect_backend(shared, &route, request, admitted).await,
+        },
+    }
+}
+
+/// Dials an admitted passthrough connection's backend (within the connection's span):
+/// the 101 then carries the backend's subprotocol. On failure the client gets 502 or 504;
+/// a connection the register function accepted still runs (without a socket) to send its
+/// cleanup, any other is undone as if refused (record and registry entry removed).
+async fn connect_backend(
+    shared: &Edge,
+    route: &Route,
+    mut request: http::Request<()>,
+    mut admitted: admit::Admitted,
+) -> Result<Upgraded, (Refusal, Response<Body>)> {
+    if admitted.reply.is_err() {
+        // The store failed after register accepted: no backend for a connection that ends.
+        return Ok(Upgraded {
+            admitted,
+            backend: None,
+            dial_failed: None,
+        });
+    }
+    let span = admitted.span.clone();
+    let host = route.backend_host().to_owned();
+    let started = Instant::now();
+    let dialed = async {
+        if let Err(e) = route.add_headers(&mut request, &admitted.backend_headers) {
+            warn!(cause = %e, "register reply asked for a header that cannot be sent");
+        }
+        let config = pump::ws_config(shared.sockets.ws_config, route.config.max_message_bytes);
+        let dialed = dial::dial(
+            request,
+            &shared.client_tls,
+            config,
+            route.config.connect_timeout,
+        )
+        .await;
+        match &dialed {
+            Ok(_) => info!(backend = %host, "backend connected"),
+            Err(e) => warn!(backend = %host, cause = %e, "backend dial failed"),
+        }
+        dialed
+    }
+    .instrument(span)
+    .await;
+    let outcome = dialed
+        .as_ref()
+        .map_or_else(DialError::outcome, |_| DialOutcome::Ok);
+    shared.metrics.dialed(outcome, started.elapsed());
+    match dialed {
+        Ok(dialed) => {
+            admitted.reply = Ok(handshake::switching_protocols(
+                &admitted.accept,
+                dialed.subprotocol.as_deref(),
+            ));
+            Ok(Upgraded {
+                admitted,
+                backend: Some(Box::new(Pump::new(
+                    dialed.ws,
+                    host,
+                    route.config.max_message_bytes,
+                ))),
+                dial_failed: None,
+            })
+        }
+        Err(e) => {
+            let reply = respond::error(e.status(), "backend_unavailable", e.to_string());
+            if admitted.registered {
+                admitted.reply = Err(reply);
+                return Ok(Upgraded {
+                    admitted,
+                    backend: None,
+                    dial_failed: Some(e),
+                });
+            }
+            let admitter = &shared.admitter;
+            admitter.registry.remove(&admitted.conn.id);
+            admitted.conn.outbox.mark_closed();
+            admitter.removals.forget(admitted.conn.id.to_string()).await;
+            Err((Refusal::BackendFailed, reply))
+        }
     }
 }
 

@@ -83,6 +83,18 @@ labels! {
         StoreUnavailable => "store_unavailable",
         ShuttingDown => "shutting_down",
         UpgradeFailed => "upgrade_failed",
+        Unauthorized => "unauthorized",
+        BackendFailed => "backend_failed",
+    }
+}
+
+labels! {
+    /// How dialing a passthrough route's backend ended (`outcome` label).
+    DialOutcome {
+        Ok => "ok",
+        Refused => "refused",
+        Timeout => "timeout",
+        BadStatus => "bad_status",
     }
 }
 
@@ -278,6 +290,8 @@ pub(crate) struct Metrics {
     store_durations: Series<Labels<1>, Histogram, Buckets, { StoreOp::COUNT }>,
     group_sends: Counter,
     group_fanout: Histogram,
+    dials: [Counter; DialOutcome::COUNT],
+    dial_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -421,6 +435,18 @@ impl Metrics {
             "Members a group send reached, every node's included",
             group_fanout.clone(),
         );
+        let dials = Family::<Labels<1>, Counter>::default();
+        r.register(
+            "switchboard_passthrough_dials",
+            "Passthrough backends dialed before a client's 101, by outcome",
+            dials.clone(),
+        );
+        let dial_duration = Histogram::new(Buckets::seconds(DURATION_BOUNDS));
+        r.register(
+            "switchboard_passthrough_dial_duration_seconds",
+            "How long dialing a passthrough backend took (TCP, TLS and its 101), or failed after",
+            dial_duration.clone(),
+        );
         r.register_collector(Box::new(ProcessCollector));
         Metrics {
             connections,
@@ -453,6 +479,10 @@ impl Metrics {
             store_durations: Series::new(store_durations),
             group_sends,
             group_fanout,
+            dials: std::array::from_fn(|i| {
+                dials.get_or_create_owned(&[("outcome", DialOutcome::ALL[i].as_str())])
+            }),
+            dial_duration,
             registry,
         }
     }
@@ -467,6 +497,12 @@ impl Metrics {
     /// An upgrade request became a WebSocket (its 101 was written).
     pub fn accepted(&self) {
         self.accepted.inc();
+    }
+
+    /// A passthrough backend was dialed, taking `took`.
+    pub fn dialed(&self, outcome: DialOutcome, took: Duration) {
+        self.dials[outcome as usize].inc();
+        self.dial_duration.observe_duration(took);
     }
 
     /// An upgrade request was refused, or failed before its 101.

@@ -39,6 +39,7 @@ use crate::config::{Config, Dialect};
 use crate::dialect::{self, model::Facts, model::FailureAction};
 use crate::function::invoke::{Call, CallError, Invoker, Reply};
 use crate::metrics::registry::{FunctionEvent, Metrics};
+use crate::passthrough::pump::{self, FromBackend, Pump};
 use crate::socket::outbox::Outbox;
 use crate::socket::registry::{Connection, Registry};
 use crate::socket::sockio::SocketIo;
@@ -109,13 +110,21 @@ impl End {
 
 /// Runs an accepted connection to its end, then cleans up. `socket` is the client's socket
 /// once the 101 went out, or why the connection cannot proceed (cleanup still runs).
+/// With `backend` (a passthrough route), the client's messages go to the backend and the
+/// backend's to the client, instead of transport calls.
 pub(crate) async fn run(
     shared: Arc<Sockets>,
     conn: Arc<Connection>,
     socket: Result<SocketIo<ServerStream>, NoSocket>,
     slot: impl Send,
+    backend: Option<Box<Pump>>,
 ) {
     let mut session = Session::new(shared.clone(), conn.clone());
+    let ws_config = match &backend {
+        Some(pump) => pump::ws_config(shared.ws_config, pump.max_message_bytes),
+        None => shared.ws_config,
+    };
+    session.backend = backend;
     let end = match socket {
         Err(why) => {
             debug!(cause = %why, "upgrade did not complete");
@@ -130,13 +139,17 @@ pub(crate) async fn run(
                 Box::pin(WebSocketStream::from_raw_socket(
                     socket,
                     Role::Server,
-                    Some(shared.ws_config),
+                    Some(ws_config),
                 ))
                 .await,
             );
             // Boxed, like `finish` below: this task's state is the union of every
             // await point, and an idle connection should pay only for the socket loop.
-            Box::pin(session.run(&mut ws)).await
+            let end = Box::pin(session.run(&mut ws)).await;
+            if let Some(pump) = session.backend.as_deref_mut() {
+                Box::pin(close_backend(pump, &end)).await;
+            }
+            end
         }
     };
     Box::pin(session.finish(end)).await;
@@ -152,6 +165,26 @@ pub(crate) enum NoSocket {
     /// The store failed after register accepted the connection.
     #[error("store unavailable")]
     StoreUnavailable,
+    /// A passthrough route's backend could not be reached after register accepted.
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// Closes a passthrough backend at the connection's end, unless it ended it: with the
+/// client's close code and reason when the client closed, else 1001 and why.
+async fn close_backend(pump: &mut Pump, end: &End) {
+    if !pump.is_open() {
+        return;
+    }
+    match end.reason {
+        DisconnectReason::ClientClose => pump.close(end.code, &end.text).await,
+        DisconnectReason::ConnectionLost => {
+            pump.close(Some(codes::CLOSE_GOING_AWAY), "client went away")
+                .await;
+        }
+        _ => pump.close(Some(codes::CLOSE_GOING_AWAY), &end.text).await,
+    }
+    debug!(backend = %pump.host, stats = ?pump.stats, "backend closed");
 }
 
 struct Session {
@@ -165,6 +198,8 @@ struct Session {
     inflight: Option<TransportCall>,
     /// The client's address as text (for events).
     source_ip: String,
+    /// A passthrough route's backend.
+    backend: Option<Box<Pump>>,
 }
 
 impl Session {
@@ -176,6 +211,7 @@ impl Session {
             seq: 1,
             pending: VecDeque::new(),
             inflight: None,
+            backend: None,
         }
     }
 
@@ -355,6 +391,39 @@ impl Session {
                     }
                     self.start_next_transport();
                 }
+                from = from_backend(&mut self.backend), if self.backend.is_some() => {
+                    match from {
+                        FromBackend::Message(message) => {
+                            // Traffic either way keeps a passthrough connection alive.
+                            last_activity = Instant::now();
+                            shared.sent(message.len());
+                            // The backend is not read again until the client took this.
+                            let write = ws.send(message);
+                            if let Err(cut) = Box::pin(guarded(&shared, &self.conn.outbox, cuts(last_activity), write)).await {
+                                return cut.end();
+                            }
+                        }
+                        FromBackend::Closed(code, reason) => {
+                            debug!(code, "the backend closed");
+                            Box::pin(close(&shared, ws, &self.conn.outbox, Cuts::CLOSING, code, &reason)).await;
+                            return End::new(DisconnectReason::ServerDisconnect, Some(code), reason);
+                        }
+                        FromBackend::Lost(why) => {
+                            info!(cause = %why, "the backend went away");
+                            Box::pin(close(&shared, ws, &self.conn.outbox, Cuts::CLOSING, codes::CLOSE_INTERNAL_ERROR, BACKEND_GONE)).await;
+                            return End::new(DisconnectReason::ConnectionLost, Some(codes::CLOSE_INTERNAL_ERROR), BACKEND_GONE);
+                        }
+                        FromBackend::TooBig => {
+                            if let Some(pump) = self.backend.as_deref_mut() {
+                                info!(max = pump.max_message_bytes, "the backend sent a message over max_message_bytes");
+                                Box::pin(pump.close(Some(codes::CLOSE_MESSAGE_TOO_BIG), "message too big")).await;
+                            }
+                            let text = "the backend sent a message over the limit";
+                            Box::pin(close(&shared, ws, &self.conn.outbox, Cuts::CLOSING, codes::CLOSE_INTERNAL_ERROR, text)).await;
+                            return End::new(DisconnectReason::ConnectionLost, Some(codes::CLOSE_INTERNAL_ERROR), text);
+                        }
+                    }
+                }
                 frame = ws.next(), if read_more => {
                     let message = match frame {
                         None => return End::new(DisconnectReason::ConnectionLost, None, "connection closed without a close frame"),
@@ -369,6 +438,12 @@ impl Session {
                             shared.metrics.bytes_in.inc_by(message.len() as u64);
                             last_activity = last_rx;
                             self.conn.touch();
+                            if let Some(pump) = self.backend.as_deref_mut() {
+                                if let Err(end) = Box::pin(to_backend(&shared, ws, &self.conn.outbox, pump, message)).await {
+                                    return end;
+                                }
+                                continue;
+                            }
                             if !heartbeat.request.is_empty()
                                 && matches!(&message, Message::Text(t) if t.as_str() == heartbeat.request)
                             {
@@ -486,6 +561,7 @@ impl Session {
             reason: end.reason,
             close_code: end.code,
             close_reason: &end.text,
+            stats: self.backend.as_ref().map(|pump| pump.stats),
         };
         // `NodeLost` ends only a connection whose cleanup a reaper already queued.
         if end.reason != DisconnectReason::NodeLost {
@@ -493,6 +569,56 @@ impl Session {
         }
         info!(reason = ?end.reason, code = ?end.code, "connection closed");
     }
+}
+
+/// What ends a passthrough connection whose backend went away.
+const BACKEND_GONE: &str = "backend went away";
+
+/// The backend's next message; never completes without a backend.
+async fn from_backend(backend: &mut Option<Box<Pump>>) -> FromBackend {
+    match backend {
+        Some(pump) => pump.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes a client's message to the backend, within `limits.write_timeout` and until
+/// shutdown: the client is not read meanwhile. A backend that fails or takes nothing
+/// that long ends the connection (the client gets 1011).
+async fn to_backend(
+    shared: &Sockets,
+    ws: &mut Ws,
+    outbox: &Outbox,
+    pump: &mut Pump,
+    message: Message,
+) -> Result<(), End> {
+    let write = tokio::time::timeout(shared.config.limits.write_timeout, pump.send(message));
+    let failure = tokio::select! {
+        biased;
+        written = write => match written {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "the backend read nothing for limits.write_timeout".to_owned(),
+        },
+        _ = shared.stop.cancelled() => {
+            return Err(End::new(DisconnectReason::Shutdown, None, "server shutting down; the backend was not reading"));
+        }
+    };
+    info!(cause = %failure, "writing to the backend failed");
+    close(
+        shared,
+        ws,
+        outbox,
+        Cuts::CLOSING,
+        codes::CLOSE_INTERNAL_ERROR,
+        BACKEND_GONE,
+    )
+    .await;
+    Err(End::new(
+        DisconnectReason::ConnectionLost,
+        Some(codes::CLOSE_INTERNAL_ERROR),
+        BACKEND_GONE,
+    ))
 }
 
 /// The transport call in flight; never completes when there is none.

@@ -84,6 +84,7 @@ pub(crate) fn encode(
             reason,
             close_code,
             close_reason,
+            ..
         } => {
             context["eventType"] = json!("DISCONNECT");
             // As AWS: a close frame without a status is 1005, no close frame at all 1006.
@@ -147,6 +148,7 @@ pub(crate) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
     Ok(Verdict::Accept(RegisterReply {
         subprotocol,
         context: result.context,
+        headers: Default::default(),
     }))
 }
 
@@ -384,6 +386,7 @@ mod tests {
                     reason: DisconnectReason::ClientClose,
                     close_code: Some(1001),
                     close_reason: "bye".into(),
+                    stats: None,
                 },
                 Value::Null,
             ),
@@ -408,6 +411,7 @@ mod tests {
                         reason,
                         close_code,
                         close_reason: String::new(),
+                        stats: None,
                     },
                     Value::Null,
                 ),

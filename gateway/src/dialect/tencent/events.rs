@@ -171,6 +171,7 @@ pub(crate) fn register_verdict(reply: &Reply) -> Result<Verdict, CallError> {
     Ok(Verdict::Accept(RegisterReply {
         subprotocol,
         context: Value::Null,
+        headers: Default::default(),
     }))
 }
 
@@ -377,6 +378,7 @@ mod tests {
                 reason: DisconnectReason::ClientClose,
                 close_code: Some(1000),
                 close_reason: String::new(),
+                stats: None,
             }),
             json!({"websocket":{"action":"closing","secConnectionID":"c1","eventId":"c1:cleanup"}})
         );
