@@ -9,7 +9,7 @@ use std::time::Duration;
 use functions::event::{DisconnectReason, EventKind};
 use futures_util::SinkExt;
 use gateway::Config;
-use gateway::config::{PassthroughAuth, PassthroughRoute};
+use gateway::config::{ApiKeyConfig, JwtAlgorithm, JwtConfig, PassthroughAuth, PassthroughRoute};
 use reqwest::Method;
 use tests::gateway::{
     Client, TestGateway, expect_close, next_message, post_to_connection, sendback_request,
@@ -596,4 +596,140 @@ async fn shutdown_closes_the_client_and_the_backend_with_1001() {
     );
     assert_eq!(backend.wait_close().await.map(|c| c.0), Some(1001));
     stopping.await.unwrap();
+}
+
+/// Seconds since the Unix epoch, `by` from now.
+fn epoch_in(by: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    i64::try_from(now).unwrap() + by
+}
+
+#[tokio::test]
+async fn jwt_routes_admit_good_tokens_refuse_the_rest_and_keep_the_token_from_the_backend() {
+    const SECRET: &[u8] = b"a test-only HS256 secret of 40 bytes...";
+    let dir = tests::process::TempDir::new();
+    let key_file = dir.path().join("jwt.secret");
+    std::fs::write(&key_file, SECRET).unwrap();
+    let backend = WsBackend::start(Options::default()).await;
+    let function = ScriptedFunction::start(|_| Scripted::ok()).await;
+    let url = function.url();
+    let gw = gateway_for(&backend.url("/ws"), PassthroughAuth::Jwt, |c, route| {
+        c.functions.cleanup = Some(url.as_str().into());
+        route.jwt = Some(JwtConfig {
+            algorithm: JwtAlgorithm::Hs256,
+            key_file: key_file.clone(),
+            audience: Some("realtime".into()),
+            issuer: Some("https://auth.test".into()),
+            leeway: Duration::from_secs(5),
+            header: None,
+            query: None,
+        });
+    })
+    .await;
+    let token = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
+        )
+        .unwrap()
+    };
+    let claims = |exp: i64, aud: &str| serde_json::json!({"sub": "ann", "aud": aud, "iss": "https://auth.test", "exp": exp});
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    // Missing, expired, signed with another secret: 401 with the Bearer challenge.
+    for (what, header) in [
+        ("missing", None),
+        (
+            "expired",
+            Some(bearer(&token(claims(epoch_in(-3600), "realtime")))),
+        ),
+        ("garbage", Some(bearer("not.a.token"))),
+    ] {
+        let headers: Vec<(&str, &str)> = header
+            .as_deref()
+            .map(|h| vec![("authorization", h)])
+            .unwrap_or_default();
+        match connect(&gw, "/v1/realtime", &headers).await {
+            Err(WsError::Http(response)) => {
+                assert_eq!(response.status(), 401, "{what}");
+                let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+                assert!(challenge.starts_with("Bearer"), "{what}: {challenge}");
+            }
+            other => panic!("{what}: {:?}", other.map(|(_, r)| r.status())),
+        }
+    }
+    // A valid token for another audience: 403.
+    let other = bearer(&token(claims(epoch_in(3600), "billing")));
+    let refused = connect(&gw, "/v1/realtime", &[("authorization", &other)]).await;
+    assert_eq!(status_of(refused), 403);
+    assert!(
+        backend.seen().is_empty(),
+        "no refused client reached the backend"
+    );
+
+    // A good one: through, without the token; its claims are the connection's context.
+    let good = bearer(&token(claims(epoch_in(3600), "realtime")));
+    let (mut client, _) = connect(&gw, "/v1/realtime", &[("authorization", &good)])
+        .await
+        .expect("a good token connects");
+    let seen = backend.seen().remove(0);
+    assert!(
+        seen.headers.get("authorization").is_none(),
+        "the gateway's credential stays at the gateway: {:?}",
+        seen.headers
+    );
+    client.send(Message::text("hi")).await.unwrap();
+    assert_eq!(next_message(&mut client).await, Some(Message::text("hi")));
+    client.send(close_frame(1000, "bye")).await.unwrap();
+    let cleanup = function
+        .wait_until("a cleanup", WAIT, |e| {
+            e.iter().any(|e| e.kind.name() == "cleanup")
+        })
+        .await
+        .into_iter()
+        .find(|e| e.kind.name() == "cleanup")
+        .unwrap();
+    assert_eq!(cleanup.context["sub"], "ann", "{:?}", cleanup.context);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_key_routes_check_the_key_and_strip_it_from_the_backend_query() {
+    let backend = WsBackend::start(Options::default()).await;
+    let gw = gateway_for(&backend.url("/ws"), PassthroughAuth::ApiKey, |_, route| {
+        route.api_key = Some(ApiKeyConfig {
+            header: None,
+            query: Some("api_key".into()),
+            keys: vec!["k-one".into(), "k-two".into()],
+            keys_file: None,
+        });
+    })
+    .await;
+    for (what, path) in [
+        ("missing", "/v1/realtime?model=m"),
+        ("wrong", "/v1/realtime?model=m&api_key=k-three"),
+        ("prefix of a key", "/v1/realtime?api_key=k-tw"),
+    ] {
+        let refused = connect(&gw, path, &[]).await;
+        assert_eq!(status_of(refused), 401, "{what}");
+    }
+    assert!(
+        backend.seen().is_empty(),
+        "no refused client reached the backend"
+    );
+    let (mut client, _) = connect(&gw, "/v1/realtime?model=m&api_key=k-two&x=1", &[])
+        .await
+        .expect("a good key connects");
+    assert_eq!(backend.seen().remove(0).uri, "/ws?model=m&x=1");
+    client.send(Message::binary(vec![0u8, 1, 2])).await.unwrap();
+    assert_eq!(
+        next_message(&mut client).await,
+        Some(Message::binary(vec![0u8, 1, 2]))
+    );
+    drop(client);
+    gw.shutdown().await;
 }

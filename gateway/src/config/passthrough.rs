@@ -328,8 +328,11 @@ pub(super) fn validate(routes: &[PassthroughRoute], register: bool) -> Result<()
                 let Some(jwt) = &route.jwt else {
                     return bad("jwt", "is required with auth = \"jwt\"".into());
                 };
-                one_place(jwt.header.as_deref(), jwt.query.as_deref())
-                    .map_err(|message| field_error(field("jwt"), message))?;
+                // Neither: the token is a bearer token of `Authorization`.
+                if jwt.header.is_some() || jwt.query.is_some() {
+                    one_place(jwt.header.as_deref(), jwt.query.as_deref())
+                        .map_err(|message| field_error(field("jwt"), message))?;
+                }
                 let key = std::fs::read(&jwt.key_file).map_err(|e| {
                     field_error(
                         field("jwt.key_file"),
