@@ -174,6 +174,7 @@ cargo test --workspace
 # ------------------------------------------------------------------ benchmarks
 # Every scenario at smoke size (seconds), against both stores, so the harness never
 # rots. It fails only when a scenario errors; timings are printed, never asserted.
+# (A gateway without passthrough prints its passthrough rows as NOT MEASURED.)
 # Full-size runs and the peers (Pushpin, Nchan, Node ws): tests/bench/README.md.
 step "bench (smoke size)"
 cargo run --quiet -p bench --bin bench -- --size smoke --store both \

@@ -23,10 +23,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
+use super::backend::BackendPort;
 use super::machine::{FdLimit, Machine, raise_fd_limit, sockets_per_process};
 use super::plan::{Scenario, Size, Sizes, StoreChoice, StoreKind, System, parse_list};
+use super::procs::Proc;
 use super::report::{self, Row};
-use super::systems::{Env, Target};
+use super::systems::{Env, START_TIMEOUT, Target, switchboard};
 use super::tls::Pki;
 use super::{churn, echo, fanout, idle, svg, targets, worker, workspace_root};
 
@@ -107,6 +109,9 @@ pub struct RunArgs {
     /// Override: concurrent churning clients.
     #[arg(long)]
     churn_concurrency: Option<usize>,
+    /// Override: passthrough-idle connections.
+    #[arg(long)]
+    passthrough_conns: Option<usize>,
 }
 
 /// A comma-separated list given as one flag value.
@@ -144,6 +149,7 @@ impl RunArgs {
         set(&mut s.fanout_publishes, self.fanout_publishes);
         set(&mut s.churn_cycles, self.churn_cycles);
         set(&mut s.churn_concurrency, self.churn_concurrency);
+        set(&mut s.passthrough_conns, self.passthrough_conns);
         if let Some(m) = self.echo_messages {
             s.echo_messages = Some(m);
             custom = true;
@@ -171,11 +177,13 @@ impl RunArgs {
 }
 
 /// The systems of a smoke run without `--peers`: those that need no peer but nginx (which
-/// the tests need too; `nginx-tls` is skipped with a message when it is missing).
-pub const SMOKE_SYSTEMS: [System; 4] = [
+/// the tests need too; `nginx-tls` and `nginx` are skipped with a message when it is
+/// missing).
+pub const SMOKE_SYSTEMS: [System; 5] = [
     System::Switchboard,
     System::SwitchboardWss,
     System::NginxTls,
+    System::Nginx,
     System::Floor,
 ];
 
@@ -263,13 +271,21 @@ fn announce_limits(limit: FdLimit, per_process: usize, sizes: &Sizes, sources: u
     if limit.soft < limit.hard {
         println!("  could not raise the soft limit to the hard limit");
     }
-    for (what, n) in [("idle", sizes.idle_conns), ("fanout", sizes.fanout_members)] {
+    for (what, n) in [
+        ("idle", sizes.idle_conns),
+        ("fanout", sizes.fanout_members),
+        ("passthrough-idle", sizes.passthrough_conns),
+    ] {
         println!(
             "  {what}: {n} clients over {} worker process(es), from {sources} source addresses",
             n.div_ceil(per_process).max(1)
         );
     }
-    let biggest = sizes.idle_conns.max(sizes.fanout_members) as u64;
+    // A proxy holds two descriptors per passthrough connection (client and backend).
+    let biggest = sizes
+        .idle_conns
+        .max(sizes.fanout_members)
+        .max(2 * sizes.passthrough_conns) as u64;
     if biggest + super::machine::FD_RESERVE > limit.soft {
         println!(
             "  WARNING: a system under test inherits the limit {}: it cannot hold {biggest} connections plus its own descriptors; expect refused connections",
@@ -288,7 +304,28 @@ async fn run_scenario(
         Scenario::Echo => echo::run(target, ctx).await,
         Scenario::Fanout => fanout::run(target, ctx).await,
         Scenario::Churn => churn::run(target, ctx).await,
+        Scenario::PassthroughIdle => idle::run_passthrough(target, ctx).await,
+        Scenario::PassthroughEcho => echo::run_passthrough(target, ctx).await,
     }
+}
+
+/// Starts the run's one `bench-backend` when a passthrough scenario is on the plan: every
+/// proxy of the run goes to it.
+async fn start_backend(
+    scenarios: &[Scenario],
+    systems: &[System],
+    log_dir: &std::path::Path,
+) -> anyhow::Result<Option<(Proc, u16)>> {
+    let needed = scenarios
+        .iter()
+        .any(|&sc| sc.is_passthrough() && systems.iter().any(|s| s.runs(sc)));
+    if !needed {
+        return Ok(None);
+    }
+    let cmd = tokio::process::Command::new(super::sibling("bench-backend")?);
+    let mut proc = Proc::spawn("bench-backend", cmd, log_dir)?;
+    let BackendPort { port } = proc.read_json_line(START_TIMEOUT).await?;
+    Ok(Some((proc, port)))
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<i32> {
@@ -307,22 +344,26 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .build()?;
+    let scenarios = args
+        .only
+        .clone()
+        .map_or_else(|| Scenario::ALL.to_vec(), |List(s)| s);
+    let systems = args.systems();
+    let backend = start_backend(&scenarios, &systems, &log_dir)
+        .await
+        .context("starting bench-backend")?;
     let ctx = Ctx {
         env: Env {
             log_dir: log_dir.clone(),
             node_dir: workspace_root().join("tests/bench/node-ws"),
             http,
             pki: Arc::new(Pki::make().context("making the run's TLS certificates")?),
+            backend: backend.as_ref().map(|(_, port)| *port),
         },
         sizes,
         sources: super::client::source_addrs(args.sources),
         per_process,
     };
-    let scenarios = args
-        .only
-        .clone()
-        .map_or_else(|| Scenario::ALL.to_vec(), |List(s)| s);
-    let systems = args.systems();
     println!("run {run_id}, size {size_name}, {}", machine.summary());
     announce_limits(limit, per_process, &ctx.sizes, ctx.sources.len());
     println!(
@@ -349,7 +390,9 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                     row.at =
                         humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
                     row.machine = machine.clone();
-                    if !row.ok || (row.skipped.is_some() && harness::require_all()) {
+                    if !row.ok
+                        || (row.skipped.is_some() && !row.not_built && harness::require_all())
+                    {
                         failed = true;
                     }
                     println!("{}", report::line(&row));
@@ -358,6 +401,10 @@ async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 }
             }
         }
+    }
+
+    if let Some((proc, _)) = backend {
+        proc.terminate(Duration::from_secs(5)).await;
     }
 
     println!("\ntargets (ratios within this run; reported, never asserted):");
@@ -397,10 +444,15 @@ async fn measure(
             store.map_or("-", StoreKind::name),
         )
     };
+    if scenario.is_passthrough() && system == System::Switchboard {
+        if let Some(why) = switchboard::passthrough_unavailable(&ctx.env).await {
+            return vec![blank().not_built(why)];
+        }
+    }
     if let Some(why) = Target::unavailable(system, store, &ctx.env) {
         return vec![blank().skip(why)];
     }
-    let mut target = match Target::start(system, store, &ctx.env).await {
+    let mut target = match Target::start(system, store, scenario, &ctx.env).await {
         Ok(t) => t,
         Err(e) => {
             let mut row = blank();
@@ -460,8 +512,20 @@ mod tests {
                 System::Switchboard,
                 System::SwitchboardWss,
                 System::NginxTls,
+                System::Nginx,
                 System::Floor
             ]
+        );
+        let pt = Cli::try_parse_from(["bench", "--passthrough-conns", "50"]).unwrap();
+        assert_eq!(
+            pt.run.sizes(),
+            (
+                Sizes {
+                    passthrough_conns: 50,
+                    ..Sizes::preset(Size::Smoke)
+                },
+                "custom".to_owned()
+            )
         );
         let peers = Cli::try_parse_from(["bench", "--peers"]).unwrap();
         assert_eq!(peers.run.systems(), System::ALL.to_vec());

@@ -9,6 +9,9 @@
 //!
 //! For the floor there are two rows: `floor` (bare WebSocket echo) and `floor-http` (bare
 //! HTTP echo over keep-alive connections): the gateway's work per message is one of each.
+//!
+//! `passthrough-echo` ([`run_passthrough`]) is the same load through a WebSocket proxy to
+//! `bench-backend`'s echo: the proxy's CPU per message, no function.
 
 use std::time::{Duration, Instant};
 
@@ -168,9 +171,16 @@ async fn connect_all(
     (clients, errors)
 }
 
-/// Measures one row: `url` over WebSocket, or over HTTP when `http`.
-async fn measure(target: &Target, ctx: &Ctx, system: &str, url: &str, http: bool) -> Row {
-    let mut row = ctx.row("echo", target);
+/// Measures one row of `scenario`: `url` over WebSocket, or over HTTP when `http`.
+async fn measure(
+    target: &Target,
+    ctx: &Ctx,
+    scenario: &str,
+    system: &str,
+    url: &str,
+    http: bool,
+) -> Row {
+    let mut row = ctx.row(scenario, target);
     row.system = system.to_owned();
     row.rate_unit = "rt/s".to_owned();
     let n = ctx.sizes.echo_conns;
@@ -246,11 +256,26 @@ fn cpu_seconds(a: &Usage, b: &Usage) -> f64 {
 /// Runs the scenario against `target` (two rows for the floor).
 pub async fn run(target: &mut Target, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let system = target.system.name();
-    let mut rows = vec![measure(target, ctx, system, &target.ws_url, false).await];
+    let mut rows = vec![measure(target, ctx, "echo", system, &target.ws_url, false).await];
     if let Some(url) = &target.http_echo_url {
-        rows.push(measure(target, ctx, "floor-http", url, true).await);
+        rows.push(measure(target, ctx, "echo", "floor-http", url, true).await);
     }
     Ok(rows)
+}
+
+/// Runs `passthrough-echo` against `target` (a proxy in front of `bench-backend`).
+pub async fn run_passthrough(target: &mut Target, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let system = target.system.name();
+    let row = measure(
+        target,
+        ctx,
+        "passthrough-echo",
+        system,
+        &target.ws_url,
+        false,
+    )
+    .await;
+    Ok(vec![row])
 }
 
 #[cfg(test)]

@@ -52,8 +52,9 @@ pub struct FloorPorts {
     pub fanout_http: u16,
 }
 
-/// Accepts on `listener` forever, handing each stream to `serve` in its own task.
-async fn accept_each<F, Fut>(listener: TcpListener, serve: F)
+/// Accepts on `listener` forever, handing each stream to `serve` in its own task (also
+/// `bench-backend`'s loop, [`crate::backend`]).
+pub async fn accept_each<F, Fut>(listener: TcpListener, serve: F)
 where
     F: Fn(TcpStream) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -74,7 +75,7 @@ where
 }
 
 /// One echo WebSocket: every text or binary message goes straight back.
-async fn ws_echo(stream: TcpStream) {
+pub async fn ws_echo(stream: TcpStream) {
     let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await
     else {
         return;

@@ -5,6 +5,10 @@
 //! `wave`): where the system's function counts ends, the row `wave` reports how fast their
 //! cleanups arrived and the system's peak RSS during the wave and its RSS after it, as
 //! ratios to the held state.
+//!
+//! `passthrough-idle` ([`run_passthrough`]) is the same measurement through a WebSocket
+//! proxy to `bench-backend`: the proxy's RSS growth per connection (nginx: master and
+//! workers; Pushpin: every process of its runner), with no function and so no wave.
 
 use std::time::{Duration, Instant};
 
@@ -38,8 +42,23 @@ pub async fn settled_usage(target: &Target) -> Usage {
 
 /// Runs the scenario against `target`.
 pub async fn run(target: &mut Target, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
-    let mut row = ctx.row("idle", target);
-    let conns = ctx.sizes.idle_conns;
+    hold(target, ctx, "idle", ctx.sizes.idle_conns).await
+}
+
+/// Runs `passthrough-idle` against `target` (a proxy in front of `bench-backend`).
+pub async fn run_passthrough(target: &mut Target, ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    hold(target, ctx, "passthrough-idle", ctx.sizes.passthrough_conns).await
+}
+
+/// Opens and holds `conns` connections to `target` (the row named `scenario`), then the
+/// wave where the system's function counts ends.
+async fn hold(
+    target: &mut Target,
+    ctx: &Ctx,
+    scenario: &str,
+    conns: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let mut row = ctx.row(scenario, target);
     row.conns = conns;
     row.rate_unit = "conn/s".to_owned();
     let before = settled_usage(target).await;

@@ -1,7 +1,8 @@
 //! The benchmark harness: Switchboard (on `ws://`, and on `wss://` against nginx
 //! terminating TLS in front of it) against Pushpin, Nchan (nginx), a hand-written Node.js
 //! `ws` server and bare tokio floors, side by side, on one machine, with one load generator
-//! and one function.
+//! and one function; and the gateway as a WebSocket proxy (`[[passthrough]]`) against
+//! nginx's `proxy_pass` and Pushpin's WebSocket proxy mode, in front of one echo backend.
 //!
 //! Its own package, so the integration tests do not compile it; it uses their library
 //! (the `tests` package, as `harness`) for `redis-server` and finding programs.
@@ -18,10 +19,14 @@
 //!   close requests with the same logic.
 //! - `bench-floor` ([`floor`]): the floors: a bare tokio-tungstenite echo, a bare hyper
 //!   HTTP echo and a raw fan-out server.
+//! - `bench-backend` ([`backend`]): the echo WebSocket service the passthrough scenarios
+//!   reach through a proxy (the gateway's `[[passthrough]]` route, nginx, Pushpin).
 //!
-//! Scenarios: [`idle`], [`echo`], [`fanout`], [`churn`]. [`tls`] makes the run's
+//! Scenarios: [`idle`], [`echo`], [`fanout`], [`churn`], and `passthrough-idle` and
+//! `passthrough-echo` (the idle and echo measurements through a WebSocket proxy). [`tls`] makes the run's
 //! certificates. `tests/bench/README.md` has the commands and the latest results.
 
+pub mod backend;
 pub mod churn;
 pub mod cli;
 pub mod client;

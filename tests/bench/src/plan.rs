@@ -21,15 +21,23 @@ pub enum Scenario {
     Fanout,
     /// connect + register + message + disconnect + cleanup cycles per second.
     Churn,
+    /// C idle connections through a WebSocket proxy to the echo backend (`bench-backend`):
+    /// the proxy's RSS per connection.
+    PassthroughIdle,
+    /// N connections each sending sequential messages through a WebSocket proxy to the
+    /// echo backend: round trips/s and the proxy's CPU per message.
+    PassthroughEcho,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Idle,
         Scenario::Echo,
         Scenario::Fanout,
         Scenario::Churn,
+        Scenario::PassthroughIdle,
+        Scenario::PassthroughEcho,
     ];
 
     /// The name used on the command line and in results.
@@ -39,7 +47,14 @@ impl Scenario {
             Scenario::Echo => "echo",
             Scenario::Fanout => "fanout",
             Scenario::Churn => "churn",
+            Scenario::PassthroughIdle => "passthrough-idle",
+            Scenario::PassthroughEcho => "passthrough-echo",
         }
+    }
+
+    /// Whether clients go through a WebSocket proxy to `bench-backend` (no function).
+    pub fn is_passthrough(self) -> bool {
+        matches!(self, Scenario::PassthroughIdle | Scenario::PassthroughEcho)
     }
 }
 
@@ -55,7 +70,10 @@ impl FromStr for Scenario {
         Scenario::ALL
             .into_iter()
             .find(|sc| sc.name() == s)
-            .ok_or_else(|| format!("unknown scenario `{s}` (idle, echo, fanout, churn)"))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Scenario::ALL.iter().map(|sc| sc.name()).collect();
+                format!("unknown scenario `{s}` ({})", names.join(", "))
+            })
     }
 }
 
@@ -63,15 +81,20 @@ impl FromStr for Scenario {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum System {
-    /// The gateway (`switchboard`) with `bench-function`.
+    /// The gateway (`switchboard`) with `bench-function`; in the passthrough scenarios, one
+    /// `[[passthrough]]` route to `bench-backend` and no function.
     Switchboard,
     /// The same gateway serving `wss://` itself (`[public.tls]`); clients connect over TLS.
     SwitchboardWss,
     /// nginx terminating TLS in front of the plain gateway, proxying WebSocket upgrades:
     /// what a user does instead of built-in `wss://`.
     NginxTls,
-    /// Pushpin in WebSocket-over-HTTP mode with `bench-function`.
+    /// Pushpin in WebSocket-over-HTTP mode with `bench-function`; in the passthrough
+    /// scenarios, its plain WebSocket proxy mode in front of `bench-backend`.
     Pushpin,
+    /// Debian's nginx proxying WebSocket upgrades (`proxy_pass`) to `bench-backend`: the
+    /// passthrough scenarios only.
+    Nginx,
     /// nginx with the Nchan module, its WebSocket opens, messages and closes going to
     /// `bench-function`.
     Nchan,
@@ -84,11 +107,12 @@ pub enum System {
 impl System {
     /// Every system, in run order (the TLS variants right after the plain gateway, so the
     /// three are measured minutes apart).
-    pub const ALL: [System; 7] = [
+    pub const ALL: [System; 8] = [
         System::Switchboard,
         System::SwitchboardWss,
         System::NginxTls,
         System::Pushpin,
+        System::Nginx,
         System::Nchan,
         System::Node,
         System::Floor,
@@ -101,6 +125,7 @@ impl System {
             System::SwitchboardWss => "switchboard-wss",
             System::NginxTls => "nginx-tls",
             System::Pushpin => "pushpin",
+            System::Nginx => "nginx",
             System::Nchan => "nchan",
             System::Node => "node",
             System::Floor => "floor",
@@ -116,13 +141,16 @@ impl System {
     }
 
     /// Whether it takes part in `scenario`: the TLS systems compare idle memory and echo
-    /// only.
+    /// only; the passthrough scenarios compare the gateway, nginx and Pushpin as WebSocket
+    /// proxies, and nginx takes part in nothing else.
     pub fn runs(self, scenario: Scenario) -> bool {
         match self {
             System::SwitchboardWss | System::NginxTls => {
                 matches!(scenario, Scenario::Idle | Scenario::Echo)
             }
-            _ => true,
+            System::Switchboard | System::Pushpin => true,
+            System::Nginx => scenario.is_passthrough(),
+            System::Nchan | System::Node | System::Floor => !scenario.is_passthrough(),
         }
     }
 }
@@ -208,6 +236,13 @@ impl Size {
     }
 }
 
+/// passthrough-idle's connections at full size: 9,000, not the idle scenario's 15,000.
+/// The gateway proxies in one process, and each proxied connection holds two descriptors
+/// there (client and backend): 15,000 would need 30,000 under the machine's open-files
+/// limit of 20,000 per process. nginx and Pushpin, whose processes split the sockets, are
+/// measured at the same count.
+pub const PASSTHROUGH_FULL_CONNS: usize = 9_000;
+
 /// The sizes of every scenario.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sizes {
@@ -229,6 +264,9 @@ pub struct Sizes {
     pub churn_cycles: usize,
     /// churn: concurrent cycling clients.
     pub churn_concurrency: usize,
+    /// passthrough-idle: connections held through the proxy (each costs a one-process
+    /// proxy two descriptors: the client's and the backend's).
+    pub passthrough_conns: usize,
     /// Connections opened concurrently while filling idle and fanout.
     pub connect_concurrency: usize,
 }
@@ -247,6 +285,7 @@ impl Sizes {
                 fanout_publishes: 5,
                 churn_cycles: 200,
                 churn_concurrency: 8,
+                passthrough_conns: 200,
                 connect_concurrency: 64,
             },
             Size::Full => Sizes {
@@ -259,6 +298,7 @@ impl Sizes {
                 fanout_publishes: 50,
                 churn_cycles: 20_000,
                 churn_concurrency: 64,
+                passthrough_conns: PASSTHROUGH_FULL_CONNS,
                 connect_concurrency: 128,
             },
         }
@@ -317,11 +357,36 @@ mod tests {
             assert_eq!(scenarios, vec![Scenario::Idle, Scenario::Echo]);
         }
         assert!(System::Switchboard.on_store() && !System::Nchan.on_store());
+        assert!(!System::Nginx.on_store());
         assert!(
             Scenario::ALL
                 .into_iter()
                 .all(|sc| System::Switchboard.runs(sc))
         );
+    }
+
+    #[test]
+    fn passthrough_scenarios_compare_the_gateway_nginx_and_pushpin() {
+        for sc in [Scenario::PassthroughIdle, Scenario::PassthroughEcho] {
+            assert!(sc.is_passthrough());
+            let systems: Vec<System> = System::ALL.into_iter().filter(|s| s.runs(sc)).collect();
+            assert_eq!(
+                systems,
+                vec![System::Switchboard, System::Pushpin, System::Nginx]
+            );
+            assert_eq!(sc.name().parse::<Scenario>(), Ok(sc));
+        }
+        let nginx: Vec<Scenario> = Scenario::ALL
+            .into_iter()
+            .filter(|&sc| System::Nginx.runs(sc))
+            .collect();
+        assert_eq!(
+            nginx,
+            vec![Scenario::PassthroughIdle, Scenario::PassthroughEcho]
+        );
+        assert!(!Scenario::Idle.is_passthrough());
+        let full = Sizes::preset(Size::Full);
+        assert!(full.passthrough_conns * 2 < 20_000 - 1_000);
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub struct Row {
     pub warnings: Vec<String>,
     /// Why the combination was not measured, if it was not.
     pub skipped: Option<String>,
+    /// Skipped because the gateway under test was built without the feature the scenario
+    /// measures (passthrough, before it landed), not because a tool is missing: such a
+    /// row never fails the run, even under `SWITCHBOARD_REQUIRE_ALL`.
+    #[serde(default)]
+    pub not_built: bool,
     /// Connections (idle: held; echo: clients; fanout: members; churn: concurrency).
     pub conns: usize,
     /// Units done: connections, round trips, deliveries or cycles.
@@ -113,12 +118,19 @@ impl Row {
         self.skipped = Some(why.into());
         self
     }
+
+    /// A row not measured because the gateway lacks the feature (see [`Row::not_built`]).
+    pub fn not_built(mut self, why: impl Into<String>) -> Self {
+        self.skipped = Some(why.into());
+        self.not_built = true;
+        self
+    }
 }
 
 /// The table's header line.
 pub fn header() -> String {
     format!(
-        "{:<13} {:<15} {:<6} {:>6} {:>12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6}  {}",
+        "{:<16} {:<15} {:<6} {:>6} {:>12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6}  {}",
         "scenario",
         "system",
         "store",
@@ -139,7 +151,9 @@ pub fn header() -> String {
 pub fn line(row: &Row) -> String {
     let f = |v: Option<f64>, prec: usize| v.map_or("-".to_owned(), |v| format!("{v:.prec$}"));
     let lat = row.latency.as_ref();
-    let note = if let Some(why) = &row.skipped {
+    let note = if let (Some(why), true) = (&row.skipped, row.not_built) {
+        format!("NOT MEASURED: {why}")
+    } else if let Some(why) = &row.skipped {
         format!("SKIPPED: {why}")
     } else if let Some(first) = row.error_samples.first() {
         format!("ERROR: {first}")
@@ -151,7 +165,7 @@ pub fn line(row: &Row) -> String {
         String::new()
     };
     format!(
-        "{:<13} {:<15} {:<6} {:>6} {:>12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6}  {}",
+        "{:<16} {:<15} {:<6} {:>6} {:>12} {:<8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6}  {}",
         row.scenario,
         row.system,
         row.store,
@@ -206,7 +220,10 @@ mod tests {
         });
         let l = line(&row);
         assert!(l.contains("12346") && l.contains("switchboard"), "{l}");
-        assert!(l.starts_with("echo          switchboard     memory"), "{l}");
+        assert!(
+            l.starts_with("echo             switchboard     memory"),
+            "{l}"
+        );
         row.error(2, "boom");
         assert!(!row.ok && line(&row).contains("ERROR: boom"));
 
@@ -218,6 +235,13 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].errors, 2);
         assert_eq!(rows[1].skipped.as_deref(), Some("not installed"));
+        assert!(!rows[1].not_built);
+        let pending = Row::new("passthrough-idle", "switchboard", "memory").not_built("no");
+        assert!(
+            line(&pending).contains("NOT MEASURED: no"),
+            "{}",
+            line(&pending)
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 }

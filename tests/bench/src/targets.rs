@@ -171,6 +171,7 @@ pub fn check(rows: &[Row], store: &str) -> Vec<Verdict> {
         |d| d >= 500_000.0,
     ));
     out.extend(wss(rows, store));
+    out.extend(passthrough(rows, store));
     if store == "memory" {
         out.push(verdict(
             "churn [memory]: cycles per second".to_owned(),
@@ -217,6 +218,51 @@ fn wss(rows: &[Row], store: &str) -> Vec<Verdict> {
             |x| x > 1.0,
         ),
     ]
+}
+
+/// The passthrough targets on `store`: the gateway as a WebSocket proxy
+/// (`[[passthrough]]`) against nginx's `proxy_pass` and Pushpin's WebSocket proxy mode, in
+/// front of the same backend: more round trips per second and less memory per connection
+/// than both.
+fn passthrough(rows: &[Row], store: &str) -> Vec<Verdict> {
+    let sb = |sc: &str| find(rows, sc, "switchboard", store);
+    let peer = |sc: &str, sy: &str| find(rows, sc, sy, "-");
+    let kib = |r: Option<&Row>| r.and_then(|r| r.rss_kib_per_conn);
+    let rate = |r: Option<&Row>| r.and_then(|r| r.rate);
+    let ratio = |a: Option<f64>, b: Option<f64>, unit: &str, prec: usize| {
+        a.zip(b).filter(|&(_, b)| b > 0.0).map(|(a, b)| {
+            (
+                a / b,
+                format!("{:.2}x ({a:.prec$} vs {b:.prec$} {unit})", a / b),
+            )
+        })
+    };
+    let mut out = Vec::new();
+    for (name, system) in [("nginx", "nginx"), ("Pushpin", "pushpin")] {
+        out.push(verdict(
+            format!("passthrough-echo [{store}]: gateway round trips per second vs {name}"),
+            "> 1x",
+            ratio(
+                rate(sb("passthrough-echo")),
+                rate(peer("passthrough-echo", system)),
+                "rt/s",
+                0,
+            ),
+            |x| x > 1.0,
+        ));
+        out.push(verdict(
+            format!("passthrough-idle [{store}]: gateway RSS per connection vs {name}"),
+            "< 1x",
+            ratio(
+                kib(sb("passthrough-idle")),
+                kib(peer("passthrough-idle", system)),
+                "KiB",
+                2,
+            ),
+            |x| x < 1.0,
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -284,6 +330,53 @@ mod tests {
         assert_eq!(get("vs plain ws").met, Some(true));
         assert_eq!(get("wss RSS per connection vs nginx").met, None);
         assert_eq!(get("wss round trips").met, None);
+    }
+
+    #[test]
+    fn passthrough_against_nginx_and_pushpin() {
+        let idle = |system: &str, store: &str, kib: f64| {
+            let mut r = row("passthrough-idle", system, store, 5_000.0);
+            r.rss_kib_per_conn = Some(kib);
+            r
+        };
+        let rows = vec![
+            idle("switchboard", "memory", 6.0),
+            idle("nginx", "-", 12.0),
+            idle("pushpin", "-", 40.0),
+            row("passthrough-echo", "switchboard", "memory", 30_000.0),
+            row("passthrough-echo", "nginx", "-", 40_000.0),
+            row("passthrough-echo", "pushpin", "-", 3_000.0),
+        ];
+        let v = check(&rows, "memory");
+        let get = |w: &str| v.iter().find(|v| v.what.contains(w)).unwrap().clone();
+        let echo_nginx = get("passthrough-echo [memory]: gateway round trips per second vs nginx");
+        assert_eq!(echo_nginx.met, Some(false));
+        assert_eq!(echo_nginx.measured, "0.75x (30000 vs 40000 rt/s)");
+        assert_eq!(
+            get("passthrough-echo [memory]: gateway round trips per second vs Pushpin").met,
+            Some(true)
+        );
+        let idle_nginx = get("passthrough-idle [memory]: gateway RSS per connection vs nginx");
+        assert_eq!(idle_nginx.met, Some(true));
+        assert_eq!(idle_nginx.measured, "0.50x (6.00 vs 12.00 KiB)");
+        // A gateway without passthrough: its rows are not measured, nor the comparisons.
+        let rows = vec![
+            Row::new("passthrough-idle", "switchboard", "memory").not_built("no passthrough"),
+            idle("nginx", "-", 12.0),
+            row("passthrough-echo", "nginx", "-", 40_000.0),
+        ];
+        let v = check(&rows, "memory");
+        assert!(
+            v.iter()
+                .filter(|v| v.what.starts_with("passthrough"))
+                .all(|v| v.met.is_none())
+        );
+        assert_eq!(
+            v.iter()
+                .filter(|v| v.what.starts_with("passthrough"))
+                .count(),
+            4
+        );
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! The systems under test, started fresh for every (scenario, system, store) and stopped
 //! afterwards: each becomes a [`Target`] that says where clients connect, how a fan-out is
 //! published, and which processes to measure.
+//!
+//! In the passthrough scenarios the gateway, nginx ([`nginx_proxy`]) and Pushpin are
+//! started as WebSocket proxies in front of the run's one `bench-backend` ([`Env::backend`]),
+//! with no function.
 
 pub mod floor;
 pub mod nchan;
+pub mod nginx_proxy;
 pub mod nginx_tls;
 pub mod node;
 pub mod pushpin;
@@ -19,7 +24,7 @@ use anyhow::bail;
 use super::client::Dialer;
 use super::function::FunctionStats;
 use super::machine::FD_RESERVE;
-use super::plan::{StoreKind, System};
+use super::plan::{Scenario, StoreKind, System};
 use super::procs::{Proc, Usage, usage};
 use super::tls::Pki;
 use harness::redis::RedisServer;
@@ -41,6 +46,17 @@ pub struct Env {
     pub http: reqwest::Client,
     /// The run's CA and server certificate (`switchboard-wss`, `nginx-tls`).
     pub pki: Arc<Pki>,
+    /// The port of the run's `bench-backend` on 127.0.0.1, when a passthrough scenario is
+    /// on the plan.
+    pub backend: Option<u16>,
+}
+
+impl Env {
+    /// The backend's port, or why there is none.
+    pub fn backend_port(&self) -> anyhow::Result<u16> {
+        self.backend
+            .ok_or_else(|| anyhow::anyhow!("no bench-backend was started for this run"))
+    }
 }
 
 /// How a fan-out is published.
@@ -94,13 +110,23 @@ pub struct Target {
 }
 
 impl Target {
-    /// Starts `system` (on `store` for the systems running the gateway).
+    /// Starts `system` (on `store` for the systems running the gateway) for `scenario`:
+    /// as a WebSocket proxy in front of the run's backend for the passthrough scenarios.
     pub async fn start(
         system: System,
         store: Option<StoreKind>,
+        scenario: Scenario,
         env: &Env,
     ) -> anyhow::Result<Target> {
         let store = store.unwrap_or(StoreKind::Memory);
+        if scenario.is_passthrough() {
+            return match system {
+                System::Switchboard => switchboard::start_passthrough(store, env).await,
+                System::Nginx => nginx_proxy::start(env).await,
+                System::Pushpin => pushpin::start_passthrough(env).await,
+                other => bail!("{other} has no passthrough mode"),
+            };
+        }
         match system {
             System::Switchboard => switchboard::start(store, env).await,
             System::SwitchboardWss => switchboard::start_wss(store, env).await,
@@ -109,6 +135,7 @@ impl Target {
             System::Nchan => nchan::start(env).await,
             System::Node => node::start(env).await,
             System::Floor => floor::start(env).await,
+            System::Nginx => bail!("nginx runs the passthrough scenarios only"),
         }
     }
 
@@ -120,7 +147,7 @@ impl Target {
         match system {
             System::Pushpin => pushpin::unavailable(),
             System::Nchan => nchan::unavailable(),
-            System::NginxTls => nginx_tls::unavailable(),
+            System::NginxTls | System::Nginx => nginx_tls::unavailable(),
             System::Node => node::unavailable(env),
             System::Switchboard | System::SwitchboardWss | System::Floor => None,
         }
@@ -224,6 +251,54 @@ pub async fn wait_port(port: u16, proc: &mut Proc) -> anyhow::Result<()> {
         if Instant::now() >= deadline {
             bail!(
                 "{} did not listen on {port} within {START_TIMEOUT:?}; log:\n{}",
+                proc.name(),
+                proc.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls until a WebSocket through `url` echoes a message back: the proxy in front of
+/// `bench-backend` is up and reaches it. Fails early if `proc` exits.
+pub async fn wait_ws_echo(url: &str, proc: &mut Proc) -> anyhow::Result<()> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    async fn echo_once(url: &str) -> anyhow::Result<()> {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        ws.send(Message::text("ready?")).await?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.as_str() == "ready?" => break,
+                Some(Ok(Message::Close(frame))) => bail!("closed: {frame:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.into()),
+                None => bail!("the connection ended before the echo"),
+            }
+        }
+        let _ = ws.close(None).await;
+        Ok(())
+    }
+
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = proc.exited() {
+            bail!(
+                "{} exited ({status}); log:\n{}",
+                proc.name(),
+                proc.log_tail()
+            );
+        }
+        let last = match tokio::time::timeout(Duration::from_secs(2), echo_once(url)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "no echo within 2 s".to_owned(),
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "a WebSocket echo through {} at {url} did not come back within \
+                 {START_TIMEOUT:?} (last: {last}); log:\n{}",
                 proc.name(),
                 proc.log_tail()
             );

@@ -26,6 +26,13 @@
 //! The runner is started with `--merge-output`: every service logs to its stdout, which
 //! goes to `pushpin.log` in the run's log directory. It is up when a plain request through
 //! it reaches the function (`GET /stats`), which needs condure, proxy and zurl.
+//!
+//! In the passthrough scenarios ([`start_passthrough`]) the same instance runs in its
+//! plain WebSocket proxy mode: the route goes to the run's `bench-backend` without
+//! `over_http`, so each client WebSocket becomes a WebSocket to the backend (condure holds
+//! the client's, zurl opens the backend's, the proxy relays the frames between them), and
+//! it is up when a WebSocket echo comes back through it. It is measured the same way: the
+//! runner and every process under it.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -35,7 +42,7 @@ use anyhow::{Context as _, bail};
 
 use super::{
     Env, Publisher, ROOM, START_TIMEOUT, Target, free_port, start_function, start_in_scratch,
-    wait_port,
+    wait_port, wait_ws_echo,
 };
 use crate::client::Dialer;
 use crate::machine::FD_RESERVE;
@@ -250,9 +257,15 @@ fn internal_conf(installed: &str) -> String {
 }
 
 /// The installed `zurl.conf.template` with zurl's endpoints where the proxy looks
-/// (the template's own `{{ rundir }}` syntax).
-fn zurl_template(installed: &str) -> String {
-    ZURL_SPECS
+/// (the template's own `{{ rundir }}` syntax), and `max_open_requests` at `max_open`.
+///
+/// zurl counts every WebSocket it holds to the origin as an open request, and the
+/// installed 2,000 caps Pushpin's WebSocket proxy mode at 2,000 connections: the next
+/// client's handshake waits, unanswered, for one to close. Raising it to the number of
+/// clients condure accepts is what a user proxying more connections must do. (In
+/// WebSocket-over-HTTP mode requests are short: the cap was never reached.)
+fn zurl_template(installed: &str, max_open: u64) -> String {
+    let t = ZURL_SPECS
         .iter()
         .fold(installed.to_owned(), |t, (_, key, name)| {
             set_key(
@@ -261,12 +274,13 @@ fn zurl_template(installed: &str) -> String {
                 key,
                 &format!("ipc://{{{{ rundir }}}}/{{{{ ipc_prefix }}}}{name}"),
             )
-        })
+        });
+    set_key(&t, "General", "max_open_requests", &max_open.to_string())
 }
 
 /// Writes the private library directory `lib` from the installed one: `internal.conf`
-/// and every runner template, the zurl parts changed.
-fn write_libdir(installed: &Path, lib: &Path) -> anyhow::Result<()> {
+/// and every runner template, the zurl parts changed (zurl open to `max_open` requests).
+fn write_libdir(installed: &Path, lib: &Path, max_open: u64) -> anyhow::Result<()> {
     let runner = lib.join("runner");
     std::fs::create_dir_all(&runner)?;
     let read = |path: PathBuf| {
@@ -284,7 +298,7 @@ fn write_libdir(installed: &Path, lib: &Path) -> anyhow::Result<()> {
         }
         let text = read(entry.path())?;
         let text = if name == "zurl.conf.template" {
-            zurl_template(&text)
+            zurl_template(&text, max_open)
         } else {
             text
         };
@@ -333,13 +347,32 @@ async fn wait_ready(
     }
 }
 
+/// Where the instance's one route goes.
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    /// `bench-function` on this port, in WebSocket-over-HTTP mode.
+    Function(u16),
+    /// `bench-backend` on this port, WebSocket to WebSocket.
+    Backend(u16),
+}
+
+impl Origin {
+    /// The routes file: every request to the origin.
+    fn routes(self) -> String {
+        match self {
+            Origin::Function(port) => format!("* 127.0.0.1:{port},over_http\n"),
+            Origin::Backend(port) => format!("* 127.0.0.1:{port}\n"),
+        }
+    }
+}
+
 /// One start of the runner on fresh ports, with its files in `dir`: the runner, the
 /// client port and the publish port once it is ready.
 async fn start_runner(
     env: &Env,
     template: &str,
     dir: &Path,
-    function_port: &str,
+    origin: Origin,
 ) -> anyhow::Result<(Proc, u16, u16)> {
     let binary = binary().context("pushpin not installed")?;
     let settings = Settings {
@@ -351,11 +384,12 @@ async fn start_runner(
     let client_port = free_port()?;
     std::fs::create_dir_all(dir.join("run"))?;
     std::fs::create_dir_all(dir.join("log"))?;
-    write_libdir(&system_libdir(template), &dir.join("lib"))?;
-    std::fs::write(
-        dir.join("routes"),
-        format!("* 127.0.0.1:{function_port},over_http\n"),
+    write_libdir(
+        &system_libdir(template),
+        &dir.join("lib"),
+        settings.client_maxconn,
     )?;
+    std::fs::write(dir.join("routes"), origin.routes())?;
     let conf = dir.join("pushpin.conf");
     std::fs::write(&conf, config(template, dir, &settings))?;
     std::fs::copy(&conf, env.log_dir.join("pushpin.conf"))?;
@@ -371,7 +405,13 @@ async fn start_runner(
     let ready = async {
         wait_port(client_port, &mut runner).await?;
         wait_port(settings.publish_port, &mut runner).await?;
-        wait_ready(&env.http, client_port, &mut runner).await
+        match origin {
+            Origin::Function(_) => wait_ready(&env.http, client_port, &mut runner).await,
+            Origin::Backend(_) => {
+                let url = format!("ws://127.0.0.1:{client_port}/ws");
+                wait_ws_echo(&url, &mut runner).await
+            }
+        }
     }
     .await;
     match ready {
@@ -388,10 +428,9 @@ pub async fn start(env: &Env) -> anyhow::Result<Target> {
     let template = std::fs::read_to_string(SYSTEM_CONFIG)
         .with_context(|| format!("reading {SYSTEM_CONFIG}"))?;
     let (function, function_url, function_port) = start_function(env, None).await?;
-    let function_port = function_port.to_string();
-    let (template, function_port) = (&template, &function_port);
+    let template = &template;
     let started = start_in_scratch("sbpp", |dir| async move {
-        start_runner(env, template, &dir, function_port).await
+        start_runner(env, template, &dir, Origin::Function(function_port)).await
     })
     .await;
     let ((runner, client_port, publish_port), dir) = match started {
@@ -421,9 +460,47 @@ pub async fn start(env: &Env) -> anyhow::Result<Target> {
     })
 }
 
+/// Starts Pushpin as a plain WebSocket proxy in front of the run's `bench-backend`.
+pub async fn start_passthrough(env: &Env) -> anyhow::Result<Target> {
+    let template = std::fs::read_to_string(SYSTEM_CONFIG)
+        .with_context(|| format!("reading {SYSTEM_CONFIG}"))?;
+    let backend = env.backend_port()?;
+    let template = &template;
+    let ((runner, client_port, publish_port), dir) = start_in_scratch("sbpp", |dir| async move {
+        start_runner(env, template, &dir, Origin::Backend(backend)).await
+    })
+    .await?;
+    Ok(Target {
+        system: System::Pushpin,
+        store: None,
+        ws_url: format!("ws://127.0.0.1:{client_port}/ws"),
+        room_url: format!("ws://127.0.0.1:{client_port}/ws?room={ROOM}"),
+        dialer: Dialer::plain(),
+        http_echo_url: None,
+        publisher: Publisher::Pushpin {
+            url: format!("http://127.0.0.1:{publish_port}/publish/"),
+        },
+        function_url: None,
+        measured: vec![runner.pid()],
+        function_pid: None,
+        procs: vec![runner],
+        redis: None,
+        scratch: Some(dir),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_go_over_http_to_the_function_and_as_websockets_to_the_backend() {
+        assert_eq!(
+            Origin::Function(5000).routes(),
+            "* 127.0.0.1:5000,over_http\n"
+        );
+        assert_eq!(Origin::Backend(9000).routes(), "* 127.0.0.1:9000\n");
+    }
 
     #[test]
     fn set_key_replaces_or_appends_within_the_section() {
@@ -490,7 +567,7 @@ mod tests {
         assert_eq!(get_key(&i, "handler", "x").as_deref(), Some("1"));
         let template =
             "[General]\nin_spec=ipc:///elsewhere/zurl-in\nout_spec=ipc:///elsewhere/zurl-out\n";
-        let z = zurl_template(template);
+        let z = zurl_template(template, 19_000);
         assert_eq!(
             get_key(&z, "General", "in_stream_spec").as_deref(),
             Some("ipc://{{ rundir }}/{{ ipc_prefix }}zurl-in-stream")
@@ -498,6 +575,10 @@ mod tests {
         assert_eq!(
             get_key(&z, "General", "out_spec").as_deref(),
             Some("ipc://{{ rundir }}/{{ ipc_prefix }}zurl-out")
+        );
+        assert_eq!(
+            get_key(&z, "General", "max_open_requests").as_deref(),
+            Some("19000")
         );
     }
 
@@ -508,10 +589,15 @@ mod tests {
             return;
         }
         let dir = std::env::temp_dir().join(format!("sbpp-test-{}", uuid::Uuid::new_v4()));
-        write_libdir(lib, &dir).unwrap();
+        write_libdir(lib, &dir, 19_000).unwrap();
         let internal = std::fs::read_to_string(dir.join("internal.conf")).unwrap();
         assert!(!internal.contains("/var/run/zurl"), "{internal}");
-        assert!(dir.join("runner/zurl.conf.template").is_file());
+        let zurl = std::fs::read_to_string(dir.join("runner/zurl.conf.template")).unwrap();
+        assert_eq!(
+            get_key(&zurl, "General", "max_open_requests").as_deref(),
+            Some("19000"),
+            "{zurl}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
