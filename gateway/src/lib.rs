@@ -167,6 +167,9 @@ impl Gateway {
                     source,
                 }
             })?;
+        // The passthrough routes' credential checks load their keys here: a key that
+        // cannot be used stops the gateway before any port is bound.
+        let passthrough = passthrough::route::Routes::new(&config.passthrough)?;
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -212,7 +215,6 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let measured = MeasuredStore::wrap(store.clone(), metrics.clone());
         let invoker = Invoker::new(&config.functions, client_tls.clone(), metrics.clone())?;
-        let passthrough = passthrough::route::Routes::new(&config.passthrough)?;
         let backend_tls = client_tls.clone();
         let registry = Arc::new(Registry::default());
         let removals = Arc::new(Removals::new(measured.clone()));

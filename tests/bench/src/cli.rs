@@ -444,10 +444,11 @@ async fn measure(
             store.map_or("-", StoreKind::name),
         )
     };
-    if scenario.is_passthrough() && system == System::Switchboard {
-        if let Some(why) = switchboard::passthrough_unavailable(&ctx.env).await {
-            return vec![blank().not_built(why)];
-        }
+    if scenario.is_passthrough()
+        && system == System::Switchboard
+        && let Some(why) = switchboard::passthrough_unavailable(&ctx.env).await
+    {
+        return vec![blank().not_built(why)];
     }
     if let Some(why) = Target::unavailable(system, store, &ctx.env) {
         return vec![blank().skip(why)];
