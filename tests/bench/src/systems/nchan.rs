@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use super::{
-    Env, NginxProcess, Publisher, ROOM, START_TIMEOUT, Target, free_port, nginx_conf, nginx_limits,
-    spawn_nginx, start_function, start_in_scratch, wait_port,
+    Env, NginxProcess, Publisher, ROOM, START_TIMEOUT, Target, free_port, nginx_conf, spawn_nginx,
+    start_function, start_in_scratch, wait_port,
 };
 use crate::client::Dialer;
 use crate::plan::System;
@@ -113,31 +113,19 @@ pub fn unavailable() -> Option<String> {
 
 /// What the generated config needs.
 struct Settings {
-    /// The scratch directory (pid file, lock file, temporary files).
-    dir: PathBuf,
+    /// Its scratch directory, workers and limits.
+    process: NginxProcess,
     /// The Nchan module.
     module: PathBuf,
     /// The client port on 127.0.0.1.
     port: u16,
     /// `bench-function`'s port on 127.0.0.1.
     function_port: u16,
-    /// Worker processes.
-    workers: usize,
-    /// Each worker's open-files limit.
-    nofile: u64,
-    /// Connections each worker may hold (clients and function connections together).
-    connections: u64,
 }
 
 /// The generated `nginx.conf`.
 fn config(s: &Settings) -> String {
-    let process = NginxProcess {
-        generated_by: "tests/bench/src/systems/nchan.rs",
-        dir: &s.dir,
-        workers: s.workers,
-        nofile: s.nofile,
-        connections: s.connections,
-    };
+    let generated_by = "tests/bench/src/systems/nchan.rs";
     let http = format!(
         r#"
     nchan_shared_memory_size {SHARED_MEMORY};
@@ -190,7 +178,8 @@ fn config(s: &Settings) -> String {
         port = s.port,
     );
     nginx_conf(
-        &process,
+        generated_by,
+        &s.process,
         &format!("load_module {};\n", s.module.display()),
         &http,
     )
@@ -225,15 +214,11 @@ async fn wait_ready(http: &reqwest::Client, port: u16, nginx: &mut Proc) -> anyh
 /// it is ready.
 async fn start_nginx(env: &Env, dir: &Path, function_port: u16) -> anyhow::Result<(Proc, u16)> {
     let binary = binary().context("nginx not installed")?;
-    let (nofile, connections) = nginx_limits();
     let settings = Settings {
-        dir: dir.to_path_buf(),
+        process: NginxProcess::for_run(dir),
         module: module().context("the nchan module is not installed")?,
         port: free_port()?,
         function_port,
-        workers: std::thread::available_parallelism().map_or(2, usize::from),
-        nofile,
-        connections,
     };
     let mut nginx = spawn_nginx(&binary, dir, &config(&settings), "nchan", env)?;
     let ready = async {
@@ -306,13 +291,15 @@ mod tests {
     #[test]
     fn config_is_private_and_routes_through_the_function() {
         let c = config(&Settings {
-            dir: PathBuf::from("/tmp/sbnchan-x"),
+            process: NginxProcess {
+                dir: PathBuf::from("/tmp/sbnchan-x"),
+                workers: 2,
+                nofile: 20_000,
+                connections: 19_000,
+            },
             module: PathBuf::from(SYSTEM_MODULE),
             port: 4242,
             function_port: 4343,
-            workers: 2,
-            nofile: 20_000,
-            connections: 19_000,
         });
         for line in [
             "load_module /usr/lib/nginx/modules/ngx_nchan_module.so;",
@@ -346,15 +333,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sbnchan-test-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(dir.join("tmp")).unwrap();
         let conf = dir.join("nginx.conf");
-        let (nofile, connections) = nginx_limits();
         let settings = Settings {
-            dir: dir.clone(),
+            process: NginxProcess {
+                workers: 2,
+                ..NginxProcess::for_run(&dir)
+            },
             module,
             port: 4242,
             function_port: 4343,
-            workers: 2,
-            nofile,
-            connections,
         };
         std::fs::write(&conf, config(&settings)).unwrap();
         let out = std::process::Command::new(nginx)

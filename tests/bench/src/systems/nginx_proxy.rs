@@ -14,13 +14,13 @@
 //! workers (each proxied connection holds two descriptors in its worker). It is measured
 //! as its master and workers: RSS and CPU summed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 
 use super::{
-    Env, NginxProcess, Publisher, ROOM, Target, free_port, nginx_conf, nginx_limits, spawn_nginx,
+    Env, NginxProcess, Publisher, ROOM, Target, free_port, nginx_conf, spawn_nginx,
     start_in_scratch, wait_port, wait_ws_echo, ws_proxy_location,
 };
 use crate::client::Dialer;
@@ -33,49 +33,33 @@ const PROXY_TIMEOUT: &str = "3600s";
 
 /// What the generated config needs.
 struct Settings {
-    /// The scratch directory (pid file, lock file, temporary files).
-    dir: PathBuf,
+    /// Its scratch directory, workers and limits.
+    process: NginxProcess,
     /// The port clients connect to on 127.0.0.1.
     port: u16,
     /// The backend's port on 127.0.0.1.
     backend_port: u16,
-    /// Worker processes.
-    workers: usize,
-    /// Each worker's open-files limit.
-    nofile: u64,
-    /// Connections each worker may hold (clients and backend connections together).
-    connections: u64,
 }
 
 /// The generated `nginx.conf`.
 fn config(s: &Settings) -> String {
-    let process = NginxProcess {
-        generated_by: "tests/bench/src/systems/nginx_proxy.rs",
-        dir: &s.dir,
-        workers: s.workers,
-        nofile: s.nofile,
-        connections: s.connections,
-    };
+    let generated_by = "tests/bench/src/systems/nginx_proxy.rs";
     let server = format!(
         "\n    server {{\n        listen 127.0.0.1:{port} reuseport backlog=4096;\n\n{location}    }}\n",
         port = s.port,
         location = ws_proxy_location(s.backend_port, PROXY_TIMEOUT),
     );
-    nginx_conf(&process, "", &server)
+    nginx_conf(generated_by, &s.process, "", &server)
 }
 
 /// One start of nginx on a fresh port with its files in `dir`: nginx and its port, once a
 /// WebSocket echo comes back through it.
 async fn start_nginx(env: &Env, dir: &Path, backend_port: u16) -> anyhow::Result<(Proc, u16)> {
     let binary = nginx_binary().context("nginx not installed")?;
-    let (nofile, connections) = nginx_limits();
     let settings = Settings {
-        dir: dir.to_path_buf(),
+        process: NginxProcess::for_run(dir),
         port: free_port()?,
         backend_port,
-        workers: std::thread::available_parallelism().map_or(2, usize::from),
-        nofile,
-        connections,
     };
     let mut nginx = spawn_nginx(&binary, dir, &config(&settings), "nginx", env)?;
     let ready = async {
@@ -124,14 +108,13 @@ mod tests {
     use super::*;
 
     fn settings(dir: &Path) -> Settings {
-        let (nofile, connections) = nginx_limits();
         Settings {
-            dir: dir.to_path_buf(),
+            process: NginxProcess {
+                workers: 2,
+                ..NginxProcess::for_run(dir)
+            },
             port: 4242,
             backend_port: 4343,
-            workers: 2,
-            nofile,
-            connections,
         }
     }
 

@@ -30,8 +30,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::switchboard::launch;
 use super::{
-    Env, NginxProcess, START_TIMEOUT, Target, free_port, nginx_conf, nginx_limits, spawn_nginx,
-    start_in_scratch, wait_port, ws_proxy_location,
+    Env, NginxProcess, START_TIMEOUT, Target, free_port, nginx_conf, spawn_nginx, start_in_scratch,
+    wait_port, ws_proxy_location,
 };
 use crate::client::Dialer;
 use crate::plan::{StoreKind, System};
@@ -51,8 +51,8 @@ pub fn unavailable() -> Option<String> {
 
 /// What the generated config needs.
 struct Settings {
-    /// The scratch directory (pid file, lock file, temporary files).
-    dir: PathBuf,
+    /// Its scratch directory, workers and limits.
+    process: NginxProcess,
     /// The TLS port on 127.0.0.1.
     port: u16,
     /// The gateway's plain public port on 127.0.0.1.
@@ -60,23 +60,11 @@ struct Settings {
     /// The certificate and its key, PEM.
     cert_file: PathBuf,
     key_file: PathBuf,
-    /// Worker processes.
-    workers: usize,
-    /// Each worker's open-files limit.
-    nofile: u64,
-    /// Connections each worker may hold (clients and gateway connections together).
-    connections: u64,
 }
 
 /// The generated `nginx.conf`.
 fn config(s: &Settings) -> String {
-    let process = NginxProcess {
-        generated_by: "tests/bench/src/systems/nginx_tls.rs",
-        dir: &s.dir,
-        workers: s.workers,
-        nofile: s.nofile,
-        connections: s.connections,
-    };
+    let generated_by = "tests/bench/src/systems/nginx_tls.rs";
     let server = format!(
         "\n    server {{\n        listen 127.0.0.1:{port} ssl reuseport backlog=4096;\n        \
          ssl_certificate {cert};\n        ssl_certificate_key {key};\n        ssl_protocols TLSv1.2 TLSv1.3;\n\n{location}    }}\n",
@@ -85,7 +73,7 @@ fn config(s: &Settings) -> String {
         key = s.key_file.display(),
         location = ws_proxy_location(s.gateway_port, PROXY_TIMEOUT),
     );
-    nginx_conf(&process, "", &server)
+    nginx_conf(generated_by, &s.process, "", &server)
 }
 
 /// `GET /healthz` over TLS through nginx to the gateway: the status line's code.
@@ -149,16 +137,12 @@ async fn start_nginx(
     gateway_port: u16,
 ) -> anyhow::Result<(Proc, u16)> {
     let binary = nginx_binary().context("nginx not installed")?;
-    let (nofile, connections) = nginx_limits();
     let settings = Settings {
-        dir: dir.to_path_buf(),
+        process: NginxProcess::for_run(dir),
         port: free_port()?,
         gateway_port,
         cert_file: env.pki.cert_file().to_path_buf(),
         key_file: env.pki.key_file().to_path_buf(),
-        workers: std::thread::available_parallelism().map_or(2, usize::from),
-        nofile,
-        connections,
     };
     let mut nginx = spawn_nginx(&binary, dir, &config(&settings), "nginx-tls", env)?;
     let ready = async {
@@ -201,16 +185,15 @@ mod tests {
     use super::*;
 
     fn settings(dir: &Path, cert_file: &Path, key_file: &Path) -> Settings {
-        let (nofile, connections) = nginx_limits();
         Settings {
-            dir: dir.to_path_buf(),
+            process: NginxProcess {
+                workers: 2,
+                ..NginxProcess::for_run(dir)
+            },
             port: 4242,
             gateway_port: 4343,
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
-            workers: 2,
-            nofile,
-            connections,
         }
     }
 
