@@ -417,3 +417,34 @@ pub async fn start_function(
     let Port { port } = proc.read_json_line(START_TIMEOUT).await?;
     Ok((proc, format!("http://127.0.0.1:{port}"), port))
 }
+
+/// For the nginx systems' tests: a fresh scratch directory (with `tmp/`) named `tag`.
+#[cfg(test)]
+pub fn nginx_test_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    dir
+}
+
+/// For the nginx systems' tests: `nginx -t` accepts `config` run in `dir` (removed after).
+#[cfg(test)]
+pub fn assert_nginx_accepts(nginx: &std::path::Path, dir: &std::path::Path, config: &str) {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, config).unwrap();
+    let out = std::process::Command::new(nginx)
+        .arg("-t")
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-e")
+        .arg("stderr")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -330,9 +330,7 @@ mod tests {
         let (Some(nginx), Some(module)) = (binary(), module()) else {
             return;
         };
-        let dir = std::env::temp_dir().join(format!("sbnchan-test-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        let conf = dir.join("nginx.conf");
+        let dir = super::super::nginx_test_dir("sbnchan-test");
         let settings = Settings {
             process: NginxProcess {
                 workers: 2,
@@ -342,22 +340,6 @@ mod tests {
             port: 4242,
             function_port: 4343,
         };
-        std::fs::write(&conf, config(&settings)).unwrap();
-        let out = std::process::Command::new(nginx)
-            .arg("-t")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg("stderr")
-            .output()
-            .unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        super::super::assert_nginx_accepts(&nginx, &dir, &config(&settings));
     }
 }

@@ -146,25 +146,7 @@ mod tests {
         let Some(nginx) = nginx_binary() else {
             return;
         };
-        let dir = std::env::temp_dir().join(format!("sbngpt-test-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        let conf = dir.join("nginx.conf");
-        std::fs::write(&conf, config(&settings(&dir))).unwrap();
-        let out = std::process::Command::new(nginx)
-            .arg("-t")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg("stderr")
-            .output()
-            .unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let dir = super::super::nginx_test_dir("sbngpt-test");
+        super::super::assert_nginx_accepts(&nginx, &dir, &config(&settings(&dir)));
     }
 }

@@ -232,26 +232,8 @@ mod tests {
             return;
         };
         let pki = crate::tls::Pki::make().unwrap();
-        let dir = std::env::temp_dir().join(format!("sbngtls-test-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(dir.join("tmp")).unwrap();
-        let conf = dir.join("nginx.conf");
+        let dir = super::super::nginx_test_dir("sbngtls-test");
         let text = config(&settings(&dir, pki.cert_file(), pki.key_file()));
-        std::fs::write(&conf, text).unwrap();
-        let out = std::process::Command::new(nginx)
-            .arg("-t")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg("stderr")
-            .output()
-            .unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        super::super::assert_nginx_accepts(&nginx, &dir, &text);
     }
 }
