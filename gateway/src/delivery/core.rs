@@ -21,7 +21,8 @@ use crate::cluster::relay::{self, Origin, Owner, Relay};
 use crate::delivery::group_cache::{GroupCache, Members};
 use crate::metrics::registry::Metrics;
 use crate::respond::Body;
-use crate::socket::outbox::{CloseRequest, PushError, QueueLimits};
+use crate::socket::frame::Frame;
+use crate::socket::outbox::{CloseRequest, PushError, Pushed, QueueLimits};
 use crate::socket::registry::{Connection, IdHasher, Registry};
 
 /// What a request asks of one connection.
@@ -97,6 +98,14 @@ impl Delivery {
         self.registry.get(&id).filter(|c| !c.outbox.is_closed())
     }
 
+    /// Queues `frame` for `conn`, counting it as a message out once queued.
+    fn push(&self, conn: &Connection, frame: &Frame) -> Result<Pushed, PushError> {
+        let pushed = conn.outbox.push(&frame.bytes, self.limits)?;
+        self.metrics.messages_out.inc();
+        self.metrics.bytes_out.inc_by(frame.payload_len as u64);
+        Ok(pushed)
+    }
+
     /// Carries out `op` on connection `id`: here if this node holds it, else relayed (as
     /// `origin` came) to the node that does. A relayed request is never relayed again.
     pub async fn to_connection(&self, id: &str, op: Op, origin: Origin<'_>) -> Outcome {
@@ -125,8 +134,13 @@ impl Delivery {
             };
         };
         match op {
-            Op::Send(message) => match conn.outbox.push(message, self.limits) {
-                Ok(()) => Outcome::Done,
+            Op::Send(message) => match self.push(&conn, &Frame::of(&message)) {
+                Ok(pushed) => {
+                    if pushed == Pushed::Flush {
+                        conn.outbox.flush();
+                    }
+                    Outcome::Done
+                }
                 Err(PushError::Closed) => Outcome::Gone,
                 Err(PushError::Full) => {
                     debug!(connection = id, "send-back throttled: outbound queue full");
@@ -157,14 +171,19 @@ impl Delivery {
         // Positions of the ids this node does not hold.
         let mut elsewhere = Vec::new();
         let mut throttled = 0;
+        let frame = Frame::of(&message);
+        let mut flush = Flush::default();
         for id in &batch.connection_ids {
             let status = match self.local(id) {
                 None => {
                     elsewhere.push(items.len());
                     DeliveryStatus::Gone
                 }
-                Some(conn) => match conn.outbox.push(message.clone(), self.limits) {
-                    Ok(()) => DeliveryStatus::Delivered,
+                Some(conn) => match self.push(&conn, &frame) {
+                    Ok(pushed) => {
+                        flush.add(&conn, pushed);
+                        DeliveryStatus::Delivered
+                    }
                     Err(PushError::Closed) => DeliveryStatus::Gone,
                     Err(PushError::Full) => {
                         throttled += 1;
@@ -177,6 +196,7 @@ impl Delivery {
                 status,
             });
         }
+        flush.start();
         if throttled > 0 {
             self.metrics.throttled.inc_by(throttled);
         }
@@ -300,6 +320,8 @@ impl Delivery {
         }
         let mut page = Vec::new();
         let mut throttled_here = 0;
+        let frame = Frame::of(&message);
+        let mut flush = Flush::default();
         for chunk in members.ids.chunks(GROUP_PAGE) {
             let ids = if excluded_ids.is_empty() {
                 chunk
@@ -310,17 +332,22 @@ impl Delivery {
                 &page[..]
             };
             // One lock of the registry per page, not per member.
-            self.registry.with_each(ids, |conn| {
-                match conn.map(|c| c.outbox.push(message.clone(), self.limits)) {
-                    Some(Ok(())) => result.delivered += 1,
-                    Some(Err(PushError::Full)) => {
+            self.registry
+                .with_each(ids, |conn| match conn.map(|c| (c, self.push(c, &frame))) {
+                    Some((conn, Ok(pushed))) => {
+                        result.delivered += 1;
+                        flush.add(conn, pushed);
+                    }
+                    Some((_, Err(PushError::Full))) => {
                         result.throttled += 1;
                         throttled_here += 1;
                     }
-                    Some(Err(PushError::Closed)) | None => result.gone += 1,
-                }
-            });
+                    Some((_, Err(PushError::Closed))) | None => result.gone += 1,
+                });
         }
+        // The writes happen after the pushes (and after this request is answered): a
+        // member a burst of sends reaches before its writer does gets them in one write.
+        flush.start();
         if throttled_here > 0 {
             self.metrics.throttled.inc_by(throttled_here);
         }
@@ -396,6 +423,44 @@ impl Delivery {
                 Some(next) => cursor = Some(next),
                 None => return Ok(members),
             }
+        }
+    }
+}
+
+/// The members of one send whose sockets the sender writes itself ([`Pushed::Flush`]),
+/// written after every member's frame is queued, on tasks of their own.
+#[derive(Default)]
+struct Flush {
+    conns: Vec<Arc<Connection>>,
+}
+
+/// Members per writing task: a large group is written by several tasks, on every core.
+const FLUSH_SHARE: usize = 2048;
+/// Members a writing task writes before it lets the runtime run other tasks (the next send
+/// among them: frames it queues for members not written yet go out with theirs).
+const FLUSH_TURN: usize = 64;
+
+impl Flush {
+    fn add(&mut self, conn: &Arc<Connection>, pushed: Pushed) {
+        if pushed == Pushed::Flush {
+            self.conns.push(Arc::clone(conn));
+        }
+    }
+
+    /// Spawns the writes. Each member's socket is written without waiting; what a socket
+    /// does not take is left to its own task.
+    fn start(self) {
+        let mut conns = self.conns;
+        while !conns.is_empty() {
+            let share = conns.split_off(conns.len().saturating_sub(FLUSH_SHARE));
+            tokio::spawn(async move {
+                for (i, conn) in share.into_iter().enumerate() {
+                    if i > 0 && i % FLUSH_TURN == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    conn.outbox.flush();
+                }
+            });
         }
     }
 }

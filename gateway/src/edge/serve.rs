@@ -232,7 +232,7 @@ async fn serve_connection(
 struct Accepted {
     conn: Arc<Connection>,
     slot: Slot,
-    socket: Result<SocketIo<ServerStream>, NoSocket>,
+    socket: Result<SocketIo, NoSocket>,
     span: tracing::Span,
     /// A passthrough route's backend, dialed.
     backend: Option<Box<Pump>>,
@@ -380,7 +380,18 @@ async fn http_phase(
                 match write_reply(shared, &mut stream, switching, Framing::upgrade()).await {
                     Ok(()) => {
                         shared.metrics.accepted();
-                        Ok(SocketIo::with_prefix(stream, std::mem::take(&mut buf)))
+                        // Send-back writes go straight to a plain socket, unless writes wait
+                        // for `limits.write_delay` to batch.
+                        let direct = shared.edge.sockets.config.limits.write_delay.is_zero();
+                        if !direct {
+                            conn.outbox.hold_pushes();
+                        }
+                        Ok(SocketIo::new(
+                            stream,
+                            std::mem::take(&mut buf),
+                            conn.clone(),
+                            direct,
+                        ))
                     }
                     Err(e) => {
                         shared.metrics.refused(Refusal::UpgradeFailed);

@@ -44,9 +44,8 @@ use crate::socket::outbox::Outbox;
 use crate::socket::registry::{Connection, Registry};
 use crate::socket::sockio::SocketIo;
 use crate::stop::Stop;
-use crate::tls::stream::ServerStream;
 
-type Ws = WebSocketStream<SocketIo<ServerStream>>;
+type Ws = WebSocketStream<SocketIo>;
 type TransportCall = Pin<Box<dyn Future<Output = TransportResult> + Send>>;
 
 /// A finished transport call and how to read it.
@@ -75,15 +74,11 @@ pub(crate) struct Sockets {
 }
 
 impl Sockets {
-    /// Counts a message of `len` payload bytes handed to a client's socket.
+    /// Counts a message of `len` payload bytes handed to a client's socket. (The send-back
+    /// API's messages are counted where they are queued: `delivery`.)
     fn sent(&self, len: usize) {
-        self.sent_many(1, len);
-    }
-
-    /// Counts `count` messages of `bytes` bytes in all handed to the socket.
-    fn sent_many(&self, count: usize, bytes: usize) {
-        self.metrics.messages_out.inc_by(count as u64);
-        self.metrics.bytes_out.inc_by(bytes as u64);
+        self.metrics.messages_out.inc();
+        self.metrics.bytes_out.inc_by(len as u64);
     }
 }
 
@@ -115,7 +110,7 @@ impl End {
 pub(crate) async fn run(
     shared: Arc<Sockets>,
     conn: Arc<Connection>,
-    socket: Result<SocketIo<ServerStream>, NoSocket>,
+    socket: Result<SocketIo, NoSocket>,
     slot: impl Send,
     backend: Option<Box<Pump>>,
 ) {
@@ -313,7 +308,6 @@ impl Session {
         let mut last_activity = started;
         let mut ping_sent: Option<Instant> = None;
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(started));
-        let mut batch = Vec::new();
         // With `limits.write_delay`: when the queued messages are due to be written.
         let mut flush_at: Option<Instant> = None;
         // Made once: a fresh one on every wake-up would take locks every connection of
@@ -347,7 +341,7 @@ impl Session {
                         flush_at = Some(Instant::now() + limits.write_delay);
                         continue;
                     }
-                    if let Some(end) = Box::pin(flush_outbox(&shared, ws, &self.conn.outbox, &mut batch, cuts(last_activity))).await {
+                    if let Some(end) = Box::pin(flush_outbox(&shared, ws, &self.conn.outbox, cuts(last_activity))).await {
                         return end;
                     }
                 }
@@ -489,7 +483,7 @@ impl Session {
                     let now = Instant::now();
                     if flush_at.is_some_and(|at| now >= at) {
                         flush_at = None;
-                        if let Some(end) = Box::pin(flush_outbox(&shared, ws, &self.conn.outbox, &mut batch, cuts(last_activity))).await {
+                        if let Some(end) = Box::pin(flush_outbox(&shared, ws, &self.conn.outbox, cuts(last_activity))).await {
                             return end;
                         }
                     }
@@ -631,25 +625,21 @@ async fn in_flight(call: &mut Option<TransportCall>) -> TransportResult {
 
 /// Writes everything queued in `outbox` with one flush, then performs a requested close.
 /// Returns how the connection ended, if it did.
-async fn flush_outbox(
-    shared: &Sockets,
-    ws: &mut Ws,
-    outbox: &Outbox,
-    batch: &mut Vec<Message>,
-    cuts: Cuts,
-) -> Option<End> {
-    let close_request = outbox.drain(batch);
+async fn flush_outbox(shared: &Sockets, ws: &mut Ws, outbox: &Outbox, cuts: Cuts) -> Option<End> {
     let cuts = Cuts {
-        close_requested: close_request.is_some(),
+        close_requested: outbox.close_requested(),
         ..cuts
     };
-    let written = guarded(shared, outbox, cuts, write_all(shared, ws, batch)).await;
-    // Cut short: what was not written is dropped with the connection.
-    batch.clear();
+    outbox.release();
+    // tungstenite holds no frame of its own here (its writes always complete into the
+    // outbox): its flush is the outbox's, until the queue is empty.
+    let written = guarded(shared, outbox, cuts, ws.flush()).await;
     if let Err(cut) = written {
+        // Cut short: what was not written is dropped with the connection.
         return Some(cut.end());
     }
-    let request = close_request?;
+    // Nothing can be queued after a close request: the queue just written was all of it.
+    let request = outbox.take_close()?;
     close(
         shared,
         ws,
@@ -666,17 +656,6 @@ async fn flush_outbox(
         DisconnectReason::ServerDisconnect
     };
     Some(End::new(reason, Some(request.code), request.reason))
-}
-
-async fn write_all(shared: &Sockets, ws: &mut Ws, batch: &mut Vec<Message>) -> Result<(), WsError> {
-    // Counted once per batch: the counters are shared by every socket task, and a burst of
-    // group sends reaches each connection as one batch.
-    let bytes: usize = batch.iter().map(Message::len).sum();
-    shared.sent_many(batch.len(), bytes);
-    for message in batch.drain(..) {
-        ws.feed(message).await?;
-    }
-    ws.flush().await
 }
 
 /// What, besides its own deadline (`limits.write_timeout`), ends a write the client does
