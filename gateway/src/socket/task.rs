@@ -198,6 +198,8 @@ struct Session {
     inflight: Option<TransportCall>,
     /// The client's address as text (for events).
     source_ip: String,
+    /// The connection's id as text (for events and call headers), made once.
+    id: Arc<str>,
     /// A passthrough route's backend.
     backend: Option<Box<Pump>>,
 }
@@ -207,6 +209,7 @@ impl Session {
         Session {
             shared,
             source_ip: conn.source_ip.to_string(),
+            id: conn.id.to_string().into(),
             conn,
             seq: 1,
             pending: VecDeque::new(),
@@ -218,7 +221,7 @@ impl Session {
     fn event(&mut self, kind: EventKind) -> Event {
         let seq = self.seq;
         self.seq += 1;
-        let connection_id = self.conn.id.to_string();
+        let connection_id = self.id.to_string();
         Event {
             event_id: kind.event_id(&connection_id, seq),
             connection_id,
@@ -275,7 +278,7 @@ impl Session {
         };
         let body = self.encode(EventKind::Transport { data_type, data }, dialect, route_key);
         let url = target.url().to_owned();
-        let id = self.conn.id.to_string();
+        let id = Arc::clone(&self.id);
         self.inflight = Some(Box::pin(async move {
             let call = Call {
                 event: FunctionEvent::Transport,
@@ -551,7 +554,7 @@ impl Session {
         }
         // Handed over to the durable queue: a cleanup worker delivers it (retrying through
         // an outage of the function) and then removes the connection from the store.
-        let id = self.conn.id.to_string();
+        let id = Arc::clone(&self.id);
         let ended = Ended {
             connection_id: &id,
             node: &self.shared.node,
