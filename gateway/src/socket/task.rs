@@ -221,12 +221,13 @@ impl Session {
     fn event(&mut self, kind: EventKind) -> Event {
         let seq = self.seq;
         self.seq += 1;
-        let connection_id = self.id.to_string();
+        // `String::from(&str)`: `to_string` on an `Arc<str>` goes through `Display`.
+        let connection_id = String::from(&*self.id);
         Event {
             event_id: kind.event_id(&connection_id, seq),
             connection_id,
             seq,
-            node: self.shared.node.to_string(),
+            node: String::from(&*self.shared.node),
             timestamp: clock::now_ms(),
             context: self.conn.context.clone(),
             kind,

@@ -89,7 +89,7 @@ mod json {
     /// (serde_json escapes `"`, `\\` and the control characters below U+0020, nothing else),
     /// else through serde_json.
     pub(super) fn string(out: &mut Vec<u8>, s: &str) {
-        if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        if plain(s.as_bytes()) {
             out.reserve(s.len() + 2);
             out.push(b'"');
             out.extend_from_slice(s.as_bytes());
@@ -97,6 +97,34 @@ mod json {
         } else {
             value(out, s);
         }
+    }
+
+    /// Whether no byte of `bytes` needs escaping: eight bytes at a time, each word tested
+    /// for a byte below 0x20, a `"` or a `\\` (the "has a zero byte" test, exact for "is
+    /// there one").
+    pub(super) fn plain(bytes: &[u8]) -> bool {
+        const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+        const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+        let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            let w = u64::from_ne_bytes(w);
+            // Below 0x20: `w - 0x20 per byte` borrows into the high bit only for such a
+            // byte (the `!w` keeps bytes of 0x80 and above out).
+            let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
+            if control
+                || has_zero(w ^ (ONES * u64::from(b'"')))
+                || has_zero(w ^ (ONES * u64::from(b'\\')))
+            {
+                return false;
+            }
+        }
+        words
+            .remainder()
+            .iter()
+            .all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
     }
 
     /// Any serializable value (numbers, unit enums, small structs) through serde_json.
@@ -173,6 +201,25 @@ mod tests {
             event_id: format!("id:{text}"),
             kind,
         }
+    }
+
+    #[test]
+    fn plain_finds_every_byte_that_needs_escaping_wherever_it_is() {
+        for len in 0..24 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    let needs = b < 0x20 || b == b'"' || b == b'\\';
+                    assert_eq!(
+                        super::json::plain(&bytes),
+                        !needs,
+                        "{b:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(super::json::plain("ünïcødé ✓ 🎉 \u{7f}".as_bytes()));
     }
 
     #[test]
