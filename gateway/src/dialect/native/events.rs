@@ -1,7 +1,7 @@
 //! The native dialect: the event as `wire::event::Event` JSON, replies as documented in
 //! functions/README.md.
 
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use wire::event::{Event, EventKind, RegisterReply};
 
 use crate::dialect::model::Verdict;
@@ -166,9 +166,13 @@ pub(crate) fn reply_message(reply: &Reply) -> Option<Message> {
         .content_type
         .as_deref()
         .is_some_and(|ct| ct.starts_with("application/octet-stream"));
-    match std::str::from_utf8(&reply.body) {
-        Ok(text) if !binary => Some(Message::text(text)),
-        _ => Some(Message::Binary(reply.body.clone())),
+    if binary {
+        return Some(Message::Binary(reply.body.clone()));
+    }
+    // The body's bytes become the frame's, not a copy of them.
+    match Utf8Bytes::try_from(reply.body.clone()) {
+        Ok(text) => Some(Message::Text(text)),
+        Err(_) => Some(Message::Binary(reply.body.clone())),
     }
 }
 
