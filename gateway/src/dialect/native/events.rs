@@ -7,34 +7,44 @@ use wire::event::{Event, EventKind, RegisterReply};
 use crate::dialect::model::Verdict;
 use crate::function::invoke::{CallError, Reply, snippet};
 
-/// The event as JSON. Transport and cleanup events (one per message, one per connection)
-/// are written here field by field, byte for byte what `serde_json::to_vec(event)` gives
-/// (the field order of [`Event`], its flattened kind last), into a buffer sized once:
-/// serde's map serializer (the flattened kind makes `Event` a map) escaped every key and
-/// grew the buffer several times per event. Register events go through serde.
+/// The event as JSON, written here field by field: byte for byte what
+/// `serde_json::to_vec(event)` gives (the field order of [`Event`], its flattened kind last;
+/// a unit test compares both), into a buffer sized once. serde's map serializer (the
+/// flattened kind makes `Event` a map) escaped every key and grew the buffer several times
+/// per event, and there is one transport event per client message.
 pub(crate) fn encode(event: &Event) -> Vec<u8> {
-    match &event.kind {
-        EventKind::Register { .. } => serde_json::to_vec(event).unwrap_or_default(),
-        kind => {
-            let data_len = match kind {
-                EventKind::Transport { data, .. } => data.len(),
-                EventKind::Cleanup { close_reason, .. } => close_reason.len() + 160,
-                EventKind::Register { .. } => 0,
-            };
-            let mut out = Vec::with_capacity(
-                160 + event.connection_id.len()
-                    + event.node.len()
-                    + event.event_id.len()
-                    + data_len
-                    + if event.context.is_null() { 0 } else { 64 },
-            );
-            write_event(&mut out, event);
-            out
+    let kind_len = match &event.kind {
+        EventKind::Transport { data, .. } => data.len(),
+        EventKind::Cleanup { close_reason, .. } => close_reason.len() + 160,
+        EventKind::Register { request } => {
+            request.path.len()
+                + request.query.len()
+                + request.source_ip.len()
+                + request
+                    .headers
+                    .iter()
+                    .map(|(name, value)| name.len() + value.len() + 8)
+                    .sum::<usize>()
+                + request
+                    .subprotocols
+                    .iter()
+                    .map(|p| p.len() + 3)
+                    .sum::<usize>()
+                + 96
         }
-    }
+    };
+    let mut out = Vec::with_capacity(
+        160 + event.connection_id.len()
+            + event.node.len()
+            + event.event_id.len()
+            + kind_len
+            + if event.context.is_null() { 0 } else { 64 },
+    );
+    write_event(&mut out, event);
+    out
 }
 
-/// Writes a transport or cleanup event (see [`encode`]).
+/// Writes an event (see [`encode`]).
 fn write_event(out: &mut Vec<u8>, event: &Event) {
     out.extend_from_slice(b"{\"connectionId\":");
     json::string(out, &event.connection_id);
@@ -76,7 +86,33 @@ fn write_event(out: &mut Vec<u8>, event: &Event) {
                 json::value(out, stats);
             }
         }
-        EventKind::Register { .. } => {}
+        EventKind::Register { request } => {
+            out.extend_from_slice(b",\"type\":\"register\",\"request\":{\"path\":");
+            json::string(out, &request.path);
+            out.extend_from_slice(b",\"query\":");
+            json::string(out, &request.query);
+            out.extend_from_slice(b",\"headers\":[");
+            for (i, (name, value)) in request.headers.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.push(b'[');
+                json::string(out, name);
+                out.push(b',');
+                json::string(out, value);
+                out.push(b']');
+            }
+            out.extend_from_slice(b"],\"sourceIp\":");
+            json::string(out, &request.source_ip);
+            out.extend_from_slice(b",\"subprotocols\":[");
+            for (i, protocol) in request.subprotocols.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json::string(out, protocol);
+            }
+            out.extend_from_slice(b"]}");
+        }
     }
     out.push(b'}');
 }
@@ -179,7 +215,9 @@ pub(crate) fn reply_message(reply: &Reply) -> Option<Message> {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
-    use wire::event::{DataType, DisconnectReason, Event, EventKind, PassthroughStats};
+    use wire::event::{
+        DataType, DisconnectReason, Event, EventKind, HandshakeRequest, PassthroughStats,
+    };
 
     use super::encode;
 
@@ -227,7 +265,7 @@ mod tests {
     }
 
     #[test]
-    fn transport_and_cleanup_events_are_what_serde_writes() {
+    fn events_are_what_serde_writes() {
         let contexts = [
             serde_json::Value::Null,
             json!({"room": "a\"b", "n": [1, 2.5, null, true], "nested": {"x": "\n"}}),
@@ -270,6 +308,26 @@ mod tests {
                                 stats,
                             });
                         }
+                    }
+                }
+                for headers in [
+                    vec![],
+                    vec![("host".to_owned(), (*text).to_owned())],
+                    vec![
+                        ("user-agent".to_owned(), "x".to_owned()),
+                        ((*text).to_owned(), "two\"".to_owned()),
+                    ],
+                ] {
+                    for subprotocols in [vec![], vec![(*text).to_owned(), "chat".to_owned()]] {
+                        kinds.push(EventKind::Register {
+                            request: HandshakeRequest {
+                                path: format!("/ws/{text}"),
+                                query: (*text).to_owned(),
+                                headers: headers.clone(),
+                                source_ip: "::1".to_owned(),
+                                subprotocols,
+                            },
+                        });
                     }
                 }
                 for kind in kinds {
