@@ -554,3 +554,48 @@ async fn metrics_listen_serves_them_alone_and_the_sendback_listener_no_more() {
     drop(client);
     gw.shutdown().await;
 }
+
+/// Each cleanup costs one claim of the durable queue: the hand-over's wake-up claims it, and
+/// the worker finishing does not claim again while the last claim left workers free (that
+/// claim finds nothing, and on Redis costs a round trip per connection).
+#[tokio::test]
+async fn one_queue_claim_per_cleanup() {
+    const N: usize = 10;
+    let function = echo_function().await;
+    // No poll within the test: every claim comes from a hand-over or a worker finishing.
+    let gw = gateway_for(&function, |c| {
+        c.cleanup.poll_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let claims = |s: &Scrape| {
+        s.value(
+            "switchboard_store_operations_total",
+            &[("op", "claim_cleanups"), ("outcome", "ok")],
+        )
+    };
+    for i in 1..=N {
+        let mut client = gw.connect("/ws").await;
+        client.close(None).await.expect("close");
+        while next_message(&mut client).await.is_some() {}
+        scrape_until(&gw, "the cleanup delivered", |s| {
+            s.value("switchboard_cleanups_total", &[("outcome", "delivered")]) == i as f64
+        })
+        .await;
+    }
+    // Let a claim that a worker's end would make be made (or not).
+    let last = function.wait_registers(N).await.pop().expect("N registers");
+    function.wait_cleanup(&last).await;
+    let done = scrape_until(&gw, "the last cleanup's worker gone", |s| {
+        s.value(
+            "switchboard_store_operations_total",
+            &[("op", "finish_cleanup"), ("outcome", "ok")],
+        ) == N as f64
+    })
+    .await;
+    // One claim at start, one per cleanup (a wake-up more at most).
+    assert!(
+        claims(&done) <= (N + 2) as f64,
+        "{} claims for {N} cleanups",
+        claims(&done)
+    );
+}

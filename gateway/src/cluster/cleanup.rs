@@ -217,6 +217,16 @@ impl Cleanups {
         // Once draining: claim only what was due when the drain began, so a cleanup that
         // fails during the drain is not tried again and again until the grace period ends.
         let mut drain_from: Option<u64> = None;
+        // Whether the queue may hold a due cleanup no claim has seen: set by a hand-over's
+        // wake-up, the poll interval, a claim that filled every free worker (or found none
+        // free) or failed; cleared by a claim that left workers free. A worker finishing
+        // claims again only while it is set: otherwise that claim finds nothing (a retried
+        // cleanup is due after its backoff, which the poll interval covers), and on Redis
+        // it would cost a round trip per cleanup.
+        let mut maybe_due = true;
+        // One timer for the poll interval, re-armed on each wait (not one made per wait).
+        let poll = tokio::time::sleep(settings.poll_interval);
+        tokio::pin!(poll);
         loop {
             while tasks.try_join_next().is_some() {}
             if finish.is_cancelled() && drain_from.is_none() {
@@ -225,10 +235,13 @@ impl Cleanups {
             let draining = drain_from.is_some();
             let free = settings.workers.saturating_sub(tasks.len());
             let mut claimed = 0;
-            if free > 0 {
-                if !self.lock_backlog().is_empty() {
-                    self.requeue_backlog().await;
-                }
+            if free == 0 {
+                maybe_due = true;
+            } else if !self.lock_backlog().is_empty() {
+                self.requeue_backlog().await;
+                maybe_due = true;
+            }
+            if free > 0 && (maybe_due || draining) {
                 let now = drain_from.unwrap_or_else(clock::now_ms);
                 match self.claim(now, free).await {
                     Ok(cleanups) => {
@@ -237,6 +250,7 @@ impl Cleanups {
                             store_healthy = true;
                         }
                         claimed = cleanups.len();
+                        maybe_due = claimed == free;
                         for cleanup in cleanups {
                             let this = self.clone();
                             let span = info_span!("conn", id = %cleanup.connection_id);
@@ -245,6 +259,7 @@ impl Cleanups {
                         }
                     }
                     Err(e) => {
+                        maybe_due = true;
                         if store_healthy {
                             warn!(cause = %e, "could not read the cleanup queue");
                             store_healthy = false;
@@ -267,10 +282,12 @@ impl Cleanups {
                 }
                 continue;
             }
+            poll.as_mut()
+                .reset(tokio::time::Instant::now() + settings.poll_interval);
             tokio::select! {
                 _ = finish.cancelled() => {}
-                _ = self.queued.notified() => {}
-                _ = tokio::time::sleep(settings.poll_interval) => {}
+                _ = self.queued.notified() => maybe_due = true,
+                _ = poll.as_mut() => maybe_due = true,
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }

@@ -193,6 +193,8 @@ struct Session {
     inflight: Option<TransportCall>,
     /// The client's address as text (for events).
     source_ip: String,
+    /// The connection's id as text (for events and call headers), made once.
+    id: Arc<str>,
     /// A passthrough route's backend.
     backend: Option<Box<Pump>>,
 }
@@ -202,6 +204,7 @@ impl Session {
         Session {
             shared,
             source_ip: conn.source_ip.to_string(),
+            id: conn.id.to_string().into(),
             conn,
             seq: 1,
             pending: VecDeque::new(),
@@ -213,12 +216,13 @@ impl Session {
     fn event(&mut self, kind: EventKind) -> Event {
         let seq = self.seq;
         self.seq += 1;
-        let connection_id = self.conn.id.to_string();
+        // `String::from(&str)`: `to_string` on an `Arc<str>` goes through `Display`.
+        let connection_id = String::from(&*self.id);
         Event {
             event_id: kind.event_id(&connection_id, seq),
             connection_id,
             seq,
-            node: self.shared.node.to_string(),
+            node: String::from(&*self.shared.node),
             timestamp: clock::now_ms(),
             context: self.conn.context.clone(),
             kind,
@@ -270,7 +274,7 @@ impl Session {
         };
         let body = self.encode(EventKind::Transport { data_type, data }, dialect, route_key);
         let url = target.url().to_owned();
-        let id = self.conn.id.to_string();
+        let id = Arc::clone(&self.id);
         self.inflight = Some(Box::pin(async move {
             let call = Call {
                 event: FunctionEvent::Transport,
@@ -545,7 +549,7 @@ impl Session {
         }
         // Handed over to the durable queue: a cleanup worker delivers it (retrying through
         // an outage of the function) and then removes the connection from the store.
-        let id = self.conn.id.to_string();
+        let id = Arc::clone(&self.id);
         let ended = Ended {
             connection_id: &id,
             node: &self.shared.node,
