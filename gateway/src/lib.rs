@@ -101,6 +101,8 @@ pub struct Gateway {
     cleanups: Arc<Cleanups>,
     heartbeat: Arc<Heartbeat>,
     reaper: Arc<Reaper>,
+    /// The function client, whose idle connections a background task sweeps.
+    invoker: Invoker,
     /// The write-back of this node's state when the store lost it (Redis only).
     resync: Option<Arc<Resync>>,
     /// Cancelled when shutdown starts: the drain (upgrades refused, `/readyz` 503, sockets
@@ -386,6 +388,7 @@ impl Gateway {
             cleanups,
             heartbeat,
             reaper,
+            invoker,
             resync,
             stop,
             closed,
@@ -460,6 +463,7 @@ impl Gateway {
             cleanups,
             heartbeat,
             reaper,
+            invoker,
             resync,
             stop,
             closed,
@@ -567,6 +571,7 @@ impl Gateway {
             background.spawn(resync.run(stop.clone()));
         }
         background.spawn(reaper.run(stop.clone()));
+        background.spawn(invoker.sweep_idle_connections(stop.clone()));
         background.close();
         shutdown.await;
         let open = registry.len();

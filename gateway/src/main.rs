@@ -1,6 +1,10 @@
 //! The `switchboard` binary: reads config, starts tracing (text or JSON lines on stderr,
 //! `log.format`; filtered by `SWITCHBOARD_LOG`), runs the gateway until SIGINT or SIGTERM.
 
+/// jemalloc, built with its background purging threads on (`tikv-jemallocator`'s
+/// `background_threads` feature, which compiles `background_thread:true` into jemalloc's
+/// options): freed pages go back to the OS over the dirty decay time (10 s) even when the
+/// gateway has gone idle, rather than only while it keeps allocating.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

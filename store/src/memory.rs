@@ -2,12 +2,15 @@
 //!
 //! Records are kept compact, since a gateway node holds one per connection: the id is only
 //! the map's key, the node name is shared by every connection of that node, strings are
-//! exactly sized, and a connection in no group allocates nothing for its groups.
+//! exactly sized, and a connection in no group allocates nothing for its groups. The maps
+//! of connections, groups and queued cleanups give their memory back once a burst has
+//! left (`shrink`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::shrink::shrink_if_sparse;
 use crate::{
     ConnectionRecord, MembersPage, NodeCheck, NodeInfo, PendingCleanup, Store, StoreError, names,
 };
@@ -91,6 +94,7 @@ impl Inner {
         }
         if entry.members.is_empty() {
             self.groups.remove(group);
+            shrink_if_sparse(&mut self.groups);
         } else {
             self.last_version += 1;
             entry.version = self.last_version;
@@ -160,6 +164,7 @@ impl Store for MemoryStore {
         let Some(entry) = inner.connections.remove(id) else {
             return Ok(false);
         };
+        shrink_if_sparse(&mut inner.connections);
         for group in entry.groups {
             inner.remove_member(&group, id);
         }
@@ -395,6 +400,7 @@ impl Store for MemoryStore {
         let Some(old) = inner.cleanups.remove(connection_id) else {
             return Ok(false);
         };
+        shrink_if_sparse(&mut inner.cleanups);
         inner
             .cleanups_due
             .remove(&(old.next_attempt_ms, connection_id.to_owned()));
@@ -515,5 +521,46 @@ impl Store for MemoryStore {
         names::node(node)?;
         self.lock().reaped.remove(node);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shrink::MIN_SHRINK_CAPACITY;
+
+    fn record(i: usize) -> ConnectionRecord {
+        ConnectionRecord {
+            id: format!("c-{i}"),
+            node: "node-a".to_owned(),
+            connected_at_ms: 0,
+            source_ip: "127.0.0.1".to_owned(),
+            user_agent: None,
+            context: serde_json::Value::Null,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_maps_give_their_memory_back_after_a_burst_leaves() {
+        let store = MemoryStore::new();
+        for i in 0..20_000 {
+            store.register(&record(i)).await.unwrap();
+            store
+                .join(&format!("own-{i}"), &format!("c-{i}"))
+                .await
+                .unwrap();
+        }
+        let capacities = |s: &MemoryStore| {
+            let inner = s.lock();
+            (inner.connections.capacity(), inner.groups.capacity())
+        };
+        let (conns, groups) = capacities(&store);
+        assert!(conns >= 20_000 && groups >= 20_000);
+        for i in 0..20_000 {
+            store.unregister(&format!("c-{i}")).await.unwrap();
+        }
+        let (conns, groups) = capacities(&store);
+        assert!(conns <= MIN_SHRINK_CAPACITY, "connections keep {conns}");
+        assert!(groups <= MIN_SHRINK_CAPACITY, "groups keep {groups}");
     }
 }

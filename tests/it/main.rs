@@ -1,6 +1,7 @@
 //! End-to-end tests: the real gateway, real function servers and real WebSocket clients
 //! on ephemeral ports (one test binary; one module per surface).
 
+mod allocator;
 mod aws_node;
 mod bad_input;
 mod browser;

@@ -38,6 +38,14 @@
 //! a new origin beyond that evicts the least recently used pool no endpoint holds, or, if
 //! every pool is in use, gets a pool of its own outside the map. A poisoned lock is taken
 //! over, not a panic: what the pools hold stays consistent whatever panicked.
+//!
+//! Idle connections go even when no call comes: [`HttpClient::sweep_every`] (a task the
+//! gateway runs until shutdown) closes, every [`SURPLUS_IDLE`], each idle connection beyond
+//! the [`KEEP_WARM`] most recently used of its pool that has been idle for longer than
+//! that, and every one idle for longer than the idle timeout. A burst that opened a
+//! thousand connections (a mass disconnect's cleanups) does not leave them open, each
+//! holding its socket's buffers here and at the function; steady traffic keeps what it
+//! uses, since a pool hands out its most recently used connection first.
 
 use std::collections::HashMap;
 use std::io;
@@ -50,8 +58,10 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::MissedTickBehavior;
 use tokio_rustls::TlsConnector;
 
+use crate::stop::Stop;
 use crate::tls::stream::{ClientStream, MaybeTls};
 
 /// The longest reply head (status line and headers) read.
@@ -66,6 +76,11 @@ const COALESCE_BODY_BYTES: usize = 64 * 1024;
 const FIRST_READ_BYTES: usize = 4096;
 /// The most origins a client keeps a pool for.
 const MAX_POOLS: usize = 1024;
+/// Idle connections per pool kept for the whole idle timeout, whatever the sweep.
+pub const KEEP_WARM: usize = 4;
+/// How long an idle connection beyond [`KEEP_WARM`] is kept, and how often the sweep runs
+/// (at most the idle timeout).
+pub const SURPLUS_IDLE: Duration = Duration::from_secs(5);
 
 /// Why a request got no complete reply.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +195,8 @@ pub struct HttpClient {
     pools: Mutex<Pools>,
     max_idle: usize,
     idle_timeout: Duration,
+    /// [`SURPLUS_IDLE`], or the idle timeout if shorter.
+    surplus_idle: Duration,
     /// For `https://` URLs.
     tls: Arc<ClientConfig>,
 }
@@ -208,7 +225,51 @@ impl HttpClient {
             }),
             max_idle,
             idle_timeout,
+            surplus_idle: SURPLUS_IDLE.min(idle_timeout),
             tls,
+        }
+    }
+
+    /// The same client with idle connections beyond [`KEEP_WARM`] kept for `surplus_idle`
+    /// (tests).
+    #[cfg(test)]
+    fn with_surplus_idle(mut self, surplus_idle: Duration) -> Self {
+        self.surplus_idle = surplus_idle.min(self.idle_timeout);
+        self
+    }
+
+    /// Sweeps the pools every surplus idle period ([`SURPLUS_IDLE`]) until `stop`:
+    /// see [`HttpClient::sweep_idle`].
+    pub async fn sweep_every(self: Arc<Self>, stop: Arc<Stop>) {
+        let mut tick = tokio::time::interval(self.surplus_idle);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.sweep_idle(Instant::now()),
+            }
+        }
+    }
+
+    /// Closes, in every pool, the idle connections beyond the [`KEEP_WARM`] most recently
+    /// used that have been idle for longer than the surplus idle period, and every one idle
+    /// for longer than the idle timeout; drops the pools gone quiet (as
+    /// [`HttpClient::endpoint`] does when a sweep is due). Sockets close after the locks.
+    pub fn sweep_idle(&self, now: Instant) {
+        let mut evicted = Vec::new();
+        let pools: Vec<Arc<Pool>> = {
+            let mut pools = lock(&self.pools);
+            if now >= pools.next_sweep {
+                pools.next_sweep = now + self.idle_timeout;
+                self.sweep(&mut pools.by_origin, now, &mut evicted);
+            }
+            pools.by_origin.values().cloned().collect()
+        };
+        drop(evicted);
+        for pool in pools {
+            let stale = pool.close_idle(now, self.surplus_idle);
+            drop(stale);
         }
     }
 
@@ -494,6 +555,22 @@ impl Pool {
         };
         drop(stale);
         found
+    }
+
+    /// Takes out the idle connections the sweep closes (see [`HttpClient::sweep_idle`]),
+    /// to be dropped after the lock; gives back the list's memory once it has emptied.
+    fn close_idle(&self, now: Instant, surplus_idle: Duration) -> Vec<Idle> {
+        let mut state = lock(&self.state);
+        let idle = &mut state.idle;
+        // Oldest first: a prefix is older than each cut-off.
+        let older = |limit: Duration| idle.partition_point(|c| now.duration_since(c.since) > limit);
+        let surplus = older(surplus_idle).min(idle.len().saturating_sub(KEEP_WARM));
+        let cut = surplus.max(older(self.idle_timeout));
+        let stale: Vec<Idle> = idle.drain(..cut).collect();
+        if idle.capacity() > 4 * idle.len().max(KEEP_WARM) {
+            idle.shrink_to(2 * idle.len().max(KEEP_WARM));
+        }
+        stale
     }
 
     fn put(&self, stream: ClientStream) {
@@ -800,6 +877,8 @@ async fn read_more<S: AsyncRead + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
     use tokio::io::AsyncBufReadExt;
     use tokio::net::TcpListener;
@@ -1087,6 +1166,99 @@ mod tests {
             assert_eq!(&post(&c, &url).await.unwrap().body[..], b"ok");
         }
         assert_eq!(*accepted.lock().unwrap(), 2);
+    }
+
+    /// Waits for `cond` to hold, for 10 s at most.
+    async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A function answering every request with `200 ok` on keep-alive connections; its
+    /// URL, how many connections it holds open right now and how many it ever accepted.
+    async fn counting_server() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/fn?x=1", listener.local_addr().unwrap());
+        let open = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (held, count) = (open.clone(), accepted.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                held.fetch_add(1, Ordering::SeqCst);
+                count.fetch_add(1, Ordering::SeqCst);
+                let held = held.clone();
+                tokio::spawn(async move {
+                    let mut reader = tokio::io::BufReader::new(stream);
+                    let mut len = 0;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            break;
+                        }
+                        if let Some(v) = line.strip_prefix("content-length: ") {
+                            len = v.trim().parse().unwrap();
+                        }
+                        if line == "\r\n" {
+                            let mut body = vec![0; len];
+                            reader.read_exact(&mut body).await.unwrap();
+                            let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                            reader.get_mut().write_all(reply).await.unwrap();
+                        }
+                    }
+                    held.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        (url, open, accepted)
+    }
+
+    #[tokio::test]
+    async fn idle_connections_beyond_a_few_are_closed_without_a_new_call() {
+        let (url, open, accepted) = counting_server().await;
+        let c = Arc::new(
+            HttpClient::new(64, Duration::from_secs(60), tls())
+                .with_surplus_idle(Duration::from_millis(200)),
+        );
+        // A burst: 16 calls at once open 16 connections, all kept idle after.
+        let burst: Vec<_> = (0..16).map(|_| post(&c, &url)).collect();
+        for reply in futures_util::future::join_all(burst).await {
+            assert_eq!(&reply.unwrap().body[..], b"ok");
+        }
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!(opened > KEEP_WARM, "{opened} connections");
+        wait_for("the burst's connections", || {
+            open.load(Ordering::SeqCst) == opened
+        })
+        .await;
+        // No call comes: the sweep task closes all but the few kept warm.
+        let stop = Arc::new(Stop::default());
+        let sweeper = tokio::spawn(c.clone().sweep_every(stop.clone()));
+        wait_for("the surplus to close", || {
+            open.load(Ordering::SeqCst) == KEEP_WARM
+        })
+        .await;
+        // Those stay within the idle timeout, and serve the next calls.
+        c.sweep_idle(Instant::now() + Duration::from_secs(30));
+        for _ in 0..KEEP_WARM {
+            assert_eq!(&post(&c, &url).await.unwrap().body[..], b"ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), opened);
+        // Past the idle timeout, none stays.
+        c.sweep_idle(Instant::now() + Duration::from_secs(61));
+        wait_for("every connection to close", || {
+            open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        // The sweep stops with the gateway.
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), sweeper)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use crate::config::{Dialect, FunctionsConfig};
 use crate::error::GatewayError;
 use crate::function::http_client::{Endpoint, HttpClient, HttpError};
 use crate::metrics::registry::{CallOutcome, FunctionEvent, Metrics};
+use crate::stop::Stop;
 
 /// How long an idle keep-alive connection to a function is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -138,6 +139,12 @@ impl Invoker {
             max_reply_bytes: config.max_reply_bytes,
             metrics,
         })
+    }
+
+    /// Closes idle connections to functions that no call needs (beyond a few kept warm)
+    /// until `stop`: see [`HttpClient::sweep_every`].
+    pub async fn sweep_idle_connections(self, stop: Arc<Stop>) {
+        self.client.sweep_every(stop).await;
     }
 
     /// One call, no retry. Any HTTP status is a reply; the caller judges it.

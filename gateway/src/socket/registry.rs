@@ -1,5 +1,11 @@
 //! The connections this gateway node holds right now, by id: what the send-back API needs
 //! to reach a socket.
+//!
+//! The map gives its memory back after a burst has left: a removal that leaves it under an
+//! eighth full (past [`MIN_SHRINK_CAPACITY`]) shrinks it to twice what it holds, so it
+//! must double to grow again and fall to under a quarter to shrink again: churn at a
+//! steady size never rehashes, and each rehash is paid for by as many removals as it
+//! moves entries.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -77,6 +83,21 @@ pub struct Registry {
 /// client, so their own bits serve as the hash: no SipHash on the group-send hot path.
 type IdMap = HashMap<Uuid, std::sync::Arc<Connection>, BuildHasherDefault<IdHasher>>;
 
+/// Below this capacity the map is never shrunk: 1,024 entries take 25 KiB.
+const MIN_SHRINK_CAPACITY: usize = 1024;
+
+/// Shrinks `map` to twice its length when it uses under an eighth of its capacity and that
+/// capacity is over [`MIN_SHRINK_CAPACITY`]; whether it did. (`capacity` counts no slot a
+/// removal left as a tombstone, so it errs on the side of keeping the table.)
+fn shrink_if_sparse(map: &mut IdMap) -> bool {
+    let capacity = map.capacity();
+    let sparse = capacity > MIN_SHRINK_CAPACITY && map.len() < capacity / 8;
+    if sparse {
+        map.shrink_to(map.len() * 2);
+    }
+    sparse
+}
+
 /// Hashes a [`Uuid`] by folding its bytes: the key is already uniformly random.
 #[derive(Debug, Default)]
 pub struct IdHasher(u64);
@@ -105,9 +126,22 @@ impl Registry {
         self.lock().insert(conn.id, conn);
     }
 
-    /// Removes a connection; returns whether it was there.
+    /// Removes a connection; returns whether it was there. The map shrinks when it has
+    /// emptied (see the module's header); the connection is dropped after the lock.
     pub fn remove(&self, id: &Uuid) -> bool {
-        self.lock().remove(id).is_some()
+        let mut map = self.lock();
+        let removed = map.remove(id);
+        if removed.is_some() {
+            shrink_if_sparse(&mut map);
+        }
+        drop(map);
+        removed.is_some()
+    }
+
+    /// The map's capacity (tests).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.lock().capacity()
     }
 
     /// Looks a connection up.
@@ -188,6 +222,54 @@ mod tests {
         assert!(registry.get(&live.id).is_some());
         assert!(registry.remove(&live.id));
         assert_eq!(registry.len(), 1);
+    }
+
+    #[test]
+    fn the_map_shrinks_once_a_burst_left_and_not_under_churn() {
+        let mut map = IdMap::default();
+        let conns: Vec<_> = (0..20_000).map(|_| conn()).collect();
+        for c in &conns {
+            map.insert(c.id, c.clone());
+        }
+        let full = map.capacity();
+        // Half leave: the table stays, it may fill again.
+        for c in &conns[..10_000] {
+            map.remove(&c.id);
+            assert!(!shrink_if_sparse(&mut map));
+        }
+        // Most leave: it shrinks, keeping room for twice what it holds.
+        let mut shrinks = 0;
+        for c in &conns[10_000..19_000] {
+            map.remove(&c.id);
+            shrinks += usize::from(shrink_if_sparse(&mut map));
+        }
+        assert!(shrinks >= 1);
+        let shrunk = map.capacity();
+        assert!(shrunk <= full / 4, "{shrunk} of {full}");
+        assert!(shrunk >= 2 * map.len());
+        // Churn at that size never shrinks it again.
+        for _ in 0..5_000 {
+            let c = conn();
+            map.insert(c.id, c.clone());
+            map.remove(&c.id);
+            assert!(!shrink_if_sparse(&mut map));
+        }
+        assert!(map.capacity() <= shrunk);
+    }
+
+    #[test]
+    fn an_emptied_registry_keeps_next_to_nothing() {
+        let registry = Registry::default();
+        let conns: Vec<_> = (0..20_000).map(|_| conn()).collect();
+        for c in &conns {
+            registry.insert(c.clone());
+        }
+        assert!(registry.capacity() >= 20_000);
+        for c in &conns {
+            assert!(registry.remove(&c.id));
+        }
+        assert!(registry.capacity() <= MIN_SHRINK_CAPACITY);
+        assert!(!registry.remove(&conns[0].id));
     }
 
     #[test]

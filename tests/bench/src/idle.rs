@@ -4,7 +4,9 @@
 //! percentiles, and CPU per connect. Then every client leaves at once (a mass disconnect,
 //! `wave`): where the system's function counts ends, the row `wave` reports how fast their
 //! cleanups arrived and the system's peak RSS during the wave and its RSS after it, as
-//! ratios to the held state.
+//! ratios to the held state, and whether memory comes back: the RSS [`AFTER_WAVE`] after
+//! the last cleanup arrived against the RSS of the empty process (before any client
+//! connected, after the warm-up every system gets).
 //!
 //! `passthrough-idle` ([`run_passthrough`]) is the same measurement through a WebSocket
 //! proxy to `bench-backend`: the proxy's RSS growth per connection (nginx: master and
@@ -21,6 +23,10 @@ use super::worker::WorkerPool;
 
 /// How long a mass disconnect's cleanups may take to arrive.
 const WAVE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long after the wave's last cleanup the system's RSS is read again, against the
+/// empty process's: memory a burst took should be back by then.
+pub const AFTER_WAVE: Duration = Duration::from_secs(15);
 
 /// How long memory may take to settle after the last connect.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -110,21 +116,38 @@ async fn hold(
         "connect_seconds": connected.elapsed.as_secs_f64(),
     });
     // Dropping the pool kills the workers: their sockets reset, the system cleans up.
-    let wave = wave(target, ctx, pool, ok, after.rss_kib).await;
+    let mem = WaveMemory {
+        empty_kib: before.rss_kib,
+        held_kib: after.rss_kib,
+    };
+    let wave = wave(target, ctx, pool, ok, mem).await;
     Ok(std::iter::once(row).chain(wave).collect())
 }
 
+/// The system's RSS before the wave: empty (before the first connect) and holding every
+/// client.
+#[derive(Clone, Copy, Debug)]
+struct WaveMemory {
+    empty_kib: u64,
+    held_kib: u64,
+}
+
 /// Every held client leaves at once (the workers are killed, their sockets reset): the
-/// rate at which the cleanups reach the function, and the system's RSS at its peak during
-/// the wave and once it settled after, against `held_kib`. `None` for a system whose
+/// rate at which the cleanups reach the function, the system's RSS at its peak during
+/// the wave and once it settled after, against the held RSS, and its RSS [`AFTER_WAVE`]
+/// after the last cleanup arrived, against the empty RSS. `None` for a system whose
 /// function counts no ends.
 async fn wave(
     target: &mut Target,
     ctx: &Ctx,
     pool: WorkerPool,
     left: u64,
-    held_kib: u64,
+    mem: WaveMemory,
 ) -> Option<Row> {
+    let WaveMemory {
+        empty_kib,
+        held_kib,
+    } = mem;
     let ends_before = target.function_stats(&ctx.env.http).await?.cleanup;
     let mut row = ctx.row("wave", target);
     row.conns = left as usize;
@@ -149,16 +172,34 @@ async fn wave(
         }
     }
     let elapsed = started.elapsed();
+    let last_cleanup = Instant::now();
     let settled = settled_usage(target).await;
+    // A fixed wait, not a condition: how much memory is back after it is the figure.
+    tokio::time::sleep_until((last_cleanup + AFTER_WAVE).into()).await;
+    let later = target.usage().rss_kib;
+    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
     row.ops = ended;
     row.rate = Some(ended as f64 / elapsed.as_secs_f64().max(1e-9));
     row.rss_kib = Some(peak);
+    row.note = Some(format!(
+        "peak {:.2}x held, settled {:.2}x held; {}s after {:.1} MiB = {:.2}x empty ({:.1} MiB)",
+        ratio(peak, held_kib),
+        ratio(settled.rss_kib, held_kib),
+        AFTER_WAVE.as_secs(),
+        later as f64 / 1024.0,
+        ratio(later, empty_kib),
+        empty_kib as f64 / 1024.0,
+    ));
     row.detail = serde_json::json!({
+        "rss_empty_kib": empty_kib,
         "rss_held_kib": held_kib,
         "rss_peak_kib": peak,
         "rss_after_kib": settled.rss_kib,
-        "peak_vs_held": peak as f64 / held_kib.max(1) as f64,
-        "after_vs_held": settled.rss_kib as f64 / held_kib.max(1) as f64,
+        "rss_later_kib": later,
+        "later_seconds": AFTER_WAVE.as_secs_f64(),
+        "peak_vs_held": ratio(peak, held_kib),
+        "after_vs_held": ratio(settled.rss_kib, held_kib),
+        "later_vs_empty": ratio(later, empty_kib),
         "wave_seconds": elapsed.as_secs_f64(),
     });
     Some(row)

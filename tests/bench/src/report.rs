@@ -65,6 +65,10 @@ pub struct Row {
     pub fn_cpu_us_per_op: Option<f64>,
     /// Anything else worth keeping (per-process RSS, publish reply times, …).
     pub detail: serde_json::Value,
+    /// A scenario's own words for the note column (the wave's memory ratios), shown when
+    /// there is no error or warning to show.
+    #[serde(default)]
+    pub note: Option<String>,
     /// The machine.
     pub machine: Machine,
 }
@@ -159,6 +163,8 @@ pub fn line(row: &Row) -> String {
         format!("ERROR: {first}")
     } else if let Some(first) = row.warnings.first() {
         format!("WARNING: {first}")
+    } else if let Some(note) = &row.note {
+        note.clone()
     } else if let Some(fn_cpu) = row.fn_cpu_us_per_op {
         format!("function {fn_cpu:.1} µs/op")
     } else {

@@ -108,6 +108,25 @@ pub fn check(rows: &[Row], store: &str) -> Vec<Verdict> {
         |x| x <= 1.25,
     ));
 
+    out.push(verdict(
+        format!("wave [{store}]: memory returns after the wave: RSS 15 s after vs empty"),
+        "<= 1.5x",
+        sb("wave").and_then(|r| {
+            let empty = r.detail.get("rss_empty_kib")?.as_f64()?;
+            let later = r.detail.get("rss_later_kib")?.as_f64()?;
+            let ratio = later / empty.max(1.0);
+            Some((
+                ratio,
+                format!(
+                    "{ratio:.2}x ({:.1} vs {:.1} MiB)",
+                    later / 1024.0,
+                    empty / 1024.0
+                ),
+            ))
+        }),
+        |x| x <= 1.5,
+    ));
+
     let echo = rate(sb("echo"));
     out.push(verdict(
         format!("echo [{store}]: vs Pushpin"),
@@ -294,6 +313,31 @@ mod tests {
         assert_eq!(get("RSS").met, None);
         assert!(get("RSS").line().starts_with("n/a"));
         assert!(check(&rows, "redis").iter().all(|v| v.met.is_none()));
+    }
+
+    #[test]
+    fn memory_after_the_wave_against_the_empty_process() {
+        let mut wave = row("wave", "switchboard", "memory", 5_000.0);
+        wave.rss_kib = Some(60_000);
+        wave.detail = serde_json::json!({
+            "rss_empty_kib": 8_192,
+            "rss_held_kib": 56_000,
+            "rss_later_kib": 11_000,
+        });
+        let v = check(&[wave.clone()], "memory");
+        let back = v
+            .iter()
+            .find(|v| v.what.contains("memory returns"))
+            .unwrap();
+        assert_eq!(back.met, Some(true), "{}", back.line());
+        assert!(back.measured.starts_with("1.34x"), "{}", back.measured);
+        wave.detail["rss_later_kib"] = serde_json::json!(56_000);
+        let v = check(&[wave], "memory");
+        let back = v
+            .iter()
+            .find(|v| v.what.contains("memory returns"))
+            .unwrap();
+        assert_eq!(back.met, Some(false));
     }
 
     #[test]
