@@ -176,7 +176,50 @@ pub(crate) async fn serve(
 /// Serves one client's TCP connection: the TLS handshake on the TLS listener, then HTTP
 /// requests until one is admitted as a WebSocket, then that WebSocket. Without a pending
 /// slot, refuses it. `draining`: accepted after shutdown started.
-async fn serve_connection(
+///
+/// Not an `async fn`: an async fn's arguments stay in its state for its whole life, and
+/// this future is the connection's task for as long as the WebSocket is open. What comes
+/// before the WebSocket (its arguments, PROXY header, TLS, HTTP) is a boxed future of its
+/// own, made here and gone once the socket runs; the task keeps only the socket's state.
+fn serve_connection(
+    edge: Arc<Edge>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    pending: Option<Slot>,
+    tls: Option<TlsAcceptor>,
+    accepted_at: Instant,
+    draining: bool,
+) -> impl Future<Output = ()> + Send + 'static {
+    let sockets = edge.sockets.clone();
+    let before = Box::pin(before_socket(
+        edge,
+        stream,
+        peer,
+        pending,
+        tls,
+        accepted_at,
+        draining,
+    ));
+    async move {
+        let Some(accepted) = before.await else {
+            return;
+        };
+        let Accepted {
+            conn,
+            slot,
+            socket,
+            span,
+            backend,
+        } = accepted;
+        task::run(sockets, conn, socket, slot, backend)
+            .instrument(span)
+            .await;
+    }
+}
+
+/// A connection up to its WebSocket: the PROXY header, the TLS handshake, the HTTP
+/// requests; the admitted connection, or `None` when it ended before.
+async fn before_socket(
     edge: Arc<Edge>,
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -184,10 +227,10 @@ async fn serve_connection(
     tls: Option<TlsAcceptor>,
     accepted_at: Instant,
     draining: bool,
-) {
+) -> Option<Accepted> {
     let Some(pending) = pending else {
         refuse_pending(&edge, &stream, peer, tls.is_none());
-        return;
+        return None;
     };
     let cut = if draining { &edge.closed } else { &edge.stop };
     let shared = &Conn { edge: &edge, cut };
@@ -195,36 +238,17 @@ async fn serve_connection(
     // timeout, like the handshake and the request after it.
     let deadline = accepted_at + shared.handshake_timeout;
     let real_ip = &shared.real_ip;
-    let Some(ip) = proxy_protocol::connection_ip(real_ip, cut, &mut stream, peer, deadline).await
-    else {
-        return;
-    };
+    let ip = proxy_protocol::connection_ip(real_ip, cut, &mut stream, peer, deadline).await?;
     let remote = Remote { peer, ip };
     let stream = match tls {
         None => MaybeTls::Plain(stream),
         // Boxed: the handshake's state is large and short-lived.
         Some(acceptor) => {
-            match Box::pin(tls_handshake(shared, acceptor, stream, accepted_at)).await {
-                Some(tls) => MaybeTls::Tls(tls),
-                None => return,
-            }
+            MaybeTls::Tls(Box::pin(tls_handshake(shared, acceptor, stream, accepted_at)).await?)
         }
     };
-    // Boxed: the HTTP phase is short, and an open WebSocket should not carry its state.
-    let Some(accepted) = Box::pin(http_phase(shared, stream, remote, pending, accepted_at)).await
-    else {
-        return;
-    };
-    let Accepted {
-        conn,
-        slot,
-        socket,
-        span,
-        backend,
-    } = accepted;
-    task::run(edge.sockets.clone(), conn, socket, slot, backend)
-        .instrument(span)
-        .await;
+    // Boxed: the HTTP phase's state is larger than the rest of this future's.
+    Box::pin(http_phase(shared, stream, remote, pending, accepted_at)).await
 }
 
 /// An admitted connection: its socket once the 101 went out (else why not), its slot and
@@ -963,6 +987,48 @@ fn plain(shared: &Edge, req: &Request<()>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An open WebSocket's task holds the socket task's state and little more: what came
+    /// before it (the arguments, the PROXY header, TLS, HTTP) is not kept in it for the
+    /// connection's whole life (every byte here is paid per idle connection).
+    #[test]
+    fn the_connection_task_is_the_socket_task_and_little_more() {
+        fn task<F, R>(_: F) -> usize
+        where
+            F: FnOnce(
+                Arc<Edge>,
+                TcpStream,
+                SocketAddr,
+                Option<Slot>,
+                Option<TlsAcceptor>,
+                Instant,
+                bool,
+            ) -> R,
+        {
+            std::mem::size_of::<R>()
+        }
+        fn socket<F, R>(_: F) -> usize
+        where
+            F: FnOnce(
+                Arc<task::Sockets>,
+                Arc<Connection>,
+                Result<SocketIo<ServerStream>, NoSocket>,
+                Slot,
+                Option<Box<Pump>>,
+            ) -> R,
+        {
+            std::mem::size_of::<R>()
+        }
+        let task = task(serve_connection);
+        let socket = socket(task::run);
+        // The span it runs in, the boxed prelude, and the admitted connection's parts on
+        // their way into the socket task.
+        let allowed = 256;
+        assert!(
+            task <= socket + allowed,
+            "the connection's task is {task} bytes, its socket task {socket}"
+        );
+    }
 
     #[test]
     fn heads_parse_when_complete_and_not_before() {

@@ -97,19 +97,23 @@ impl Pump {
                     self.stats.bytes_out += message.len() as u64;
                     return FromBackend::Message(message);
                 }
-                Message::Close(frame) => {
-                    self.done = true;
-                    // tungstenite queued its answer: send it, briefly.
-                    let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(&mut self.ws)).await;
-                    let (code, reason) = frame
-                        .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
-                        .unwrap_or((1000, String::new()));
-                    return FromBackend::Closed(code, reason);
-                }
+                // Boxed: the client's socket task holds a waiting `next` in its state for
+                // the connection's whole life, and this rare path's timer would double it.
+                Message::Close(frame) => return Box::pin(self.closed(frame)).await,
                 // Answered by tungstenite on the next read or write.
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
         }
+    }
+
+    /// The backend sent a close frame: tungstenite queued its answer; send it, briefly.
+    async fn closed(&mut self, frame: Option<CloseFrame>) -> FromBackend {
+        self.done = true;
+        let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(&mut self.ws)).await;
+        let (code, reason) = frame
+            .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+            .unwrap_or((1000, String::new()));
+        FromBackend::Closed(code, reason)
     }
 
     /// Writes a client's message to the backend (the caller bounds the wait).

@@ -107,48 +107,53 @@ impl End {
 /// once the 101 went out, or why the connection cannot proceed (cleanup still runs).
 /// With `backend` (a passthrough route), the client's messages go to the backend and the
 /// backend's to the client, instead of transport calls.
-pub(crate) async fn run(
+///
+/// Not an `async fn`: its arguments would stay in the task's state for the connection's
+/// whole life, the socket twice (as the argument and inside the stream).
+pub(crate) fn run(
     shared: Arc<Sockets>,
     conn: Arc<Connection>,
     socket: Result<SocketIo, NoSocket>,
     slot: impl Send,
     backend: Option<Box<Pump>>,
-) {
-    let mut session = Session::new(shared.clone(), conn.clone());
+) -> impl Future<Output = ()> + Send {
     let ws_config = match &backend {
         Some(pump) => pump::ws_config(shared.ws_config, pump.max_message_bytes),
         None => shared.ws_config,
     };
-    session.backend = backend;
-    let end = match socket {
-        Err(why) => {
-            debug!(cause = %why, "upgrade did not complete");
-            End::new(DisconnectReason::UpgradeFailed, None, why.to_string())
-        }
-        Ok(socket) => {
-            // On the heap, borrowed by the socket loop: passed by value, it would be
-            // stored twice in the loop's future (argument and local).
-            // (The setup future is boxed too: it is large, short-lived, and would
-            // otherwise size this task's state for the connection's whole life.)
-            let mut ws = Box::new(
-                Box::pin(WebSocketStream::from_raw_socket(
-                    socket,
-                    Role::Server,
-                    Some(ws_config),
-                ))
-                .await,
-            );
-            // Boxed, like `finish` below: this task's state is the union of every
-            // await point, and an idle connection should pay only for the socket loop.
-            let end = Box::pin(session.run(&mut ws)).await;
-            if let Some(pump) = session.backend.as_deref_mut() {
-                Box::pin(close_backend(pump, &end)).await;
+    // Boxed, and made here: the socket moves into it, and the setup's state is short-lived.
+    let setup = socket.map(|socket| {
+        Box::pin(WebSocketStream::from_raw_socket(
+            socket,
+            Role::Server,
+            Some(ws_config),
+        ))
+    });
+    async move {
+        let mut session = Session::new(shared, conn);
+        session.backend = backend;
+        let end = match setup {
+            Err(why) => {
+                debug!(cause = %why, "upgrade did not complete");
+                End::new(DisconnectReason::UpgradeFailed, None, why.to_string())
             }
-            end
-        }
-    };
-    Box::pin(session.finish(end)).await;
-    drop(slot);
+            Ok(setup) => {
+                // The stream and the socket loop live in this task's own state, not in
+                // boxes of their own: an idle connection then costs one allocation (the
+                // task) instead of three, each rounded up to its allocator size class.
+                // The loop borrows the stream, so it is stored once.
+                let mut ws = setup.await;
+                let end = session.run(&mut ws).await;
+                if let Some(pump) = session.backend.as_deref_mut() {
+                    Box::pin(close_backend(pump, &end)).await;
+                }
+                end
+            }
+        };
+        // Boxed: its state is needed only once the socket loop is done.
+        Box::pin(session.finish(end)).await;
+        drop(slot);
+    }
 }
 
 /// Why an admitted connection has no socket to run: its cleanup still runs.
@@ -472,7 +477,9 @@ impl Session {
                             // tungstenite queued the close reply; let it reach the client.
                             // (SinkExt::close flushes it; the inherent `close` would try to
                             // send a second close frame and fail with SendAfterClosing.)
-                            let _ = tokio::time::timeout(CLOSE_WAIT, SinkExt::close(ws)).await;
+                            // Boxed like the other rare paths: the loop's state is kept
+                            // for the connection's whole life.
+                            let _ = Box::pin(tokio::time::timeout(CLOSE_WAIT, SinkExt::close(ws))).await;
                             return End::new(DisconnectReason::ClientClose, code, text);
                         }
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
