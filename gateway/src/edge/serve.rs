@@ -1012,7 +1012,7 @@ mod tests {
             F: FnOnce(
                 Arc<task::Sockets>,
                 Arc<Connection>,
-                Result<SocketIo<ServerStream>, NoSocket>,
+                Result<SocketIo, NoSocket>,
                 Slot,
                 Option<Box<Pump>>,
             ) -> R,
