@@ -122,16 +122,19 @@ pub(crate) fn run(
         None => shared.ws_config,
     };
     // Boxed, and made here: the socket moves into it, and the setup's state is short-lived.
-    let setup = socket.map(|socket| {
+    // (Why there is no socket is boxed too: it is kept in the task's state beside the socket.)
+    let setup = socket.map_err(Box::new).map(|socket| {
         Box::pin(WebSocketStream::from_raw_socket(
             socket,
             Role::Server,
             Some(ws_config),
         ))
     });
+    // Made here, not in the async block: what the block captures keeps its place in the
+    // task's state for the connection's whole life, moved out of or not.
+    let mut session = Session::new(shared, conn);
+    session.backend = backend;
     async move {
-        let mut session = Session::new(shared, conn);
-        session.backend = backend;
         let end = match setup {
             Err(why) => {
                 debug!(cause = %why, "upgrade did not complete");

@@ -218,12 +218,14 @@ pub fn check(rows: &[Row], store: &str) -> Vec<Verdict> {
         out.push(verdict(
             "churn [memory]: vs the floor (bare connect, message, close)".to_owned(),
             ">= 70%",
-            rate(sb("churn")).zip(rate(peer("churn", "floor"))).map(|(s, f)| {
-                (
-                    s / f,
-                    format!("{:.0}% ({s:.0} vs {f:.0} cycles/s)", 100.0 * s / f),
-                )
-            }),
+            rate(sb("churn"))
+                .zip(rate(peer("churn", "floor")))
+                .map(|(s, f)| {
+                    (
+                        s / f,
+                        format!("{:.0}% ({s:.0} vs {f:.0} cycles/s)", 100.0 * s / f),
+                    )
+                }),
             |x| x >= 0.7,
         ));
     }
