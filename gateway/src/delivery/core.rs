@@ -438,7 +438,7 @@ struct Flush {
 const FLUSH_SHARE: usize = 2048;
 /// Members a writing task writes before it lets the runtime run other tasks (the next send
 /// among them: frames it queues for members not written yet go out with theirs).
-const FLUSH_TURN: usize = 64;
+const FLUSH_TURN: usize = 16;
 
 impl Flush {
     fn add(&mut self, conn: &Arc<Connection>, pushed: Pushed) {
