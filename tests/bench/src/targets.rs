@@ -329,7 +329,7 @@ mod tests {
     fn ratios_and_missing_rows() {
         assert!((combined_floor(98_000.0, 64_000.0) - 38_716.0).abs() < 1.0);
         let rows = vec![
-            row("echo", "switchboard", "memory", 20_000.0),
+            row("echo", "switchboard", "memory", 36_000.0),
             row("echo", "pushpin", "-", 1_000.0),
             row("echo", "floor", "-", 98_000.0),
             row("echo", "floor-http", "-", 64_000.0),
@@ -338,7 +338,18 @@ mod tests {
         let v = check(&rows, "memory");
         let get = |w: &str| v.iter().find(|v| v.what.contains(w)).unwrap().clone();
         assert_eq!(get("vs Pushpin").met, Some(true));
-        assert_eq!(get("vs the floor").met, Some(true));
+        // 93% of the combined floor meets the 90% asked; 52% does not.
+        assert_eq!(get("echo [memory]: vs the floor").met, Some(true));
+        let mut slow = rows.clone();
+        slow[0].rate = Some(20_000.0);
+        let v = check(&slow, "memory");
+        assert_eq!(
+            v.iter()
+                .find(|v| v.what.contains("echo [memory]: vs the floor"))
+                .unwrap()
+                .met,
+            Some(false)
+        );
         assert_eq!(get("cycles").met, Some(false));
         assert_eq!(get("RSS").met, None);
         assert!(get("RSS").line().starts_with("n/a"));
