@@ -374,33 +374,38 @@ impl Outbox {
     pub(crate) fn poll_flush_own(
         &self,
         cx: &mut Context<'_>,
-        mut tls: Tls<'_>,
+        tls: Tls<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut state = self.lock();
-        match state.write_queue(Some(cx), &mut tls) {
-            Err(e) => Poll::Ready(Err(e)),
-            Ok(false) => Poll::Pending,
-            Ok(true) => match tls {
-                Some(tls) => Pin::new(tls).poll_flush(cx),
-                None => Poll::Ready(Ok(())),
-            },
-        }
+        self.poll_drain(cx, tls, false)
     }
 
     /// Writes everything queued, then shuts the write side down (FIN, or TLS close_notify).
     pub(crate) fn poll_shutdown_own(
         &self,
         cx: &mut Context<'_>,
+        tls: Tls<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_drain(cx, tls, true)
+    }
+
+    /// Writes everything queued, then flushes the stream, or with `shutdown` shuts its
+    /// write side down.
+    fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
         mut tls: Tls<'_>,
+        shutdown: bool,
     ) -> Poll<io::Result<()>> {
         let mut state = self.lock();
         match state.write_queue(Some(cx), &mut tls) {
             Err(e) => Poll::Ready(Err(e)),
             Ok(false) => Poll::Pending,
-            Ok(true) => match (tls, state.socket.as_mut()) {
-                (Some(tls), _) => Pin::new(tls).poll_shutdown(cx),
-                (None, Some(socket)) => Pin::new(socket).poll_shutdown(cx),
-                (None, None) => Poll::Ready(Ok(())),
+            Ok(true) => match (tls, state.socket.as_mut(), shutdown) {
+                (Some(tls), _, false) => Pin::new(tls).poll_flush(cx),
+                (Some(tls), _, true) => Pin::new(tls).poll_shutdown(cx),
+                (None, Some(socket), true) => Pin::new(socket).poll_shutdown(cx),
+                // A plain socket's writes are not buffered.
+                (None, _, _) => Poll::Ready(Ok(())),
             },
         }
     }
