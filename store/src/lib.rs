@@ -16,7 +16,7 @@ mod memory;
 mod names;
 mod record;
 pub mod redis;
-mod shrink;
+pub mod shrink;
 
 use std::sync::Arc;
 use std::time::Duration;

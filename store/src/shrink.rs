@@ -11,15 +11,13 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
 /// Below this capacity a map is left as it is: what it holds is too small to matter.
-pub(crate) const MIN_SHRINK_CAPACITY: usize = 1024;
+pub const MIN_SHRINK_CAPACITY: usize = 1024;
 
 /// Shrinks `map` to twice its length when it uses under an eighth of its capacity
 /// (and that capacity is over [`MIN_SHRINK_CAPACITY`]); whether it did. Call after
 /// removing. (`capacity` counts no slot a removal left as a tombstone, so it errs on the
 /// side of keeping the table.)
-pub(crate) fn shrink_if_sparse<K: Eq + Hash, V, S: BuildHasher>(
-    map: &mut HashMap<K, V, S>,
-) -> bool {
+pub fn shrink_if_sparse<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) -> bool {
     let capacity = map.capacity();
     let sparse = capacity > MIN_SHRINK_CAPACITY && map.len() < capacity / 8;
     if sparse {

@@ -2,7 +2,7 @@
 //! to reach a socket.
 //!
 //! The map gives its memory back after a burst has left: a removal that leaves it under an
-//! eighth full (past [`MIN_SHRINK_CAPACITY`]) shrinks it to twice what it holds, so it
+//! eighth full (past [`store::shrink::MIN_SHRINK_CAPACITY`]; the store's rule) shrinks it to twice what it holds, so it
 //! must double to grow again and fall to under a quarter to shrink again: churn at a
 //! steady size never rehashes, and each rehash is paid for by as many removals as it
 //! moves entries.
@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use store::shrink::shrink_if_sparse;
 use uuid::Uuid;
 
 use crate::clock;
@@ -82,21 +83,6 @@ pub struct Registry {
 /// Connections by id. Ids are random (v4) and made by this gateway, never chosen by a
 /// client, so their own bits serve as the hash: no SipHash on the group-send hot path.
 type IdMap = HashMap<Uuid, std::sync::Arc<Connection>, BuildHasherDefault<IdHasher>>;
-
-/// Below this capacity the map is never shrunk: 1,024 entries take 25 KiB.
-const MIN_SHRINK_CAPACITY: usize = 1024;
-
-/// Shrinks `map` to twice its length when it uses under an eighth of its capacity and that
-/// capacity is over [`MIN_SHRINK_CAPACITY`]; whether it did. (`capacity` counts no slot a
-/// removal left as a tombstone, so it errs on the side of keeping the table.)
-fn shrink_if_sparse(map: &mut IdMap) -> bool {
-    let capacity = map.capacity();
-    let sparse = capacity > MIN_SHRINK_CAPACITY && map.len() < capacity / 8;
-    if sparse {
-        map.shrink_to(map.len() * 2);
-    }
-    sparse
-}
 
 /// Hashes a [`Uuid`] by folding its bytes: the key is already uniformly random.
 #[derive(Debug, Default)]
@@ -192,6 +178,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use store::shrink::MIN_SHRINK_CAPACITY;
 
     fn conn() -> Arc<Connection> {
         Arc::new(Connection::new(
