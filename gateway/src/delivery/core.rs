@@ -98,12 +98,20 @@ impl Delivery {
         self.registry.get(&id).filter(|c| !c.outbox.is_closed())
     }
 
-    /// Queues `frame` for `conn`, counting it as a message out once queued.
+    /// Queues `frame` for `conn`.
     fn push(&self, conn: &Connection, frame: &Frame) -> Result<Pushed, PushError> {
-        let pushed = conn.outbox.push(&frame.bytes, self.limits)?;
-        self.metrics.messages_out.inc();
-        self.metrics.bytes_out.inc_by(frame.payload_len as u64);
-        Ok(pushed)
+        conn.outbox.push(&frame.bytes, self.limits)
+    }
+
+    /// Counts `count` copies of `frame` queued as messages out: once per send, not per
+    /// member (the counters are shared by the whole node).
+    fn count_out(&self, count: u64, frame: &Frame) {
+        if count > 0 {
+            self.metrics.messages_out.inc_by(count);
+            self.metrics
+                .bytes_out
+                .inc_by(count * frame.payload_len as u64);
+        }
     }
 
     /// Carries out `op` on connection `id`: here if this node holds it, else relayed (as
@@ -134,20 +142,24 @@ impl Delivery {
             };
         };
         match op {
-            Op::Send(message) => match self.push(&conn, &Frame::of(&message)) {
-                Ok(pushed) => {
-                    if pushed == Pushed::Flush {
-                        conn.outbox.flush();
+            Op::Send(message) => {
+                let frame = Frame::of(&message);
+                match self.push(&conn, &frame) {
+                    Ok(pushed) => {
+                        self.count_out(1, &frame);
+                        if pushed == Pushed::Flush {
+                            conn.outbox.flush();
+                        }
+                        Outcome::Done
                     }
-                    Outcome::Done
+                    Err(PushError::Closed) => Outcome::Gone,
+                    Err(PushError::Full) => {
+                        debug!(connection = id, "send-back throttled: outbound queue full");
+                        self.metrics.throttled.inc();
+                        Outcome::Throttled
+                    }
                 }
-                Err(PushError::Closed) => Outcome::Gone,
-                Err(PushError::Full) => {
-                    debug!(connection = id, "send-back throttled: outbound queue full");
-                    self.metrics.throttled.inc();
-                    Outcome::Throttled
-                }
-            },
+            }
             Op::Close(close) => {
                 if conn.outbox.request_close(close) {
                     Outcome::Done
@@ -196,6 +208,7 @@ impl Delivery {
                 status,
             });
         }
+        self.count_out(flush.queued, &frame);
         flush.start();
         if throttled > 0 {
             self.metrics.throttled.inc_by(throttled);
@@ -347,6 +360,7 @@ impl Delivery {
         }
         // The writes happen after the pushes (and after this request is answered): a
         // member a burst of sends reaches before its writer does gets them in one write.
+        self.count_out(flush.queued, &frame);
         flush.start();
         if throttled_here > 0 {
             self.metrics.throttled.inc_by(throttled_here);
@@ -427,11 +441,14 @@ impl Delivery {
     }
 }
 
-/// The members of one send whose sockets the sender writes itself ([`Pushed::Flush`]),
-/// written after every member's frame is queued, on tasks of their own.
+/// The members one send queued its frame for, and of those the ones whose sockets the
+/// sender writes itself ([`Pushed::Flush`]), written after every member's frame is
+/// queued, on tasks of their own.
 #[derive(Default)]
 struct Flush {
     conns: Vec<Arc<Connection>>,
+    /// Members the frame was queued for (counted once per send).
+    queued: u64,
 }
 
 /// Members per writing task: a large group is written by several tasks, on every core.
@@ -442,6 +459,7 @@ const FLUSH_TURN: usize = 16;
 
 impl Flush {
     fn add(&mut self, conn: &Arc<Connection>, pushed: Pushed) {
+        self.queued += 1;
         if pushed == Pushed::Flush {
             self.conns.push(Arc::clone(conn));
         }
